@@ -1,0 +1,217 @@
+//! Map keys and values. Each type is padding-free `#[repr(C)]`; sizes are asserted below.
+
+use crate::net::{NetAddr, NetPort};
+
+/// IP protocol numbers used in keys.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Map names, shared by the programs (symbol names) and the loader.
+pub mod map_names {
+    pub const SERVICES: &str = "SERVICES";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const SLOTS: &str = "SLOTS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const NODE_ADDRS: &str = "NODE_ADDRS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const REASONS: &str = "REASONS";
+    pub const TX_PORTS: &str = "TX_PORTS";
+    pub const CONFIG: &str = "CONFIG";
+}
+
+/// Program names in the object file.
+pub mod program_names {
+    pub const XDP_LB: &str = "sluice_xdp";
+    pub const TC_REVNAT: &str = "sluice_revnat";
+    pub const XDP_PASS: &str = "sluice_pass";
+}
+
+/// How a [`ServiceKey`] matches a packet's destination address.
+pub mod scope {
+    /// The key's address must equal the destination (LoadBalancer ingress, external and
+    /// cluster IPs).
+    pub const EXACT: u8 = 0;
+    /// NodePort: the key's address is unspecified and matches any address in `NODE_ADDRS`.
+    pub const NODE_PORT: u8 = 1;
+}
+
+/// A frontend: where clients send packets.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct ServiceKey {
+    pub addr: NetAddr,
+    pub port: NetPort,
+    pub proto: u8,
+    /// One of [`scope`].
+    pub scope: u8,
+}
+
+/// Per-service flags ([`ServiceValue::flags`]).
+pub mod service_flags {
+    /// Choose the backend by client address only and remember it for the affinity timeout.
+    pub const CLIENT_IP_AFFINITY: u32 = 1;
+}
+
+/// What a frontend maps to.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct ServiceValue {
+    /// Service id (1..=capacity), indexes `SERVICE_STATS`; 0 is never used.
+    pub id: u32,
+    /// Number of slots of the selection table in force; 0 means no usable backend.
+    pub slot_count: u32,
+    /// Which of the two selection tables (0 or 1) of this service is in force: a new table is
+    /// written under the other one, then this field flips (make before break).
+    pub table: u32,
+    /// [`service_flags`].
+    pub flags: u32,
+    /// Session affinity timeout in seconds (with [`service_flags::CLIENT_IP_AFFINITY`]).
+    pub affinity_timeout_s: u32,
+}
+
+/// One slot of a service's selection table.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub table: u32,
+    pub slot: u32,
+}
+
+/// Backend flags ([`Backend::flags`]).
+pub mod backend_flags {
+    /// The entry names a live backend. A zeroed array element (never written or deleted) has
+    /// this bit clear, so a packet can never be sent to address 0.
+    pub const PRESENT: u8 = 1;
+}
+
+/// A backend (endpoint address and target port), indexed by backend id in `BACKENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct Backend {
+    pub addr: NetAddr,
+    pub port: NetPort,
+    /// [`backend_flags`].
+    pub flags: u8,
+    pub _pad: u8,
+}
+
+/// Direction of a conntrack entry ([`FlowKey::dir`]).
+pub mod dir {
+    /// Client -> frontend, as the packet arrived; the entry names service and backend.
+    pub const FORWARD: u8 = 0;
+    /// Backend -> client, as the reply leaves; the entry names the frontend to restore.
+    pub const REPLY: u8 = 1;
+}
+
+/// A conntrack key: the 5-tuple as seen in one direction, tagged with that direction.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct FlowKey {
+    pub src: NetAddr,
+    pub dst: NetAddr,
+    pub sport: NetPort,
+    pub dport: NetPort,
+    pub proto: u8,
+    /// One of [`dir`].
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A conntrack entry (both directions share this type and the one LRU map).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct CtEntry {
+    /// REPLY entries: the frontend address the client dialled (restored as the source).
+    pub nat_addr: NetAddr,
+    /// REPLY entries: the frontend port the client dialled.
+    pub nat_port: NetPort,
+    pub _pad: [u8; 2],
+    pub service_id: u32,
+    pub backend_id: u32,
+}
+
+/// Per-service and per-backend traffic counters (per CPU; userspace sums them).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct TrafficStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Global settings of the data path (`CONFIG[0]`).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct GlobalConfig {
+    /// Seed of the flow hash; the same on every node so every node picks the same backend for
+    /// the same flow.
+    pub hash_seed: u32,
+    pub _pad: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<NetAddr>() == 16);
+    assert!(core::mem::size_of::<NetPort>() == 2);
+    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceValue>() == 20);
+    assert!(core::mem::size_of::<SlotKey>() == 12);
+    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<CtEntry>() == 28);
+    assert!(core::mem::size_of::<TrafficStats>() == 24);
+    assert!(core::mem::size_of::<GlobalConfig>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is repr(C), padding-free (sizes asserted above) and valid for any
+    // bit pattern (integers only).
+    unsafe impl aya::Pod for NetAddr {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for TrafficStats {}
+    unsafe impl aya::Pod for GlobalConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// The ABI: sizes and alignments both sides rely on (also asserted at compile time).
+    #[test]
+    fn abi_sizes_and_alignment() {
+        assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (20, 4));
+        assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
+        assert_eq!((size_of::<CtEntry>(), align_of::<CtEntry>()), (28, 4));
+        assert_eq!((size_of::<TrafficStats>(), align_of::<TrafficStats>()), (24, 8));
+        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<SlotKey>(), 12);
+    }
+
+    #[test]
+    fn abi_v4_addresses_are_mapped_and_ports_network_order() {
+        let a = NetAddr::from_v4_octets([192, 0, 2, 1]);
+        assert!(a.is_v4());
+        assert_eq!(a.octets(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]);
+        assert_eq!(NetPort::new(8080).raw().to_ne_bytes(), [0x1f, 0x90]);
+        assert_eq!(NetPort::new(8080).get(), 8080);
+        assert!(!NetAddr::from_v6_octets([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4());
+    }
+
+    #[test]
+    fn reason_labels_are_unique() {
+        let labels: std::collections::BTreeSet<_> = crate::Reason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(labels.len(), crate::Reason::ALL.len());
+        for (i, r) in crate::Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The one definition of everything the eBPF programs and userspace share.
+//!
+//! Every type here is `#[repr(C)]`, padding-free (explicit `_pad` fields, size asserted at
+//! compile time) and holds addresses and ports in network byte order behind newtypes, so
+//! kernel and userspace cannot drift apart. Id `0` means "none" in every id space: BPF arrays
+//! are zero-filled, so a zero slot can never be mistaken for a real backend.
+#![cfg_attr(not(test), no_std)]
+
+pub mod abi;
+pub mod csum;
+pub mod hash;
+pub mod net;
+pub mod reason;
+
+pub use abi::*;
+pub use net::{NetAddr, NetPort};
+pub use reason::Reason;
+
+/// Version of the map layout. Bumped whenever a key/value type or map definition changes;
+/// part of the pin path (`/sys/fs/bpf/sluice/<instance>/v<LAYOUT_VERSION>/`).
+pub const LAYOUT_VERSION: u32 = 1;

@@ -1,0 +1,61 @@
+//! Why a packet left a program the way it did, and flow events. Indexes the per-CPU
+//! `REASONS` array: every exit of every program increments exactly one verdict reason.
+
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $name:ident = $label:literal,)*) => {
+        #[repr(u32)]
+        #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+        pub enum Reason { $($(#[doc = $doc])* $name,)* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+            /// A stable snake_case label (metrics, dumps).
+            pub const fn label(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// XDP: not IPv4 (ARP, IPv6 until it is supported, ...): passed untouched.
+    PassNotIp = "xdp_pass_not_ip",
+    /// XDP: no frontend matches destination, port and protocol: passed untouched.
+    PassNotOurs = "xdp_pass_not_ours",
+    /// XDP: an IP fragment: passed untouched (ports are only in the first fragment).
+    PassFragment = "xdp_pass_fragment",
+    /// XDP: truncated or malformed L3/L4 header: passed untouched for the stack to judge.
+    PassMalformed = "xdp_pass_malformed",
+    /// XDP: translated, then handed to the stack (fib lookup not successful, or the egress
+    /// device cannot take XDP frames).
+    PassToStack = "xdp_pass_to_stack",
+    /// XDP: translated and redirected to the egress device.
+    Redirect = "xdp_redirect",
+    /// XDP: the frontend has no usable backend.
+    DropNoBackend = "xdp_drop_no_backend",
+    /// XDP: a frame too short to hold an Ethernet header.
+    DropRunt = "xdp_drop_runt",
+    /// Event: a new flow was tracked.
+    CtNew = "ct_new",
+    /// Event: a packet matched a tracked flow.
+    CtHit = "ct_hit",
+    /// Event: a non-SYN packet had no conntrack entry (LRU eviction, or a flow from before
+    /// the agent started) and was selected afresh.
+    CtMiss = "ct_miss",
+    /// Event: a TCP SYN found an existing entry and selected afresh (client port reuse).
+    CtSynReselect = "ct_syn_reselect",
+    /// Event: a tracked flow's backend is gone; the flow was selected afresh.
+    CtStaleBackend = "ct_stale_backend",
+    /// Event: writing a conntrack entry failed.
+    CtUpdateFailed = "ct_update_failed",
+    /// TC: a reply was rewritten back to the frontend the client dialled.
+    TcRevNat = "tc_revnat",
+    /// TC: not a reply of a tracked flow: passed untouched.
+    TcPassNotOurs = "tc_pass_not_ours",
+    /// TC: rewriting a reply failed (helper error): passed as is.
+    TcRewriteFailed = "tc_rewrite_failed",
+}
+
+impl Reason {
+    pub const COUNT: u32 = Self::ALL.len() as u32;
+}

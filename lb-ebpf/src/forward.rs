@@ -1,0 +1,67 @@
+//! After DNAT: redirect with a fib lookup to a device that can take XDP frames, else pass.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    helpers::generated::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use lb_common::{Reason, csum};
+
+use crate::{
+    headers::{EthHdr, Ipv4Hdr},
+    maps::TX_PORTS,
+    stats::count,
+};
+
+const AF_INET: u8 = 2;
+
+/// Forwards a translated IPv4 packet: `XDP_REDIRECT` when the fib resolves the next hop to a
+/// device in `TX_PORTS`, with MACs rewritten and the TTL decremented; otherwise `XDP_PASS`
+/// so the stack routes it (and answers TTL expiry, missing neighbours, ...).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr, proto: u8, sport: u16, dport: u16) -> u32 {
+    // SAFETY: eth and ip were bounds checked by the parser; the packet was not resized since.
+    unsafe {
+        if (*ip).ttl <= 1 {
+            count(Reason::PassToStack);
+            return xdp_action::XDP_PASS;
+        }
+        let mut fib: FibParams = core::mem::zeroed();
+        fib.family = AF_INET;
+        fib.l4_protocol = proto;
+        fib.sport = sport;
+        fib.dport = dport;
+        fib.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
+        fib.__bindgen_anon_2.tos = (*ip).tos;
+        fib.__bindgen_anon_3.ipv4_src = (*ip).saddr;
+        fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
+        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        let rc = bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        );
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || TX_PORTS.get_ifindex(fib.ifindex).is_none() {
+            count(Reason::PassToStack);
+            return xdp_action::XDP_PASS;
+        }
+        // TTL sits in the high byte of the 16-bit word (ttl, proto) at offset 8.
+        let old = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl -= 1;
+        let new = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).check = csum::update16((*ip).check, old, new);
+        (*eth).dst = fib.dmac;
+        (*eth).src = fib.smac;
+        match TX_PORTS.redirect(fib.ifindex, 0) {
+            Ok(action) => {
+                count(Reason::Redirect);
+                action
+            }
+            Err(_) => {
+                count(Reason::PassToStack);
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}

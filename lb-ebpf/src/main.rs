@@ -1,0 +1,49 @@
+//! sluice's eBPF programs. Each program is a thin entry point that calls a `try_` function
+//! and turns its result into a deliberate, counted verdict.
+//!
+//! - [`xdp_lb`]: NodePort / LoadBalancer DNAT at XDP with conntrack and forwarding;
+//! - [`revnat`]: reverse NAT of replies at TC egress;
+//! - `sluice_pass`: a plain pass program, attached to veth peers that must have NAPI to
+//!   receive XDP_TX / redirected frames (see TOOLCHAIN.md).
+#![no_std]
+#![no_main]
+
+mod conntrack;
+mod forward;
+mod headers;
+mod maps;
+mod revnat;
+mod select;
+mod stats;
+mod xdp_lb;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+
+#[xdp]
+pub fn sluice_xdp(ctx: XdpContext) -> u32 {
+    xdp_lb::run(&ctx)
+}
+
+#[classifier]
+pub fn sluice_revnat(ctx: TcContext) -> i32 {
+    revnat::run(&ctx)
+}
+
+#[xdp]
+pub fn sluice_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,52 @@
+//! The maps. Sizes here are placeholders: the loader sets every capacity from the
+//! userspace configuration (`lb_userspace::Capacities`) before load.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    Backend, CtEntry, GlobalConfig, FlowKey, NetAddr, ServiceKey, ServiceValue, SlotKey,
+    TrafficStats,
+};
+
+/// Frontend -> service.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(1, 0);
+
+/// Backend id -> backend; index 0 is never used.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+
+/// (service id, table, slot) -> backend id: the selection tables of all services.
+#[map]
+pub static SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(1, 0);
+
+/// Both directions of every tracked flow; shared by all CPUs (the reply path runs elsewhere).
+#[map]
+pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// Addresses of the node's attached interfaces: NodePort frontends match on these.
+#[map]
+pub static NODE_ADDRS: HashMap<NetAddr, u32> = HashMap::with_max_entries(1, 0);
+
+/// Per-service counters, indexed by service id.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-backend counters, indexed by backend id.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-reason counters, indexed by `lb_common::Reason`.
+#[map]
+pub static REASONS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(lb_common::Reason::COUNT, 0);
+
+/// Devices that can take XDP frames: redirect goes only there, everything else to the stack.
+#[map]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(1, 0);
+
+/// Global settings, one element.
+#[map]
+pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);

@@ -1,0 +1,69 @@
+//! Reverse NAT at TC egress: a reply from a backend leaves with the source the client
+//! dialled (frontend address and port), found through the REPLY conntrack entry.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
+    programs::TcContext,
+};
+use lb_common::{FlowKey, NetAddr, NetPort, Reason, dir};
+
+use crate::{
+    conntrack,
+    headers::{self, ETH_HLEN},
+    stats::count,
+};
+
+/// Offsets inside the IPv4 header.
+const IP_CHECK_OFF: usize = ETH_HLEN + 10;
+const IP_SADDR_OFF: usize = ETH_HLEN + 12;
+
+#[inline(always)]
+pub fn run(ctx: &TcContext) -> i32 {
+    let reason = try_run(ctx).unwrap_or_else(|r| r);
+    count(reason);
+    TC_ACT_OK as i32
+}
+
+/// Always passes the packet; returns the reason to count.
+#[inline(always)]
+fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
+    let pkt = match headers::parse_ipv4(ctx.data(), ctx.data_end()) {
+        Ok(p) => p,
+        Err(_) => {
+            // Headers may sit in a non-linear part of the skb: pull them and retry once.
+            let _ = ctx.pull_data((ETH_HLEN + 60 + 20) as u32);
+            headers::parse_ipv4(ctx.data(), ctx.data_end()).map_err(|_| Reason::TcPassNotOurs)?
+        }
+    };
+    // SAFETY: bounds checked by the parser.
+    let (saddr, daddr) = unsafe { ((*pkt.ip).saddr, (*pkt.ip).daddr) };
+    let key = FlowKey {
+        src: NetAddr::from_v4_raw(saddr),
+        dst: NetAddr::from_v4_raw(daddr),
+        sport: NetPort(pkt.l4.sport),
+        dport: NetPort(pkt.l4.dport),
+        proto: pkt.proto,
+        dir: dir::REPLY,
+        _pad: [0; 2],
+    };
+    let ct = conntrack::lookup(&key).ok_or(Reason::TcPassNotOurs)?;
+    let new_saddr = ct.nat_addr.v4_raw();
+    let new_sport = ct.nat_port.raw();
+
+    let l4_check_off = pkt.l4_off + pkt.l4.check_off;
+    let mangled0 = if pkt.proto == lb_common::IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let fail = |_| Reason::TcRewriteFailed;
+    ctx.l4_csum_replace(
+        l4_check_off,
+        saddr as u64,
+        new_saddr as u64,
+        BPF_F_PSEUDO_HDR as u64 | mangled0 | 4,
+    )
+    .map_err(fail)?;
+    ctx.l4_csum_replace(l4_check_off, pkt.l4.sport as u64, new_sport as u64, mangled0 | 2)
+        .map_err(fail)?;
+    ctx.l3_csum_replace(IP_CHECK_OFF, saddr as u64, new_saddr as u64, 4).map_err(fail)?;
+    ctx.store(IP_SADDR_OFF, &new_saddr, 0).map_err(fail)?;
+    ctx.store(pkt.l4_off, &new_sport, 0).map_err(fail)?;
+    Ok(Reason::TcRevNat)
+}

@@ -1,0 +1,205 @@
+//! Attaching the programs to the node's interfaces, and the node facts the program needs:
+//! the interfaces' addresses (NodePort frontends) and the devices that can take XDP frames.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpLinkId, tc::SchedClassifierLinkId, XdpMode},
+};
+use lb_common::{map_names as names, program_names as progs};
+use serde::Serialize;
+
+use crate::{dataplane::{Dataplane, net_addr}, error::Error};
+
+/// How the XDP program runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AttachMode {
+    /// In the driver (native XDP).
+    Native,
+    /// Generic XDP in the stack: the driver has no native support.
+    Generic,
+}
+
+pub(crate) struct Attachment {
+    xdp: XdpLinkId,
+    tc: SchedClassifierLinkId,
+    mode: AttachMode,
+    addrs: Vec<IpAddr>,
+}
+
+#[derive(Default)]
+pub(crate) struct Attachments {
+    by_ifname: BTreeMap<String, Attachment>,
+}
+
+pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let xdp: &mut Xdp = ebpf
+        .program_mut(progs::XDP_LB)
+        .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not in the object"))?
+        .try_into()
+        .map_err(|e| Error::program(progs::XDP_LB, "open", e))?;
+    xdp.load().map_err(|e| Error::program(progs::XDP_LB, "load (verifier)", e))?;
+    let tc: &mut SchedClassifier = ebpf
+        .program_mut(progs::TC_REVNAT)
+        .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not in the object"))?
+        .try_into()
+        .map_err(|e| Error::program(progs::TC_REVNAT, "open", e))?;
+    tc.load().map_err(|e| Error::program(progs::TC_REVNAT, "load (verifier)", e))?;
+    Ok(())
+}
+
+/// Index of an interface in the calling thread's network namespace.
+pub fn ifindex(ifname: &str) -> Result<u32, Error> {
+    nix::net::if_::if_nametoindex(ifname).map_err(|e| Error::Interface {
+        ifname: ifname.into(),
+        reason: format!("no such interface in this network namespace ({e})"),
+    })
+}
+
+/// Addresses configured on an interface (IPv4 and IPv6, link-local IPv6 excluded).
+pub fn interface_addresses(ifname: &str) -> Result<Vec<IpAddr>, Error> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::Interface {
+        ifname: ifname.into(),
+        reason: format!("getifaddrs failed: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for a in addrs.filter(|a| a.interface_name == ifname) {
+        let Some(sa) = a.address else { continue };
+        if let Some(v4) = sa.as_sockaddr_in() {
+            out.push(IpAddr::V4(v4.ip()));
+        } else if let Some(v6) = sa.as_sockaddr_in6() {
+            let ip = v6.ip();
+            if (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                out.push(IpAddr::V6(ip));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Dataplane {
+    /// Attaches the load balancer to an external interface (in the calling thread's network
+    /// namespace): XDP in native mode (generic if the driver cannot), TC at TCX egress for
+    /// the replies, and the interface's addresses as NodePort addresses.
+    pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, Error> {
+        if self.attachments.by_ifname.contains_key(ifname) {
+            return Err(Error::Interface { ifname: ifname.into(), reason: "already attached".into() });
+        }
+        ifindex(ifname)?;
+        let addrs = interface_addresses(ifname)?;
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(progs::XDP_LB)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not loaded"))?;
+        let (xdp_link, mode) = match xdp.attach(ifname, XdpMode::Driver) {
+            Ok(l) => (l, AttachMode::Native),
+            Err(native) => match xdp.attach(ifname, XdpMode::Skb) {
+                Ok(l) => {
+                    tracing::warn!(ifname, error = %native, "native XDP unavailable, attached in generic mode");
+                    (l, AttachMode::Generic)
+                }
+                Err(e) => return Err(Error::program(progs::XDP_LB, "attach (XDP)", e)),
+            },
+        };
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(progs::TC_REVNAT)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not loaded"))?;
+        let tc_link = match tc.attach(ifname, TcAttachType::Egress) {
+            Ok(l) => l,
+            Err(e) => {
+                self.detach_xdp(xdp_link);
+                return Err(Error::program(progs::TC_REVNAT, "attach (TCX egress)", e));
+            }
+        };
+        let mut added = Vec::new();
+        for a in &addrs {
+            if let Err(e) = self.add_node_address(*a) {
+                for x in added {
+                    let _ = self.remove_node_address(x);
+                }
+                self.detach_links(xdp_link, tc_link);
+                return Err(e);
+            }
+            added.push(*a);
+        }
+        self.attachments.by_ifname.insert(ifname.into(), Attachment { xdp: xdp_link, tc: tc_link, mode, addrs });
+        Ok(mode)
+    }
+
+    fn detach_xdp(&mut self, link: XdpLinkId) {
+        if let Some(p) = self.ebpf.program_mut(progs::XDP_LB) {
+            let xdp: Result<&mut Xdp, _> = p.try_into();
+            if let Ok(xdp) = xdp {
+                let _ = xdp.detach(link);
+            }
+        }
+    }
+
+    fn detach_links(&mut self, xdp: XdpLinkId, tc: SchedClassifierLinkId) {
+        self.detach_xdp(xdp);
+        if let Some(p) = self.ebpf.program_mut(progs::TC_REVNAT) {
+            let prog: Result<&mut SchedClassifier, _> = p.try_into();
+            if let Ok(prog) = prog {
+                let _ = prog.detach(tc);
+            }
+        }
+    }
+
+    /// Detaches from an interface and forgets its NodePort addresses.
+    pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
+        let a = self.attachments.by_ifname.remove(ifname).ok_or_else(|| Error::Interface {
+            ifname: ifname.into(),
+            reason: "not attached".into(),
+        })?;
+        self.detach_links(a.xdp, a.tc);
+        for addr in a.addrs {
+            self.remove_node_address(addr)?;
+        }
+        Ok(())
+    }
+
+    /// Interfaces attached, with their mode.
+    pub fn attached(&self) -> Vec<(String, AttachMode)> {
+        self.attachments.by_ifname.iter().map(|(n, a)| (n.clone(), a.mode)).collect()
+    }
+
+    /// Makes `addr` a NodePort address (done by [`Dataplane::attach`] for the interface's own).
+    pub fn add_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
+        let cap = self.cfg.capacities.node_addresses;
+        self.maps.node_addrs.insert(net_addr(addr), 1, 0).map_err(|e| {
+            if crate::maps::is_full(&e) {
+                Error::CapacityExceeded { what: "the node address table", capacity: cap, setting: "capacities.node_addresses" }
+            } else {
+                Error::map(names::NODE_ADDRS, "write", e)
+            }
+        })
+    }
+
+    pub fn remove_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
+        match self.maps.node_addrs.remove(&net_addr(addr)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(Error::map(names::NODE_ADDRS, "delete", e)),
+        }
+    }
+
+    /// Allows redirecting translated frames straight to this device (in the calling thread's
+    /// namespace). Only for devices that can take XDP frames: a NIC, or a veth whose peer
+    /// has an XDP program or GRO (TOOLCHAIN.md); frames for any other device go through the
+    /// stack.
+    pub fn allow_redirect(&mut self, ifname: &str) -> Result<(), Error> {
+        let idx = ifindex(ifname)?;
+        let cap = self.cfg.capacities.redirect_ports;
+        self.maps.tx_ports.insert(idx, idx, None, 0).map_err(|e| match e {
+            aya::maps::xdp::XdpMapError::MapError(m) if crate::maps::is_full(&m) => Error::CapacityExceeded {
+                what: "the redirect device table",
+                capacity: cap,
+                setting: "capacities.redirect_ports",
+            },
+            e => Error::map(names::TX_PORTS, "write", e),
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! Configuration of the data path: every capacity is a setting, named in capacity errors.
+
+use serde::{Deserialize, Serialize};
+
+/// Map capacities. The names of the fields are the settings that capacity errors name
+/// (`capacities.<field>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Capacities {
+    /// Number of services (one per service port and protocol).
+    pub services: u32,
+    /// Number of frontends (address:port/protocol entries, a NodePort counts once).
+    pub frontends: u32,
+    /// Number of backends over all services.
+    pub backends: u32,
+    /// Selection-table slots over all services. A service holds one table in force and,
+    /// while its size changes, a second one.
+    pub slots: u32,
+    /// Conntrack entries (LRU); each flow takes two (forward and reply).
+    pub conntrack: u32,
+    /// Addresses of the attached interfaces (NodePort frontends).
+    pub node_addresses: u32,
+    /// Devices that may receive redirected frames.
+    pub redirect_ports: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Capacities {
+            services: 4096,
+            frontends: 16384,
+            backends: 16384,
+            slots: 1 << 20,
+            conntrack: 1 << 18,
+            node_addresses: 256,
+            redirect_ports: 256,
+        }
+    }
+}
+
+/// Sizing of the Maglev selection tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaglevConfig {
+    /// A table gets the smallest prime >= this many slots per backend...
+    pub slots_per_backend: u32,
+    /// ...but never more than this (a prime is chosen at or below it). 4 bytes per slot in
+    /// the program's view, about 48 bytes per slot of kernel hash-map memory.
+    pub max_table_size: u32,
+}
+
+impl Default for MaglevConfig {
+    fn default() -> Self {
+        MaglevConfig { slots_per_backend: 100, max_table_size: 65521 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataplaneConfig {
+    pub capacities: Capacities,
+    pub maglev: MaglevConfig,
+    /// Seed of the flow hash and of Maglev; the same on every node so that every node picks
+    /// the same backend for the same flow.
+    pub hash_seed: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            capacities: Capacities::default(),
+            maglev: MaglevConfig::default(),
+            hash_seed: 0x5eed_1b00,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! The data path as a typed API: loads sluice's eBPF programs, attaches them, and turns
+//! service/backends updates into ordered, make-before-break map writes.
+//!
+//! This is the only crate that imports aya; nothing aya-specific crosses its API.
+//!
+//! - [`config`]: capacities and tunables (every map size is configuration);
+//! - [`spec`]: what callers ask for (services, frontends, backends and their states);
+//! - [`maglev`]: the selection table of a service;
+//! - [`ids`]: service and backend id allocation (0 is never handed out);
+//! - [`dataplane`]: [`Dataplane`], the owner of the maps, and the update order;
+//! - [`attach`]: XDP and TC attachment and the node's addresses;
+//! - [`pass`]: the stub XDP program for veth peers;
+//! - [`testrun`]: `BPF_PROG_TEST_RUN` access for packet tests and benchmarks.
+
+pub mod attach;
+pub mod config;
+pub mod dataplane;
+pub mod error;
+pub mod ids;
+pub mod maglev;
+mod maps;
+mod object;
+pub mod pass;
+pub mod spec;
+pub mod testrun;
+
+pub use config::{Capacities, DataplaneConfig, MaglevConfig};
+pub use dataplane::{BackendDump, Dataplane, MapOccupancy, ServiceDump, ServiceStats};
+pub use error::Error;
+pub use lb_common::{Reason, TrafficStats};
+pub use pass::PassProgram;
+pub use spec::{BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec};
+pub use testrun::TestRunOutput;

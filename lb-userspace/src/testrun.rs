@@ -1,0 +1,84 @@
+//! `BPF_PROG_TEST_RUN` of the loaded programs, with the maps as they are: packet tests and
+//! per-packet benchmarks. Helpers such as `bpf_fib_lookup` see the network namespace of the
+//! calling thread, so run this inside a prepared namespace.
+
+use std::time::Duration;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use lb_common::program_names as progs;
+
+use crate::{dataplane::Dataplane, error::Error};
+
+/// Extra room for programs that grow a packet.
+const HEADROOM: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// The program's return value (an XDP action or a TC action).
+    pub verdict: u32,
+    /// The packet after the program.
+    pub data: Vec<u8>,
+    /// Mean duration of one run as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// `struct xdp_md` as `ctx_in`: sets the ingress interface the program sees.
+#[repr(C)]
+struct XdpMd {
+    data: u32,
+    data_end: u32,
+    data_meta: u32,
+    ingress_ifindex: u32,
+    rx_queue_index: u32,
+    egress_ifindex: u32,
+}
+
+impl Dataplane {
+    /// Runs the XDP program `repeat` times on `packet` (the packet is not restored between
+    /// repeats). `ingress_ifindex` sets the interface the packet seems to arrive on (0: the
+    /// namespace's loopback).
+    pub fn test_xdp(&self, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<TestRunOutput, Error> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(progs::XDP_LB)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not loaded"))?;
+        let md = XdpMd {
+            data: 0,
+            data_end: packet.len() as u32,
+            data_meta: 0,
+            ingress_ifindex,
+            rx_queue_index: 0,
+            egress_ifindex: 0,
+        };
+        // SAFETY: XdpMd is repr(C) with only u32 fields, so viewing it as bytes is sound.
+        let ctx = unsafe {
+            std::slice::from_raw_parts((&md as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>())
+        };
+        let mut out = vec![0u8; packet.len() + HEADROOM];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: if ingress_ifindex == 0 { None } else { Some(ctx) },
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
+        let r = prog.test_run(opts).map_err(|e| Error::program(progs::XDP_LB, "BPF_PROG_TEST_RUN", e))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutput { verdict: r.return_value, data: out, duration: r.duration })
+    }
+
+    /// Runs the TC reverse-NAT program once on `packet`.
+    pub fn test_tc(&self, packet: &[u8]) -> Result<TestRunOutput, Error> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(progs::TC_REVNAT)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not loaded"))?;
+        let mut out = vec![0u8; packet.len() + HEADROOM];
+        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat: 1, ..Default::default() };
+        let r = prog.test_run(opts).map_err(|e| Error::program(progs::TC_REVNAT, "BPF_PROG_TEST_RUN", e))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutput { verdict: r.return_value, data: out, duration: r.duration })
+    }
+}

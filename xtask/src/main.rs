@@ -1,0 +1,48 @@
+//! `cargo xtask <command>`: everything a fresh machine needs, in one place.
+//!
+//! - `setup`: installs (idempotently) what building and testing need;
+//! - `build`: builds the workspace (the eBPF object is built by lb-userspace/build.rs);
+//! - `test`: setup, build, then every test tier in order (unit, packet, netns).
+
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "sluice project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install toolchain pieces and Debian packages (idempotent), mount bpffs.
+    Setup,
+    /// Setup, then build every crate and test target.
+    Build,
+    /// Setup, build, then run every test tier (needs root).
+    Test {
+        /// Run only these tiers (unit, packet, netns); default: all.
+        #[arg(long, value_delimiter = ',')]
+        tiers: Vec<test::Tier>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            test::build()
+        }
+        Command::Test { tiers } => {
+            setup::run()?;
+            test::build()?;
+            test::run(&tiers)
+        }
+    }
+}

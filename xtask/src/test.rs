@@ -1,0 +1,63 @@
+//! The test tiers, run in order; each prints libtest's `test NAME ... ok` lines.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::setup::sh;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tier {
+    /// Pure tests: ABI, checksums, Maglev, ids, load generator, packet builder.
+    Unit,
+    /// BPF_PROG_TEST_RUN tables inside a prepared namespace (root).
+    Packet,
+    /// Real TCP/UDP through namespaces and veth (root).
+    Netns,
+}
+
+pub fn build() -> Result<()> {
+    sh(Command::new("cargo").args(["build", "--workspace", "--all-targets"]))
+}
+
+fn cargo_test(args: &[&str], test_args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("test").args(args).arg("--").args(test_args);
+    sh(&mut cmd)
+}
+
+pub fn run(tiers: &[Tier]) -> Result<()> {
+    let all = [Tier::Unit, Tier::Packet, Tier::Netns];
+    let tiers: Vec<Tier> = if tiers.is_empty() { all.to_vec() } else { tiers.to_vec() };
+    let root = {
+        // SAFETY: geteuid has no preconditions.
+        unsafe extern "C" {
+            fn geteuid() -> u32;
+        }
+        unsafe { geteuid() == 0 }
+    };
+    if !root && tiers.iter().any(|t| *t != Tier::Unit) {
+        bail!("the packet and netns tiers load eBPF programs and create namespaces: run as root");
+    }
+    let mut failed = Vec::new();
+    for tier in tiers {
+        println!("\n=== tier: {tier:?} ===");
+        let r = match tier {
+            Tier::Unit => cargo_test(&["--workspace", "--lib", "--bins"], &[])
+                .and_then(|()| cargo_test(&["-p", "bench", "--tests"], &[]))
+                .and_then(|()| cargo_test(&["-p", "lab", "--lib"], &[])),
+            Tier::Packet => cargo_test(&["-p", "lb-userspace", "--test", "packet"], &[]),
+            // Namespace tests share the machine's 2 cores; run them one at a time.
+            Tier::Netns => cargo_test(&["-p", "lab", "--test", "*"], &["--test-threads=1"]),
+        };
+        if let Err(e) = r {
+            eprintln!("tier {tier:?} failed: {e:#}");
+            failed.push(tier);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed tiers: {failed:?}");
+    }
+    println!("\nall tiers passed");
+    Ok(())
+}
