@@ -33,8 +33,6 @@ reasons! {
     Redirect = "xdp_redirect",
     /// XDP: the frontend has no usable backend.
     DropNoBackend = "xdp_drop_no_backend",
-    /// XDP: a frame too short to hold an Ethernet header.
-    DropRunt = "xdp_drop_runt",
     /// Event: a new flow was tracked.
     CtNew = "ct_new",
     /// Event: a packet matched a tracked flow.

@@ -87,10 +87,38 @@ pub struct L4 {
 #[derive(Clone, Copy)]
 pub struct Ipv4Packet {
     pub ip: *mut Ipv4Hdr,
+    /// The L4 header; at least `TCP_HLEN_MIN` (TCP) or `UDP_HLEN` (UDP) bytes are in bounds.
+    pub l4: *mut u8,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
     pub proto: u8,
-    pub l4: L4,
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// Offset of the checksum field from the start of the L4 header.
+    pub check_off: usize,
+}
+
+impl Ipv4Packet {
+    /// The L4 checksum field (inside the bounds-checked L4 header).
+    #[inline(always)]
+    pub fn l4_check(&self) -> *mut u16 {
+        // SAFETY: check_off + 2 <= the checked header length for both protocols.
+        unsafe { self.l4.add(self.check_off).cast() }
+    }
+
+    /// The L4 destination port field.
+    #[inline(always)]
+    pub fn l4_dport(&self) -> *mut u16 {
+        // SAFETY: offset 2..4 is inside the checked header.
+        unsafe { self.l4.add(2).cast() }
+    }
+
+    /// The L4 source port field.
+    #[inline(always)]
+    pub fn l4_sport(&self) -> *mut u16 {
+        self.l4.cast()
+    }
 }
 
 /// Why parsing stopped.
@@ -104,6 +132,10 @@ pub enum ParseStop {
 }
 
 /// Parses Ethernet + IPv4 (with options) + the fixed part of TCP/UDP.
+///
+/// Every header is bounds-checked through its own pointer *before* any length field is
+/// compared with the frame length: otherwise LLVM may drop a pointer check it can derive
+/// from the length checks, and the verifier, which cannot, rejects the access.
 #[inline(always)]
 pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Ipv4Packet, ParseStop> {
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(ParseStop::Malformed)?;
@@ -113,47 +145,46 @@ pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Ipv4Packet, ParseStop>
     }
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(ParseStop::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
-    let (vhl, tot_len, frag_off, proto) =
-        unsafe { ((*ip).vhl, u16::from_be((*ip).tot_len), (*ip).frag_off, (*ip).proto) };
+    let (vhl, frag_off, proto) = unsafe { ((*ip).vhl, (*ip).frag_off, (*ip).proto) };
     if vhl >> 4 != 4 {
         return Err(ParseStop::Malformed);
     }
     let ihl = ((vhl & 0x0f) as usize) * 4;
-    if ihl < IPV4_HLEN_MIN || (tot_len as usize) < ihl {
-        return Err(ParseStop::Malformed);
-    }
-    if ETH_HLEN + tot_len as usize > data_end - data {
+    if ihl < IPV4_HLEN_MIN {
         return Err(ParseStop::Malformed);
     }
     if frag_off & IP_FRAG_MASK_RAW != 0 {
         return Err(ParseStop::Fragment);
     }
     let l4_off = ETH_HLEN + ihl;
-    let l4 = match proto {
+    let (l4, sport, dport, tcp_flags, check_off, l4_min) = match proto {
         lb_common::IPPROTO_TCP => {
-            if (tot_len as usize) < ihl + TCP_HLEN_MIN {
-                return Err(ParseStop::Malformed);
-            }
             let tcp: *mut TcpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
             // SAFETY: bounds checked by ptr_at.
             let (sport, dport, doff, flags) =
                 unsafe { ((*tcp).sport, (*tcp).dport, (*tcp).doff_res >> 4, (*tcp).flags) };
-            if (doff as usize) * 4 < TCP_HLEN_MIN || (doff as usize) * 4 > tot_len as usize - ihl {
+            if (doff as usize) * 4 < TCP_HLEN_MIN {
                 return Err(ParseStop::Malformed);
             }
-            L4 { sport, dport, tcp_flags: flags, check_off: TCP_CHECK_OFF }
+            (tcp.cast::<u8>(), sport, dport, flags, TCP_CHECK_OFF, (doff as usize) * 4)
         }
         lb_common::IPPROTO_UDP => {
             let udp: *mut UdpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
             // SAFETY: bounds checked by ptr_at.
             let (sport, dport, len) =
                 unsafe { ((*udp).sport, (*udp).dport, u16::from_be((*udp).len)) };
-            if (len as usize) < UDP_HLEN || len as usize > tot_len as usize - ihl {
+            if (len as usize) < UDP_HLEN {
                 return Err(ParseStop::Malformed);
             }
-            L4 { sport, dport, tcp_flags: 0, check_off: UDP_CHECK_OFF }
+            (udp.cast::<u8>(), sport, dport, 0, UDP_CHECK_OFF, len as usize)
         }
         _ => return Err(ParseStop::OtherProto),
     };
-    Ok(Ipv4Packet { ip, l4_off, proto, l4 })
+    // Length fields against each other and the frame (after the pointer checks, see above).
+    // SAFETY: `ip` was bounds checked.
+    let tot_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
+    if tot_len < ihl + l4_min || ETH_HLEN + tot_len > data_end - data {
+        return Err(ParseStop::Malformed);
+    }
+    Ok(Ipv4Packet { ip, l4, l4_off, proto, sport, dport, tcp_flags, check_off })
 }

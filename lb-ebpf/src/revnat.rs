@@ -40,8 +40,8 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
     let key = FlowKey {
         src: NetAddr::from_v4_raw(saddr),
         dst: NetAddr::from_v4_raw(daddr),
-        sport: NetPort(pkt.l4.sport),
-        dport: NetPort(pkt.l4.dport),
+        sport: NetPort(pkt.sport),
+        dport: NetPort(pkt.dport),
         proto: pkt.proto,
         dir: dir::REPLY,
         _pad: [0; 2],
@@ -50,7 +50,7 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
     let new_saddr = ct.nat_addr.v4_raw();
     let new_sport = ct.nat_port.raw();
 
-    let l4_check_off = pkt.l4_off + pkt.l4.check_off;
+    let l4_check_off = pkt.l4_off + pkt.check_off;
     let mangled0 = if pkt.proto == lb_common::IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
     let fail = |_| Reason::TcRewriteFailed;
     ctx.l4_csum_replace(
@@ -60,7 +60,7 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
         BPF_F_PSEUDO_HDR as u64 | mangled0 | 4,
     )
     .map_err(fail)?;
-    ctx.l4_csum_replace(l4_check_off, pkt.l4.sport as u64, new_sport as u64, mangled0 | 2)
+    ctx.l4_csum_replace(l4_check_off, pkt.sport as u64, new_sport as u64, mangled0 | 2)
         .map_err(fail)?;
     ctx.l3_csum_replace(IP_CHECK_OFF, saddr as u64, new_saddr as u64, 4).map_err(fail)?;
     ctx.store(IP_SADDR_OFF, &new_saddr, 0).map_err(fail)?;

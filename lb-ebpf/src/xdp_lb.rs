@@ -16,12 +16,16 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
-            xdp_action::XDP_PASS
+            match reason {
+                Reason::DropNoBackend => xdp_action::XDP_DROP,
+                _ => xdp_action::XDP_PASS,
+            }
         }
     }
 }
 
-/// `Err(reason)`: the packet is passed untouched and `reason` counted.
+/// `Err(reason)`: the packet leaves untouched (dropped for `Drop*` reasons, else passed)
+/// and `reason` is counted.
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
@@ -35,19 +39,19 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     // SAFETY: `ip` was bounds checked by the parser.
     let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
     let dst = NetAddr::from_v4_raw(daddr);
-    let svc = select::frontend(dst, pkt.l4.dport, pkt.proto).ok_or(Reason::PassNotOurs)?;
+    let svc = select::frontend(dst, pkt.dport, pkt.proto).ok_or(Reason::PassNotOurs)?;
 
     let flow = FlowKey {
         src: NetAddr::from_v4_raw(saddr),
         dst,
-        sport: NetPort(pkt.l4.sport),
-        dport: NetPort(pkt.l4.dport),
+        sport: NetPort(pkt.sport),
+        dport: NetPort(pkt.dport),
         proto: pkt.proto,
         dir: dir::FORWARD,
         _pad: [0; 2],
     };
     let is_syn = pkt.proto == lb_common::IPPROTO_TCP
-        && pkt.l4.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+        && pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
 
     // An established flow keeps its backend while that backend exists; a SYN always selects
     // afresh (client ports are reused at high connection rates).
@@ -80,10 +84,8 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     // DNAT: destination address (IPv4 header and L4 pseudo-header) and port.
     let new_daddr = backend.addr.v4_raw();
     let new_dport = backend.port.raw();
-    let check: *mut u16 = headers::ptr_at(data, data_end, pkt.l4_off + pkt.l4.check_off)
-        .ok_or(Reason::PassMalformed)?;
-    let dport: *mut u16 =
-        headers::ptr_at(data, data_end, pkt.l4_off + 2).ok_or(Reason::PassMalformed)?;
+    let check = pkt.l4_check();
+    let dport = pkt.l4_dport();
     // SAFETY: every pointer was bounds checked; nothing resized the packet.
     unsafe {
         (*ip).daddr = new_daddr;
@@ -92,7 +94,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         // A UDP checksum of 0 means "none" and stays 0.
         if !(pkt.proto == lb_common::IPPROTO_UDP && old_check == 0) {
             let mut c = csum::update32(old_check, daddr, new_daddr);
-            c = csum::update16(c, pkt.l4.dport, new_dport);
+            c = csum::update16(c, pkt.dport, new_dport);
             if pkt.proto == lb_common::IPPROTO_UDP {
                 c = csum::udp_finish(c);
             }
@@ -102,6 +104,6 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     }
     traffic(svc.id, backend_id, (data_end - data) as u64, new_flow);
 
-    let eth: *mut EthHdr = headers::ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
-    Ok(forward::ipv4(ctx, eth, ip, pkt.proto, pkt.l4.sport, new_dport))
+    let eth = data as *mut EthHdr; // checked by the parser (the IP header lies beyond it)
+    Ok(forward::ipv4(ctx, eth, ip, pkt.proto, pkt.sport, new_dport))
 }

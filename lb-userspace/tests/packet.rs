@@ -1,0 +1,404 @@
+//! Packet tier: the XDP and TC programs run through `BPF_PROG_TEST_RUN` inside the node
+//! namespace of a lab (so `bpf_fib_lookup` sees a real node), maps set up through the
+//! `Dataplane` API, packets built with `lab::packet::PacketBuilder`. Each case checks the
+//! verdict, the exact output bytes (the expected packet is built from scratch, so every
+//! checksum is a full recomputation), `verify_checksums`, and the counters.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use lab::{
+    Lab,
+    packet::{MacAddr, PacketBuilder, ParsedPacket, TcpFlags, Transport, verify_checksums},
+};
+use lb_userspace::{
+    BackendSpec, Dataplane, DataplaneConfig, EndpointState, Frontend, Protocol, ServiceSpec,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const NODE_PORT: u16 = 30080;
+const VIP_PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+
+/// What a case knows about the lab, gathered before entering the node namespace.
+struct Env {
+    uplink: String,
+    uplink_ifindex: u32,
+    backends: Vec<Ipv4Addr>,
+    pod_links: Vec<String>,
+    /// (node-side MAC, pod-side MAC) of each pod link.
+    pod_macs: Vec<(MacAddr, MacAddr)>,
+}
+
+/// Builds a lab with `n` backends and runs `f` in its node namespace with a loaded (not
+/// attached) data path whose NodePort addresses are the uplink's.
+fn in_node<R: Send>(n: usize, f: impl FnOnce(&Env, &mut Dataplane) -> R + Send) -> R {
+    let lab = Lab::builder().backends(n).build().expect("lab");
+    let env = Env {
+        uplink: lab.node_uplink().to_string(),
+        uplink_ifindex: lab.node_uplink_ifindex().expect("ifindex"),
+        backends: (0..n).map(|i| lab.backend_addr(i)).collect(),
+        pod_links: (0..n).map(|i| lab.node_pod_link(i)).collect(),
+        pod_macs: (0..n).map(|i| (lab.node_pod_mac(i), lab.pod_mac(i))).collect(),
+    };
+    lab.node()
+        .enter(|| {
+            let mut dp = Dataplane::load(DataplaneConfig::default()).expect("load data path");
+            for a in lb_userspace::attach::interface_addresses(&env.uplink).expect("addresses") {
+                dp.add_node_address(a).expect("node address");
+            }
+            f(&env, &mut dp)
+        })
+        .expect("enter node namespace")
+}
+
+fn service(name: &str, proto: Protocol, backends: &[Ipv4Addr]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        protocol: proto,
+        frontends: vec![
+            Frontend::NodePort(NODE_PORT),
+            Frontend::Address(SocketAddr::V4(SocketAddrV4::new(VIP, VIP_PORT))),
+        ],
+        backends: backends
+            .iter()
+            .map(|b| BackendSpec::ready(SocketAddr::V4(SocketAddrV4::new(*b, TARGET_PORT))))
+            .collect(),
+        affinity: None,
+    }
+}
+
+fn tcp(dst: Ipv4Addr, dport: u16, sport: u16, flags: TcpFlags) -> PacketBuilder {
+    PacketBuilder::new()
+        .ipv4(CLIENT, dst)
+        .tcp(sport, dport)
+        .seq(1000)
+        .tcp_flags(flags)
+        .payload(b"GET / HTTP/1.1\r\n\r\n")
+}
+
+fn udp(dst: Ipv4Addr, dport: u16, sport: u16) -> PacketBuilder {
+    PacketBuilder::new().ipv4(CLIENT, dst).udp(sport, dport).payload(b"ping over udp")
+}
+
+fn counters(dp: &Dataplane) -> std::collections::BTreeMap<&'static str, u64> {
+    dp.reasons().expect("reasons").into_iter().map(|(r, v)| (r.label(), v)).collect()
+}
+
+/// The difference of the reason counters before and after `f`, non-zero entries only.
+fn delta<R>(dp: &mut Dataplane, f: impl FnOnce(&mut Dataplane) -> R) -> (R, Vec<(&'static str, u64)>) {
+    let before = counters(dp);
+    let r = f(dp);
+    let after = counters(dp);
+    let d = after.iter().filter(|(k, v)| before[*k] != **v).map(|(k, v)| (*k, v - before[*k])).collect();
+    (r, d)
+}
+
+fn run(dp: &Dataplane, env: &Env, pkt: &[u8]) -> (u32, Vec<u8>) {
+    let out = dp.test_xdp(pkt, env.uplink_ifindex, 1).expect("test run");
+    (out.verdict, out.data)
+}
+
+fn dst_of(pkt: &[u8]) -> SocketAddr {
+    let p = ParsedPacket::parse(pkt).expect("parse output");
+    let port = match p.transport.as_ref().expect("transport") {
+        Transport::Tcp(t) => t.dst_port,
+        Transport::Udp(u) => u.dst_port,
+        _ => panic!("not tcp/udp"),
+    };
+    SocketAddr::new(p.dst_ip().expect("ip"), port)
+}
+
+#[test]
+fn dnat_tcp_syn_to_nodeport_is_translated_exactly() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        let input = tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).build();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!(verdict, XDP_PASS, "no redirect port configured: translated, then to the stack");
+        let expected = tcp(env.backends[0], TARGET_PORT, 40000, TcpFlags::SYN).build();
+        assert_eq!(out, expected, "exact bytes after DNAT");
+        verify_checksums(&out).unwrap();
+        assert_eq!(d, vec![("ct_new", 1), ("xdp_pass_to_stack", 1)]);
+        let st = dp.service_stats("web").unwrap();
+        assert_eq!((st.service.packets, st.service.bytes, st.service.new_flows), (1, input.len() as u64, 1));
+        assert_eq!(st.backends[0].1.packets, 1);
+    });
+}
+
+#[test]
+fn dnat_loadbalancer_vip_udp_is_translated_exactly() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends)).unwrap();
+        let input = udp(VIP, VIP_PORT, 5353).build();
+        let (verdict, out) = run(dp, env, &input);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, udp(env.backends[0], TARGET_PORT, 5353).build());
+        verify_checksums(&out).unwrap();
+    });
+}
+
+#[test]
+fn dnat_udp_zero_checksum_stays_zero() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends)).unwrap();
+        let input = udp(VIP, VIP_PORT, 5353).udp_no_checksum().build();
+        let (_, out) = run(dp, env, &input);
+        assert_eq!(out, udp(env.backends[0], TARGET_PORT, 5353).udp_no_checksum().build());
+        verify_checksums(&out).unwrap();
+    });
+}
+
+#[test]
+fn dnat_with_ip_options_uses_the_header_length() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        // Record-route-like option (NOP padding + a 4-byte option) makes IHL 6.
+        let opts = [0x01, 0x01, 0x01, 0x00];
+        let input = tcp(NODE, NODE_PORT, 40001, TcpFlags::SYN).ipv4_options(&opts).build();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 40001, TcpFlags::SYN).ipv4_options(&opts).build());
+        verify_checksums(&out).unwrap();
+        assert!(d.contains(&("ct_new", 1)), "{d:?}");
+    });
+}
+
+#[test]
+fn conntrack_established_flow_keeps_its_backend() {
+    in_node(2, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        for sport in 41000..41040 {
+            let (_, syn_out) = run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build());
+            let chosen = dst_of(&syn_out);
+            let ack = tcp(NODE, NODE_PORT, sport, TcpFlags::ACK).build();
+            let ((_, out), d) = delta(dp, |dp| run(dp, env, &ack));
+            assert_eq!(dst_of(&out), chosen, "established packets follow the SYN's backend");
+            let SocketAddr::V4(v4) = chosen else { panic!("v4 backend expected") };
+            assert_eq!(out, tcp(*v4.ip(), TARGET_PORT, sport, TcpFlags::ACK).build());
+            assert_eq!(d, vec![("ct_hit", 1), ("xdp_pass_to_stack", 1)]);
+        }
+        // Both backends were chosen for some of the 40 flows.
+        let st = dp.service_stats("web").unwrap();
+        assert!(st.backends.iter().all(|(_, s)| s.new_flows > 0), "{st:?}");
+        assert_eq!(st.service.new_flows, 40);
+        assert_eq!(st.service.packets, 80);
+    });
+}
+
+#[test]
+fn conntrack_syn_on_existing_entry_selects_afresh() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        let syn = tcp(NODE, NODE_PORT, 42000, TcpFlags::SYN).build();
+        run(dp, env, &syn);
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &syn));
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 42000, TcpFlags::SYN).build());
+        assert_eq!(d, vec![("ct_new", 1), ("ct_syn_reselect", 1), ("xdp_pass_to_stack", 1)]);
+    });
+}
+
+#[test]
+fn conntrack_miss_on_non_syn_is_counted_and_selected() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        let ack = tcp(NODE, NODE_PORT, 43000, TcpFlags::ACK | TcpFlags::PSH).build();
+        let ((_, out), d) = delta(dp, |dp| run(dp, env, &ack));
+        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 43000, TcpFlags::ACK | TcpFlags::PSH).build());
+        assert_eq!(d, vec![("ct_miss", 1), ("ct_new", 1), ("xdp_pass_to_stack", 1)]);
+    });
+}
+
+/// Packets that are not ours leave exactly as they came, each counted by reason.
+#[test]
+fn passthrough_not_ours_and_malformed_are_untouched_and_counted() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("other port", tcp(NODE, 22, 40000, TcpFlags::SYN).build(), "xdp_pass_not_ours"),
+            ("udp to a tcp service", udp(NODE, NODE_PORT, 40000).build(), "xdp_pass_not_ours"),
+            ("nodeport on a foreign address", tcp(Ipv4Addr::new(192, 0, 2, 99), NODE_PORT, 40000, TcpFlags::SYN).build(), "xdp_pass_not_ours"),
+            ("icmp echo to the node", PacketBuilder::new().ipv4(CLIENT, NODE).icmp(8, 0).icmp_echo(1, 1).build(), "xdp_pass_not_ours"),
+            ("arp", PacketBuilder::new().ethertype(0x0806).payload(&[0u8; 28]).build(), "xdp_pass_not_ip"),
+            ("ipv6 (not yet balanced)", PacketBuilder::new().ipv6("2001:db8:1::2".parse().unwrap(), "2001:db8:1::1".parse().unwrap()).tcp(1, 2).build(), "xdp_pass_not_ip"),
+            ("first fragment", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).more_fragments().build(), "xdp_pass_fragment"),
+            ("later fragment", udp(NODE, NODE_PORT, 40000).fragment_offset(100).build(), "xdp_pass_fragment"),
+            ("truncated tcp header", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).payload(&[]).truncate(14 + 20 + 10).build(), "xdp_pass_malformed"),
+            ("truncated ip header", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).truncate(14 + 12).build(), "xdp_pass_malformed"),
+            ("ip total length beyond the frame", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).ip_length_override(1400).build(), "xdp_pass_malformed"),
+            ("ip total length below the header", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).ip_length_override(16).build(), "xdp_pass_malformed"),
+            ("udp length beyond the packet", udp(VIP, NODE_PORT, 40000).udp_length_override(900).build(), "xdp_pass_malformed"),
+        ];
+        for (what, input, reason) in cases {
+            let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+            assert_eq!(verdict, XDP_PASS, "{what}");
+            assert_eq!(out, input, "{what}: output must equal input");
+            assert_eq!(d, vec![(reason, 1)], "{what}");
+        }
+        assert_eq!(dp.service_stats("web").unwrap().service.packets, 0);
+    });
+}
+
+#[test]
+fn forwarding_redirects_with_fib_macs_and_ttl_decrement() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.allow_redirect(&env.pod_links[0]).unwrap();
+        let input = tcp(NODE, NODE_PORT, 44000, TcpFlags::SYN).ttl(64).build();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!(verdict, XDP_REDIRECT);
+        let (node_mac, pod_mac) = env.pod_macs[0];
+        let expected = tcp(env.backends[0], TARGET_PORT, 44000, TcpFlags::SYN).ttl(63).eth(node_mac, pod_mac).build();
+        assert_eq!(out, expected);
+        verify_checksums(&out).unwrap();
+        assert_eq!(d, vec![("ct_new", 1), ("xdp_redirect", 1)]);
+        // TTL 1 must not be forwarded here: the stack answers with time exceeded.
+        let last_hop = tcp(NODE, NODE_PORT, 44001, TcpFlags::SYN).ttl(1).build();
+        let (verdict, out) = run(dp, env, &last_hop);
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 44001, TcpFlags::SYN).ttl(1).build());
+    });
+}
+
+#[test]
+fn no_backend_drops_and_counts() {
+    in_node(0, |env, dp| {
+        dp.upsert_service(&service("empty", Protocol::Tcp, &[])).unwrap();
+        let input = tcp(NODE, NODE_PORT, 45000, TcpFlags::SYN).build();
+        let ((verdict, _), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!(verdict, XDP_DROP);
+        assert_eq!(d, vec![("xdp_drop_no_backend", 1)]);
+    });
+}
+
+#[test]
+fn terminating_backends_get_new_flows_only_without_ready_ones() {
+    in_node(2, |env, dp| {
+        let mut spec = service("web", Protocol::Tcp, &env.backends);
+        spec.backends[1].state = EndpointState::ServingTerminating;
+        dp.upsert_service(&spec).unwrap();
+        for sport in 46000..46020 {
+            let (_, out) = run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build());
+            assert_eq!(dst_of(&out).ip(), env.backends[0], "only the ready backend gets new flows");
+        }
+        spec.backends[0].state = EndpointState::NotServing;
+        dp.upsert_service(&spec).unwrap();
+        let (_, out) = run(dp, env, &tcp(NODE, NODE_PORT, 46100, TcpFlags::SYN).build());
+        assert_eq!(dst_of(&out).ip(), env.backends[1], "fallback to serving-terminating");
+        // The established flow on the not-serving backend continues.
+        let (_, out) = run(dp, env, &tcp(NODE, NODE_PORT, 46000, TcpFlags::ACK).build());
+        assert_eq!(dst_of(&out).ip(), env.backends[0]);
+    });
+}
+
+#[test]
+fn revnat_tc_rewrites_replies_to_the_dialled_frontend() {
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends)).unwrap();
+        let backend = env.backends[0];
+        // Through the NodePort...
+        run(dp, env, &tcp(NODE, NODE_PORT, 47000, TcpFlags::SYN).build());
+        let reply = PacketBuilder::new().ipv4(backend, CLIENT).tcp(TARGET_PORT, 47000).seq(5).ack(1001).tcp_flags(TcpFlags::SYN | TcpFlags::ACK).build();
+        let out = dp.test_tc(&reply).unwrap();
+        assert_eq!(out.verdict, TC_ACT_OK);
+        let expected = PacketBuilder::new().ipv4(NODE, CLIENT).tcp(NODE_PORT, 47000).seq(5).ack(1001).tcp_flags(TcpFlags::SYN | TcpFlags::ACK).build();
+        assert_eq!(out.data, expected);
+        verify_checksums(&out.data).unwrap();
+        // ...and through the VIP, UDP with and without checksum.
+        for no_csum in [false, true] {
+            let mut req = udp(VIP, VIP_PORT, 5300 + no_csum as u16);
+            let mut rep = PacketBuilder::new().ipv4(backend, CLIENT).udp(TARGET_PORT, 5300 + no_csum as u16).payload(b"pong");
+            let mut exp = PacketBuilder::new().ipv4(VIP, CLIENT).udp(VIP_PORT, 5300 + no_csum as u16).payload(b"pong");
+            if no_csum {
+                req = req.udp_no_checksum();
+                rep = rep.udp_no_checksum();
+                exp = exp.udp_no_checksum();
+            }
+            run(dp, env, &req.build());
+            let out = dp.test_tc(&rep.build()).unwrap();
+            assert_eq!(out.data, exp.build(), "udp, no checksum: {no_csum}");
+            verify_checksums(&out.data).unwrap();
+        }
+        // A packet that is no reply of ours leaves untouched.
+        let other = PacketBuilder::new().ipv4(backend, CLIENT).tcp(TARGET_PORT, 1).build();
+        let (out, d) = delta(dp, |dp| dp.test_tc(&other).unwrap());
+        assert_eq!(out.data, other);
+        assert_eq!(d, vec![("tc_pass_not_ours", 1)]);
+    });
+}
+
+#[test]
+fn service_removal_purges_conntrack_and_empties_maps() {
+    in_node(2, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        for sport in 48000..48010 {
+            run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build());
+        }
+        let occ = dp.occupancy().unwrap();
+        assert_eq!((occ.frontends, occ.backends, occ.conntrack), (2, 2, 20));
+        assert!(occ.slots > 0);
+        dp.remove_service("web").unwrap();
+        let occ = dp.occupancy().unwrap();
+        assert_eq!((occ.frontends, occ.backends, occ.slots, occ.conntrack), (0, 0, 0, 0));
+        let (verdict, out) = run(dp, env, &tcp(NODE, NODE_PORT, 48000, TcpFlags::ACK).build());
+        assert_eq!((verdict, out), (XDP_PASS, tcp(NODE, NODE_PORT, 48000, TcpFlags::ACK).build()));
+    });
+}
+
+#[test]
+fn backend_removal_moves_udp_flow_to_another_backend() {
+    in_node(2, |env, dp| {
+        let mut spec = service("dns", Protocol::Udp, &env.backends);
+        dp.upsert_service(&spec).unwrap();
+        let pkt = udp(VIP, VIP_PORT, 5400).build();
+        let (_, out) = run(dp, env, &pkt);
+        let first = dst_of(&out);
+        spec.backends.retain(|b| b.addr != first);
+        dp.upsert_service(&spec).unwrap();
+        let (_, out) = run(dp, env, &pkt);
+        assert_ne!(dst_of(&out), first, "the flow moved off the removed backend");
+        assert_eq!(dp.occupancy().unwrap().backends, 1);
+    });
+}
+
+#[test]
+fn capacity_errors_name_the_setting_and_change_nothing() {
+    let lab = Lab::builder().backends(0).build().expect("lab");
+    lab.node()
+        .enter(|| {
+            let mut cfg = DataplaneConfig::default();
+            cfg.capacities.services = 1;
+            cfg.capacities.backends = 2;
+            let mut dp = Dataplane::load(cfg).unwrap();
+            let b = |i: u8| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, i), 80));
+            let mut one = service("one", Protocol::Tcp, &[]);
+            one.backends = vec![BackendSpec::ready(b(2)), BackendSpec::ready(b(6))];
+            dp.upsert_service(&one).unwrap();
+            let mut two = service("two", Protocol::Udp, &[]);
+            two.frontends = vec![Frontend::NodePort(30999)];
+            let e = dp.upsert_service(&two).unwrap_err().to_string();
+            assert!(e.contains("capacities.services"), "{e}");
+            one.backends.push(BackendSpec::ready(b(10)));
+            let e = dp.upsert_service(&one).unwrap_err().to_string();
+            assert!(e.contains("capacities.backends"), "{e}");
+            assert_eq!(dp.dump()[0].backends.len(), 2, "rejected update changed nothing");
+            let occ = dp.occupancy().unwrap();
+            assert_eq!((occ.frontends, occ.backends), (2, 2));
+            // Invalid specs are rejected with a reason.
+            let mut bad = service("one", Protocol::Udp, &[]);
+            bad.frontends = vec![Frontend::NodePort(0)];
+            assert!(dp.upsert_service(&bad).unwrap_err().to_string().contains("NodePort 0"));
+            let mut clash = service("three", Protocol::Tcp, &[]);
+            clash.frontends = vec![Frontend::NodePort(NODE_PORT)];
+            assert!(dp.upsert_service(&clash).unwrap_err().to_string().contains("already used by service `one`"));
+        })
+        .expect("enter");
+}
