@@ -8,9 +8,16 @@ use anyhow::{Context as _, bail};
 
 fn main() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let root = manifest.parent().context("lb-userspace has no parent directory")?;
+    let root = manifest
+        .parent()
+        .context("lb-userspace has no parent directory")?;
     let ebpf = root.join("lb-ebpf");
-    for p in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-ebpf/Cargo.lock", "lb-common/src"] {
+    for p in [
+        "lb-ebpf/src",
+        "lb-ebpf/Cargo.toml",
+        "lb-ebpf/Cargo.lock",
+        "lb-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -23,13 +30,25 @@ fn main() -> anyhow::Result<()> {
         .arg("--target-dir")
         .arg(&target_dir)
         // BTF in the object gives the verifier's messages source context.
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        );
     // The outer (stable) build's settings must not leak into the nightly bpf build.
-    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "RUSTFLAGS"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "RUSTFLAGS",
+    ] {
         cmd.env_remove(key);
     }
     for (key, _) in env::vars() {
-        if key.starts_with("CARGO_CFG_") || key.starts_with("CARGO_FEATURE_") || key.starts_with("CARGO_PKG_") {
+        if key.starts_with("CARGO_CFG_")
+            || key.starts_with("CARGO_FEATURE_")
+            || key.starts_with("CARGO_PKG_")
+        {
             cmd.env_remove(key);
         }
     }

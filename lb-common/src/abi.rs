@@ -191,7 +191,10 @@ mod tests {
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (20, 4));
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
         assert_eq!((size_of::<CtEntry>(), align_of::<CtEntry>()), (28, 4));
-        assert_eq!((size_of::<TrafficStats>(), align_of::<TrafficStats>()), (24, 8));
+        assert_eq!(
+            (size_of::<TrafficStats>(), align_of::<TrafficStats>()),
+            (24, 8)
+        );
         assert_eq!(size_of::<Backend>(), 20);
         assert_eq!(size_of::<SlotKey>(), 12);
     }
@@ -200,15 +203,22 @@ mod tests {
     fn abi_v4_addresses_are_mapped_and_ports_network_order() {
         let a = NetAddr::from_v4_octets([192, 0, 2, 1]);
         assert!(a.is_v4());
-        assert_eq!(a.octets(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]);
+        assert_eq!(
+            a.octets(),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]
+        );
         assert_eq!(NetPort::new(8080).raw().to_ne_bytes(), [0x1f, 0x90]);
         assert_eq!(NetPort::new(8080).get(), 8080);
-        assert!(!NetAddr::from_v6_octets([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_v4());
+        assert!(
+            !NetAddr::from_v6_octets([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+                .is_v4()
+        );
     }
 
     #[test]
     fn reason_labels_are_unique() {
-        let labels: std::collections::BTreeSet<_> = crate::Reason::ALL.iter().map(|r| r.label()).collect();
+        let labels: std::collections::BTreeSet<_> =
+            crate::Reason::ALL.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), crate::Reason::ALL.len());
         for (i, r) in crate::Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);

@@ -103,7 +103,11 @@ mod tests {
             let old32 = word(&data, 4);
             let new32 = if round % 5 == 0 { 0 } else { rng.next() };
             let old16 = u16::from_ne_bytes([data[2], data[3]]);
-            let new16 = if round % 3 == 0 { 0xffff } else { rng.next() as u16 };
+            let new16 = if round % 3 == 0 {
+                0xffff
+            } else {
+                rng.next() as u16
+            };
             data[4..8].copy_from_slice(&new32.to_ne_bytes());
             data[2..4].copy_from_slice(&new16.to_ne_bytes());
             let incremental = update16(update32(check, old32, new32), old16, new16);
@@ -120,7 +124,12 @@ mod tests {
         data[0] = 0;
         data[1] = 0;
         let check = compute(&data);
-        let old = [word(&data, 8), word(&data, 12), word(&data, 16), word(&data, 20)];
+        let old = [
+            word(&data, 8),
+            word(&data, 12),
+            word(&data, 16),
+            word(&data, 20),
+        ];
         let new = [1u32, 0xdead_beef, 0, 0xffff_ffff];
         for (i, w) in new.iter().enumerate() {
             data[8 + i * 4..12 + i * 4].copy_from_slice(&w.to_ne_bytes());

@@ -3,8 +3,14 @@
 
 #[inline(always)]
 const fn mix(h: u32, w: u32) -> u32 {
-    let k = w.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = w
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 #[inline(always)]
@@ -18,7 +24,14 @@ const fn finish(mut h: u32) -> u32 {
 
 /// Hash of a flow: both addresses (raw words), both ports (raw) and the protocol.
 #[inline(always)]
-pub const fn flow_hash(seed: u32, src: &[u32; 4], dst: &[u32; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+pub const fn flow_hash(
+    seed: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u32 {
     let mut h = seed;
     h = mix(h, src[0]);
     h = mix(h, src[1]);

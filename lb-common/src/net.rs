@@ -19,7 +19,9 @@ impl NetAddr {
     /// From an IPv4 address as read raw from a packet (network byte order in memory).
     #[inline(always)]
     pub const fn from_v4_raw(raw: u32) -> Self {
-        NetAddr { words: [0, 0, V4_MAPPED_WORD, raw] }
+        NetAddr {
+            words: [0, 0, V4_MAPPED_WORD, raw],
+        }
     }
 
     #[inline(always)]

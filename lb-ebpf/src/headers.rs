@@ -131,13 +131,15 @@ pub enum ParseStop {
     OtherProto,
 }
 
-/// Parses Ethernet + IPv4 (with options) + the fixed part of TCP/UDP.
+/// Parses Ethernet + IPv4 (with options) + the fixed part of TCP/UDP. `frame_len` is the
+/// whole frame's length: `data_end - data` at XDP, `skb->len` at TC (where the payload may
+/// sit outside the linear part that `data_end` bounds).
 ///
 /// Every header is bounds-checked through its own pointer *before* any length field is
 /// compared with the frame length: otherwise LLVM may drop a pointer check it can derive
 /// from the length checks, and the verifier, which cannot, rejects the access.
 #[inline(always)]
-pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Ipv4Packet, ParseStop> {
+pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4Packet, ParseStop> {
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(ParseStop::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
     if unsafe { (*eth).proto } != ETH_P_IP_RAW {
@@ -183,7 +185,7 @@ pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Ipv4Packet, ParseStop>
     // Length fields against each other and the frame (after the pointer checks, see above).
     // SAFETY: `ip` was bounds checked.
     let tot_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
-    if tot_len < ihl + l4_min || ETH_HLEN + tot_len > data_end - data {
+    if tot_len < ihl + l4_min || ETH_HLEN + tot_len > frame_len {
         return Err(ParseStop::Malformed);
     }
     Ok(Ipv4Packet { ip, l4, l4_off, proto, sport, dport, tcp_flags, check_off })

@@ -9,7 +9,7 @@ use lb_common::{FlowKey, NetAddr, NetPort, Reason, dir};
 
 use crate::{
     conntrack,
-    headers::{self, ETH_HLEN},
+    headers::{self, ETH_HLEN, ParseStop},
     stats::count,
 };
 
@@ -27,13 +27,15 @@ pub fn run(ctx: &TcContext) -> i32 {
 /// Always passes the packet; returns the reason to count.
 #[inline(always)]
 fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
-    let pkt = match headers::parse_ipv4(ctx.data(), ctx.data_end()) {
+    let len = ctx.len() as usize;
+    let pkt = match headers::parse_ipv4(ctx.data(), ctx.data_end(), len) {
         Ok(p) => p,
-        Err(_) => {
+        Err(ParseStop::Malformed) => {
             // Headers may sit in a non-linear part of the skb: pull them and retry once.
-            let _ = ctx.pull_data((ETH_HLEN + 60 + 20) as u32);
-            headers::parse_ipv4(ctx.data(), ctx.data_end()).map_err(|_| Reason::TcPassNotOurs)?
+            let _ = ctx.pull_data((ETH_HLEN + 60 + 20).min(len) as u32);
+            headers::parse_ipv4(ctx.data(), ctx.data_end(), len).map_err(|_| Reason::TcPassNotOurs)?
         }
+        Err(_) => return Err(Reason::TcPassNotOurs),
     };
     // SAFETY: bounds checked by the parser.
     let (saddr, daddr) = unsafe { ((*pkt.ip).saddr, (*pkt.ip).daddr) };

@@ -29,7 +29,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let pkt = headers::parse_ipv4(data, data_end).map_err(|stop| match stop {
+    let pkt = headers::parse_ipv4(data, data_end, data_end - data).map_err(|stop| match stop {
         ParseStop::NotIpv4 => Reason::PassNotIp,
         ParseStop::Malformed => Reason::PassMalformed,
         ParseStop::Fragment => Reason::PassFragment,

@@ -5,12 +5,17 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use aya::{
     Ebpf,
-    programs::{SchedClassifier, TcAttachType, Xdp, xdp::XdpLinkId, tc::SchedClassifierLinkId, XdpMode},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+    },
 };
 use lb_common::{map_names as names, program_names as progs};
 use serde::Serialize;
 
-use crate::{dataplane::{Dataplane, net_addr}, error::Error};
+use crate::{
+    dataplane::{Dataplane, net_addr},
+    error::Error,
+};
 
 /// How the XDP program runs on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -39,13 +44,15 @@ pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
         .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not in the object"))?
         .try_into()
         .map_err(|e| Error::program(progs::XDP_LB, "open", e))?;
-    xdp.load().map_err(|e| Error::program(progs::XDP_LB, "load (verifier)", e))?;
+    xdp.load()
+        .map_err(|e| Error::program(progs::XDP_LB, "load (verifier)", e))?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(progs::TC_REVNAT)
         .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not in the object"))?
         .try_into()
         .map_err(|e| Error::program(progs::TC_REVNAT, "open", e))?;
-    tc.load().map_err(|e| Error::program(progs::TC_REVNAT, "load (verifier)", e))?;
+    tc.load()
+        .map_err(|e| Error::program(progs::TC_REVNAT, "load (verifier)", e))?;
     Ok(())
 }
 
@@ -84,7 +91,10 @@ impl Dataplane {
     /// the replies, and the interface's addresses as NodePort addresses.
     pub fn attach(&mut self, ifname: &str) -> Result<AttachMode, Error> {
         if self.attachments.by_ifname.contains_key(ifname) {
-            return Err(Error::Interface { ifname: ifname.into(), reason: "already attached".into() });
+            return Err(Error::Interface {
+                ifname: ifname.into(),
+                reason: "already attached".into(),
+            });
         }
         ifindex(ifname)?;
         let addrs = interface_addresses(ifname)?;
@@ -126,7 +136,15 @@ impl Dataplane {
             }
             added.push(*a);
         }
-        self.attachments.by_ifname.insert(ifname.into(), Attachment { xdp: xdp_link, tc: tc_link, mode, addrs });
+        self.attachments.by_ifname.insert(
+            ifname.into(),
+            Attachment {
+                xdp: xdp_link,
+                tc: tc_link,
+                mode,
+                addrs,
+            },
+        );
         Ok(mode)
     }
 
@@ -151,10 +169,14 @@ impl Dataplane {
 
     /// Detaches from an interface and forgets its NodePort addresses.
     pub fn detach(&mut self, ifname: &str) -> Result<(), Error> {
-        let a = self.attachments.by_ifname.remove(ifname).ok_or_else(|| Error::Interface {
-            ifname: ifname.into(),
-            reason: "not attached".into(),
-        })?;
+        let a = self
+            .attachments
+            .by_ifname
+            .remove(ifname)
+            .ok_or_else(|| Error::Interface {
+                ifname: ifname.into(),
+                reason: "not attached".into(),
+            })?;
         self.detach_links(a.xdp, a.tc);
         for addr in a.addrs {
             self.remove_node_address(addr)?;
@@ -164,19 +186,30 @@ impl Dataplane {
 
     /// Interfaces attached, with their mode.
     pub fn attached(&self) -> Vec<(String, AttachMode)> {
-        self.attachments.by_ifname.iter().map(|(n, a)| (n.clone(), a.mode)).collect()
+        self.attachments
+            .by_ifname
+            .iter()
+            .map(|(n, a)| (n.clone(), a.mode))
+            .collect()
     }
 
     /// Makes `addr` a NodePort address (done by [`Dataplane::attach`] for the interface's own).
     pub fn add_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
         let cap = self.cfg.capacities.node_addresses;
-        self.maps.node_addrs.insert(net_addr(addr), 1, 0).map_err(|e| {
-            if crate::maps::is_full(&e) {
-                Error::CapacityExceeded { what: "the node address table", capacity: cap, setting: "capacities.node_addresses" }
-            } else {
-                Error::map(names::NODE_ADDRS, "write", e)
-            }
-        })
+        self.maps
+            .node_addrs
+            .insert(net_addr(addr), 1, 0)
+            .map_err(|e| {
+                if crate::maps::is_full(&e) {
+                    Error::CapacityExceeded {
+                        what: "the node address table",
+                        capacity: cap,
+                        setting: "capacities.node_addresses",
+                    }
+                } else {
+                    Error::map(names::NODE_ADDRS, "write", e)
+                }
+            })
     }
 
     pub fn remove_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
@@ -193,13 +226,18 @@ impl Dataplane {
     pub fn allow_redirect(&mut self, ifname: &str) -> Result<(), Error> {
         let idx = ifindex(ifname)?;
         let cap = self.cfg.capacities.redirect_ports;
-        self.maps.tx_ports.insert(idx, idx, None, 0).map_err(|e| match e {
-            aya::maps::xdp::XdpMapError::MapError(m) if crate::maps::is_full(&m) => Error::CapacityExceeded {
-                what: "the redirect device table",
-                capacity: cap,
-                setting: "capacities.redirect_ports",
-            },
-            e => Error::map(names::TX_PORTS, "write", e),
-        })
+        self.maps
+            .tx_ports
+            .insert(idx, idx, None, 0)
+            .map_err(|e| match e {
+                aya::maps::xdp::XdpMapError::MapError(m) if crate::maps::is_full(&m) => {
+                    Error::CapacityExceeded {
+                        what: "the redirect device table",
+                        capacity: cap,
+                        setting: "capacities.redirect_ports",
+                    }
+                }
+                e => Error::map(names::TX_PORTS, "write", e),
+            })
     }
 }

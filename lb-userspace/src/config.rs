@@ -51,7 +51,10 @@ pub struct MaglevConfig {
 
 impl Default for MaglevConfig {
     fn default() -> Self {
-        MaglevConfig { slots_per_backend: 100, max_table_size: 65521 }
+        MaglevConfig {
+            slots_per_backend: 100,
+            max_table_size: 65521,
+        }
     }
 }
 

@@ -122,7 +122,11 @@ pub struct Stats {
 
 impl From<TrafficStats> for Stats {
     fn from(t: TrafficStats) -> Self {
-        Stats { packets: t.packets, bytes: t.bytes, new_flows: t.new_flows }
+        Stats {
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+        }
     }
 }
 
@@ -159,9 +163,20 @@ fn backend_value(addr: SocketAddr) -> Backend {
     }
 }
 
-fn full_or(e: aya::maps::MapError, what: &'static str, capacity: u32, setting: &'static str, map: &'static str, op: &'static str) -> Error {
+fn full_or(
+    e: aya::maps::MapError,
+    what: &'static str,
+    capacity: u32,
+    setting: &'static str,
+    map: &'static str,
+    op: &'static str,
+) -> Error {
     if maps::is_full(&e) {
-        Error::CapacityExceeded { what, capacity, setting }
+        Error::CapacityExceeded {
+            what,
+            capacity,
+            setting,
+        }
     } else {
         Error::map(map, op, e)
     }
@@ -192,11 +207,20 @@ impl Dataplane {
         for (name, n) in maps::max_entries(&caps) {
             loader.map_max_entries(name, n);
         }
-        let mut ebpf = loader.load(crate::object::OBJECT).map_err(|e| Error::Load { source: e.into() })?;
+        let mut ebpf = loader
+            .load(crate::object::OBJECT)
+            .map_err(|e| Error::Load { source: e.into() })?;
         crate::attach::load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
         maps.config
-            .set(0, GlobalConfig { hash_seed: cfg.hash_seed, _pad: 0 }, 0)
+            .set(
+                0,
+                GlobalConfig {
+                    hash_seed: cfg.hash_seed,
+                    _pad: 0,
+                },
+                0,
+            )
             .map_err(|e| Error::map(names::CONFIG, "write", e))?;
         Ok(Dataplane {
             ebpf,
@@ -216,7 +240,10 @@ impl Dataplane {
     }
 
     fn validate(&self, spec: &ServiceSpec) -> Result<(), Error> {
-        let invalid = |reason: String| Error::InvalidSpec { service: spec.name.clone(), reason };
+        let invalid = |reason: String| Error::InvalidSpec {
+            service: spec.name.clone(),
+            reason,
+        };
         if spec.name.is_empty() {
             return Err(invalid("the name is empty".into()));
         }
@@ -231,10 +258,14 @@ impl Dataplane {
                     return Err(invalid(format!("frontend {sa}: port 0 is not a port")));
                 }
                 Frontend::Address(sa) if sa.ip().is_unspecified() => {
-                    return Err(invalid(format!("frontend {sa}: the unspecified address cannot be a frontend; use a NodePort")));
+                    return Err(invalid(format!(
+                        "frontend {sa}: the unspecified address cannot be a frontend; use a NodePort"
+                    )));
                 }
                 Frontend::Address(sa) if sa.is_ipv6() => {
-                    return Err(invalid(format!("frontend {sa}: IPv6 is not supported by the data path yet")));
+                    return Err(invalid(format!(
+                        "frontend {sa}: IPv6 is not supported by the data path yet"
+                    )));
                 }
                 _ => {}
             }
@@ -255,10 +286,16 @@ impl Dataplane {
         let mut addrs = BTreeSet::new();
         for b in &spec.backends {
             if b.addr.is_ipv6() {
-                return Err(invalid(format!("backend {}: IPv6 is not supported by the data path yet", b.addr)));
+                return Err(invalid(format!(
+                    "backend {}: IPv6 is not supported by the data path yet",
+                    b.addr
+                )));
             }
             if b.addr.port() == 0 || b.addr.ip().is_unspecified() {
-                return Err(invalid(format!("backend {}: needs an address and a non-zero port", b.addr)));
+                return Err(invalid(format!(
+                    "backend {}: needs an address and a non-zero port",
+                    b.addr
+                )));
             }
             if !addrs.insert(b.addr) {
                 return Err(invalid(format!("backend {} is listed twice", b.addr)));
@@ -267,7 +304,9 @@ impl Dataplane {
         if let Some(t) = spec.affinity
             && (t.is_zero() || t.as_secs() > 86_400)
         {
-            return Err(invalid(format!("session affinity timeout {t:?} must be 1 s..=86400 s")));
+            return Err(invalid(format!(
+                "session affinity timeout {t:?} must be 1 s..=86400 s"
+            )));
         }
         if let Some(s) = self.services.get(&spec.name)
             && s.protocol != spec.protocol
@@ -284,10 +323,18 @@ impl Dataplane {
     /// and terminating ones (Kubernetes' terminating-endpoint fallback).
     fn eligible(backends: &[BackendSpec]) -> Vec<SocketAddr> {
         let pick = |s: EndpointState| -> Vec<SocketAddr> {
-            backends.iter().filter(|b| b.state == s).map(|b| b.addr).collect()
+            backends
+                .iter()
+                .filter(|b| b.state == s)
+                .map(|b| b.addr)
+                .collect()
         };
         let ready = pick(EndpointState::Ready);
-        if ready.is_empty() { pick(EndpointState::ServingTerminating) } else { ready }
+        if ready.is_empty() {
+            pick(EndpointState::ServingTerminating)
+        } else {
+            ready
+        }
     }
 
     /// Creates or updates a service, in make-before-break order (see the module docs).
@@ -300,7 +347,11 @@ impl Dataplane {
 
         // Capacity checks before the first write.
         if existing.is_none() && self.service_ids.available() == 0 {
-            return Err(Error::CapacityExceeded { what: "the service table", capacity: caps.services, setting: "capacities.services" });
+            return Err(Error::CapacityExceeded {
+                what: "the service table",
+                capacity: caps.services,
+                setting: "capacities.services",
+            });
         }
         let new_backends: Vec<&BackendSpec> = spec
             .backends
@@ -308,18 +359,32 @@ impl Dataplane {
             .filter(|b| existing.is_none_or(|s| !s.backends.contains_key(&b.addr)))
             .collect();
         if new_backends.len() as u64 > self.backend_ids.available() as u64 {
-            return Err(Error::CapacityExceeded { what: "the backend table", capacity: caps.backends, setting: "capacities.backends" });
+            return Err(Error::CapacityExceeded {
+                what: "the backend table",
+                capacity: caps.backends,
+                setting: "capacities.backends",
+            });
         }
         let old_frontends = existing.map_or(0, |s| s.frontends.len());
-        if (self.frontend_owner.len() - old_frontends + spec.frontends.len()) as u64 > caps.frontends as u64 {
-            return Err(Error::CapacityExceeded { what: "the frontend table", capacity: caps.frontends, setting: "capacities.frontends" });
+        if (self.frontend_owner.len() - old_frontends + spec.frontends.len()) as u64
+            > caps.frontends as u64
+        {
+            return Err(Error::CapacityExceeded {
+                what: "the frontend table",
+                capacity: caps.frontends,
+                setting: "capacities.frontends",
+            });
         }
         let eligible = Self::eligible(&spec.backends);
         let current_size = existing.map_or(0, |s| s.slots.len() as u32);
         let size = maglev::resize(&self.cfg.maglev, current_size, eligible.len());
         let in_place = size == current_size && size != 0;
         if !in_place && self.slots_used + size as u64 > caps.slots as u64 {
-            return Err(Error::CapacityExceeded { what: "the selection-table slots", capacity: caps.slots, setting: "capacities.slots" });
+            return Err(Error::CapacityExceeded {
+                what: "the selection-table slots",
+                capacity: caps.slots,
+                setting: "capacities.slots",
+            });
         }
 
         // A new service gets its id (stats zeroed for a clean start).
@@ -331,15 +396,18 @@ impl Dataplane {
                     self.service_ids.release(id);
                     return Err(e);
                 }
-                self.services.insert(spec.name.clone(), ServiceState {
-                    id,
-                    protocol: spec.protocol,
-                    frontends: Vec::new(),
-                    backends: BTreeMap::new(),
-                    table: 0,
-                    slots: Vec::new(),
-                    affinity: None,
-                });
+                self.services.insert(
+                    spec.name.clone(),
+                    ServiceState {
+                        id,
+                        protocol: spec.protocol,
+                        frontends: Vec::new(),
+                        backends: BTreeMap::new(),
+                        table: 0,
+                        slots: Vec::new(),
+                        affinity: None,
+                    },
+                );
                 id
             }
         };
@@ -347,20 +415,24 @@ impl Dataplane {
         // 1. New backends.
         for b in &new_backends {
             let bid = self.backend_ids.allocate().expect("checked above");
-            let written = self
-                .zero_stats(false, bid)
-                .and_then(|()| {
-                    self.maps
-                        .backends
-                        .set(bid, backend_value(b.addr), 0)
-                        .map_err(|e| Error::map(names::BACKENDS, "write", e))
-                });
+            let written = self.zero_stats(false, bid).and_then(|()| {
+                self.maps
+                    .backends
+                    .set(bid, backend_value(b.addr), 0)
+                    .map_err(|e| Error::map(names::BACKENDS, "write", e))
+            });
             if let Err(e) = written {
                 self.backend_ids.release(bid);
                 return Err(e);
             }
             let svc = self.services.get_mut(&spec.name).expect("inserted above");
-            svc.backends.insert(b.addr, BackendState { id: bid, state: b.state });
+            svc.backends.insert(
+                b.addr,
+                BackendState {
+                    id: bid,
+                    state: b.state,
+                },
+            );
         }
         {
             let svc = self.services.get_mut(&spec.name).expect("present");
@@ -373,22 +445,43 @@ impl Dataplane {
 
         // 2. The selection table.
         let svc = self.services.get(&spec.name).expect("present");
-        let keys: Vec<Vec<u8>> = eligible.iter().map(|a| a.to_string().into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = eligible
+            .iter()
+            .map(|a| a.to_string().into_bytes())
+            .collect();
         let owners = maglev::build(self.cfg.hash_seed, &keys, size);
-        let table: Vec<u32> = owners.iter().map(|&i| svc.backends[&eligible[i as usize]].id).collect();
+        let table: Vec<u32> = owners
+            .iter()
+            .map(|&i| svc.backends[&eligible[i as usize]].id)
+            .collect();
         let (old_table, old_slots) = (svc.table, svc.slots.clone());
-        let new_table = if in_place || old_slots.is_empty() { old_table } else { 1 - old_table };
+        let new_table = if in_place || old_slots.is_empty() {
+            old_table
+        } else {
+            1 - old_table
+        };
         for (slot, &bid) in table.iter().enumerate() {
             if in_place && old_slots[slot] == bid {
                 continue;
             }
-            let key = SlotKey { service_id: id, table: new_table, slot: slot as u32 };
+            let key = SlotKey {
+                service_id: id,
+                table: new_table,
+                slot: slot as u32,
+            };
             if let Err(e) = self.maps.slots.insert(key, bid, 0) {
                 // Roll back a half-written fresh table; an in-place table stays valid.
                 if !in_place {
                     self.delete_slots(id, new_table, slot as u32);
                 }
-                return Err(full_or(e, "the selection-table slots", caps.slots, "capacities.slots", names::SLOTS, "write"));
+                return Err(full_or(
+                    e,
+                    "the selection-table slots",
+                    caps.slots,
+                    "capacities.slots",
+                    names::SLOTS,
+                    "write",
+                ));
             }
         }
         if !in_place {
@@ -406,15 +499,25 @@ impl Dataplane {
             id,
             slot_count: size,
             table: new_table,
-            flags: if spec.affinity.is_some() { service_flags::CLIENT_IP_AFFINITY } else { 0 },
+            flags: if spec.affinity.is_some() {
+                service_flags::CLIENT_IP_AFFINITY
+            } else {
+                0
+            },
             affinity_timeout_s: spec.affinity.map_or(0, |t| t.as_secs() as u32),
         };
         for f in &spec.frontends {
             let key = frontend_key(f, spec.protocol);
-            self.maps
-                .services
-                .insert(key, value, 0)
-                .map_err(|e| full_or(e, "the frontend table", caps.frontends, "capacities.frontends", names::SERVICES, "write"))?;
+            self.maps.services.insert(key, value, 0).map_err(|e| {
+                full_or(
+                    e,
+                    "the frontend table",
+                    caps.frontends,
+                    "capacities.frontends",
+                    names::SERVICES,
+                    "write",
+                )
+            })?;
             self.frontend_owner.insert(key, spec.name.clone());
             let svc = self.services.get_mut(&spec.name).expect("present");
             if !svc.frontends.contains(f) {
@@ -423,7 +526,11 @@ impl Dataplane {
         }
         let gone: Vec<Frontend> = {
             let svc = &self.services[&spec.name];
-            svc.frontends.iter().filter(|f| !spec.frontends.contains(f)).copied().collect()
+            svc.frontends
+                .iter()
+                .filter(|f| !spec.frontends.contains(f))
+                .copied()
+                .collect()
         };
         for f in gone {
             self.remove_frontend(&spec.name, f, spec.protocol)?;
@@ -446,7 +553,11 @@ impl Dataplane {
                 .backends
                 .set(bid, Backend::default(), 0)
                 .map_err(|e| Error::map(names::BACKENDS, "delete", e))?;
-            self.services.get_mut(&spec.name).expect("present").backends.remove(&addr);
+            self.services
+                .get_mut(&spec.name)
+                .expect("present")
+                .backends
+                .remove(&addr);
             purge.insert(bid);
         }
         self.purge_conntrack(&BTreeSet::new(), &purge)?;
@@ -472,16 +583,26 @@ impl Dataplane {
     /// Deletes slots `0..count` of a table; best effort (a leftover slot is unreachable).
     fn delete_slots(&mut self, id: u32, table: u32, count: u32) {
         for slot in 0..count {
-            let _ = self.maps.slots.remove(&SlotKey { service_id: id, table, slot });
+            let _ = self.maps.slots.remove(&SlotKey {
+                service_id: id,
+                table,
+                slot,
+            });
         }
     }
 
     fn zero_stats(&mut self, service: bool, id: u32) -> Result<(), Error> {
         let zeros = maps::zero_stats()?;
         if service {
-            self.maps.service_stats.set(id, zeros, 0).map_err(|e| Error::map(names::SERVICE_STATS, "reset", e))
+            self.maps
+                .service_stats
+                .set(id, zeros, 0)
+                .map_err(|e| Error::map(names::SERVICE_STATS, "reset", e))
         } else {
-            self.maps.backend_stats.set(id, zeros, 0).map_err(|e| Error::map(names::BACKEND_STATS, "reset", e))
+            self.maps
+                .backend_stats
+                .set(id, zeros, 0)
+                .map_err(|e| Error::map(names::BACKEND_STATS, "reset", e))
         }
     }
 
@@ -489,15 +610,28 @@ impl Dataplane {
     /// backends; its conntrack entries are purged before the ids are released.
     pub fn remove_service(&mut self, name: &str) -> Result<(), Error> {
         let (proto, frontends, id, table, slots) = {
-            let svc = self.services.get(name).ok_or_else(|| Error::UnknownService(name.into()))?;
-            (svc.protocol, svc.frontends.clone(), svc.id, svc.table, svc.slots.len() as u32)
+            let svc = self
+                .services
+                .get(name)
+                .ok_or_else(|| Error::UnknownService(name.into()))?;
+            (
+                svc.protocol,
+                svc.frontends.clone(),
+                svc.id,
+                svc.table,
+                svc.slots.len() as u32,
+            )
         };
         for f in frontends {
             self.remove_frontend(name, f, proto)?;
         }
         self.delete_slots(id, table, slots);
         self.slots_used -= slots as u64;
-        let backend_ids: BTreeSet<u32> = self.services[name].backends.values().map(|b| b.id).collect();
+        let backend_ids: BTreeSet<u32> = self.services[name]
+            .backends
+            .values()
+            .map(|b| b.id)
+            .collect();
         for &bid in &backend_ids {
             self.maps
                 .backends
@@ -515,7 +649,11 @@ impl Dataplane {
 
     /// Deletes every conntrack entry (both directions) that names one of these services or
     /// backends. Returns how many entries were deleted.
-    fn purge_conntrack(&mut self, services: &BTreeSet<u32>, backends: &BTreeSet<u32>) -> Result<u64, Error> {
+    fn purge_conntrack(
+        &mut self,
+        services: &BTreeSet<u32>,
+        backends: &BTreeSet<u32>,
+    ) -> Result<u64, Error> {
         if services.is_empty() && backends.is_empty() {
             return Ok(0);
         }
@@ -604,7 +742,10 @@ impl Dataplane {
 
     /// Packets, bytes and new flows of a service and of each of its backends.
     pub fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
-        let svc = self.services.get(name).ok_or_else(|| Error::UnknownService(name.into()))?;
+        let svc = self
+            .services
+            .get(name)
+            .ok_or_else(|| Error::UnknownService(name.into()))?;
         let sum = |values: aya::maps::PerCpuValues<TrafficStats>| -> Stats {
             values.iter().fold(Stats::default(), |acc, v| Stats {
                 packets: acc.packets + v.packets,
@@ -612,10 +753,18 @@ impl Dataplane {
                 new_flows: acc.new_flows + v.new_flows,
             })
         };
-        let service = sum(self.maps.service_stats.get(&svc.id, 0).map_err(|e| Error::map(names::SERVICE_STATS, "read", e))?);
+        let service = sum(self
+            .maps
+            .service_stats
+            .get(&svc.id, 0)
+            .map_err(|e| Error::map(names::SERVICE_STATS, "read", e))?);
         let mut backends = Vec::new();
         for (addr, b) in &svc.backends {
-            let v = self.maps.backend_stats.get(&b.id, 0).map_err(|e| Error::map(names::BACKEND_STATS, "read", e))?;
+            let v = self
+                .maps
+                .backend_stats
+                .get(&b.id, 0)
+                .map_err(|e| Error::map(names::BACKEND_STATS, "read", e))?;
             backends.push((*addr, sum(v)));
         }
         Ok(ServiceStats { service, backends })
@@ -626,7 +775,11 @@ impl Dataplane {
         Reason::ALL
             .iter()
             .map(|&r| {
-                let v = self.maps.reasons.get(&(r as u32), 0).map_err(|e| Error::map(names::REASONS, "read", e))?;
+                let v = self
+                    .maps
+                    .reasons
+                    .get(&(r as u32), 0)
+                    .map_err(|e| Error::map(names::REASONS, "read", e))?;
                 Ok((r, v.iter().sum()))
             })
             .collect()
@@ -634,7 +787,11 @@ impl Dataplane {
 
     /// One reason counter, summed over CPUs.
     pub fn reason(&self, reason: Reason) -> Result<u64, Error> {
-        let v = self.maps.reasons.get(&(reason as u32), 0).map_err(|e| Error::map(names::REASONS, "read", e))?;
+        let v = self
+            .maps
+            .reasons
+            .get(&(reason as u32), 0)
+            .map_err(|e| Error::map(names::REASONS, "read", e))?;
         Ok(v.iter().sum())
     }
 }

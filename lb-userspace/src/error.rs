@@ -47,10 +47,22 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn map(map: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::Map { map, op, source: source.into() }
+        Error::Map {
+            map,
+            op,
+            source: source.into(),
+        }
     }
 
-    pub(crate) fn program(program: &'static str, action: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::Program { program, action, source: source.into() }
+    pub(crate) fn program(
+        program: &'static str,
+        action: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Program {
+            program,
+            action,
+            source: source.into(),
+        }
     }
 }

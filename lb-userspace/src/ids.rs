@@ -12,7 +12,11 @@ pub struct IdAllocator {
 
 impl IdAllocator {
     pub fn new(capacity: u32) -> Self {
-        IdAllocator { capacity, next_fresh: 1, free: BTreeSet::new() }
+        IdAllocator {
+            capacity,
+            next_fresh: 1,
+            free: BTreeSet::new(),
+        }
     }
 
     pub fn capacity(&self) -> u32 {
@@ -69,7 +73,10 @@ mod tests {
     #[test]
     fn ids_start_at_one_and_respect_capacity() {
         let mut a = IdAllocator::new(3);
-        assert_eq!((a.allocate(), a.allocate(), a.allocate(), a.allocate()), (Some(1), Some(2), Some(3), None));
+        assert_eq!(
+            (a.allocate(), a.allocate(), a.allocate(), a.allocate()),
+            (Some(1), Some(2), Some(3), None)
+        );
         a.release(2);
         assert_eq!(a.available(), 1);
         assert_eq!(a.allocate(), Some(2));

@@ -27,8 +27,13 @@ pub fn resize(cfg: &MaglevConfig, current: u32, backends: usize) -> u32 {
     if backends == 0 || current == 0 {
         return fresh;
     }
-    let enough = current as u64 >= (cfg.slots_per_backend.max(1) as u64 * backends as u64).min(fresh as u64);
-    if enough && current <= fresh.saturating_mul(2) { current } else { fresh }
+    let enough =
+        current as u64 >= (cfg.slots_per_backend.max(1) as u64 * backends as u64).min(fresh as u64);
+    if enough && current <= fresh.saturating_mul(2) {
+        current
+    } else {
+        fresh
+    }
 }
 
 fn is_prime(n: u32) -> bool {
@@ -90,7 +95,11 @@ pub fn build(seed: u32, keys: &[Vec<u8>], size: u32) -> Vec<u32> {
         .iter()
         .map(|&i| {
             let offset = hash64(seed as u64, &keys[i]) % m;
-            let skip = if m > 1 { hash64(!(seed as u64), &keys[i]) % (m - 1) + 1 } else { 1 };
+            let skip = if m > 1 {
+                hash64(!(seed as u64), &keys[i]) % (m - 1) + 1
+            } else {
+                1
+            };
             (offset, skip)
         })
         .collect();
@@ -120,7 +129,9 @@ mod tests {
     use super::*;
 
     fn keys(n: usize) -> Vec<Vec<u8>> {
-        (0..n).map(|i| format!("198.51.100.{}:8080", i + 2).into_bytes()).collect()
+        (0..n)
+            .map(|i| format!("198.51.100.{}:8080", i + 2).into_bytes())
+            .collect()
     }
 
     #[test]
@@ -132,7 +143,10 @@ mod tests {
         assert_eq!(table_size(&cfg, 4), 401);
         assert_eq!(table_size(&cfg, 5), 809);
         assert_eq!(table_size(&cfg, 10_000), 65521);
-        let small = MaglevConfig { slots_per_backend: 100, max_table_size: 1000 };
+        let small = MaglevConfig {
+            slots_per_backend: 100,
+            max_table_size: 1000,
+        };
         assert_eq!(table_size(&small, 50), 997);
         // Scaling 4 -> 2 -> 4 -> 5 keeps the size until a backend would get < 100 slots.
         assert_eq!(resize(&cfg, 401, 2), 401);
@@ -200,6 +214,9 @@ mod tests {
             }
         }
         let frac = moved as f64 / others as f64;
-        assert!(frac <= 0.02, "remove: {moved}/{others} = {frac:.4} of other backends' slots moved");
+        assert!(
+            frac <= 0.02,
+            "remove: {moved}/{others} = {frac:.4} of other backends' slots moved"
+        );
     }
 }

@@ -65,7 +65,8 @@ pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 9] {
 }
 
 pub(crate) fn zero_stats() -> Result<PerCpuValues<TrafficStats>, Error> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::map("SERVICE_STATS", "count possible CPUs", e))?;
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| Error::map("SERVICE_STATS", "count possible CPUs", e))?;
     PerCpuValues::try_from(vec![TrafficStats::default(); cpus])
         .map_err(|e| Error::map("SERVICE_STATS", "build per-CPU values", e))
 }

@@ -16,21 +16,29 @@ pub struct PassProgram {
 
 impl std::fmt::Debug for PassProgram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PassProgram").field("ifname", &self.ifname).finish()
+        f.debug_struct("PassProgram")
+            .field("ifname", &self.ifname)
+            .finish()
     }
 }
 
 impl PassProgram {
     /// Attaches to `ifname` in the calling thread's network namespace (native mode).
     pub fn attach(ifname: &str) -> Result<Self, Error> {
-        let mut ebpf = aya::Ebpf::load(crate::object::OBJECT).map_err(|e| Error::Load { source: e.into() })?;
+        let mut ebpf =
+            aya::Ebpf::load(crate::object::OBJECT).map_err(|e| Error::Load { source: e.into() })?;
         let prog: &mut Xdp = ebpf
             .program_mut(XDP_PASS)
             .ok_or_else(|| Error::program(XDP_PASS, "find", "not in the object"))?
             .try_into()
             .map_err(|e| Error::program(XDP_PASS, "open", e))?;
-        prog.load().map_err(|e| Error::program(XDP_PASS, "load", e))?;
-        prog.attach(ifname, XdpMode::Driver).map_err(|e| Error::program(XDP_PASS, "attach", e))?;
-        Ok(PassProgram { _ebpf: ebpf, ifname: ifname.into() })
+        prog.load()
+            .map_err(|e| Error::program(XDP_PASS, "load", e))?;
+        prog.attach(ifname, XdpMode::Driver)
+            .map_err(|e| Error::program(XDP_PASS, "attach", e))?;
+        Ok(PassProgram {
+            _ebpf: ebpf,
+            ifname: ifname.into(),
+        })
     }
 }

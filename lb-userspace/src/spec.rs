@@ -67,7 +67,10 @@ pub struct BackendSpec {
 
 impl BackendSpec {
     pub fn ready(addr: SocketAddr) -> Self {
-        BackendSpec { addr, state: EndpointState::Ready }
+        BackendSpec {
+            addr,
+            state: EndpointState::Ready,
+        }
     }
 }
 

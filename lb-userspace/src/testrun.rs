@@ -37,7 +37,12 @@ impl Dataplane {
     /// Runs the XDP program `repeat` times on `packet` (the packet is not restored between
     /// repeats). `ingress_ifindex` sets the interface the packet seems to arrive on (0: the
     /// namespace's loopback).
-    pub fn test_xdp(&self, packet: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<TestRunOutput, Error> {
+    pub fn test_xdp(
+        &self,
+        packet: &[u8],
+        ingress_ifindex: u32,
+        repeat: u32,
+    ) -> Result<TestRunOutput, Error> {
         let prog: &Xdp = self
             .ebpf
             .program(progs::XDP_LB)
@@ -53,19 +58,32 @@ impl Dataplane {
         };
         // SAFETY: XdpMd is repr(C) with only u32 fields, so viewing it as bytes is sound.
         let ctx = unsafe {
-            std::slice::from_raw_parts((&md as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>())
+            std::slice::from_raw_parts(
+                (&md as *const XdpMd).cast::<u8>(),
+                std::mem::size_of::<XdpMd>(),
+            )
         };
         let mut out = vec![0u8; packet.len() + HEADROOM];
         let opts = TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
-            ctx_in: if ingress_ifindex == 0 { None } else { Some(ctx) },
+            ctx_in: if ingress_ifindex == 0 {
+                None
+            } else {
+                Some(ctx)
+            },
             repeat: repeat.max(1),
             ..Default::default()
         };
-        let r = prog.test_run(opts).map_err(|e| Error::program(progs::XDP_LB, "BPF_PROG_TEST_RUN", e))?;
+        let r = prog
+            .test_run(opts)
+            .map_err(|e| Error::program(progs::XDP_LB, "BPF_PROG_TEST_RUN", e))?;
         out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutput { verdict: r.return_value, data: out, duration: r.duration })
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
     }
 
     /// Runs the TC reverse-NAT program once on `packet`.
@@ -76,9 +94,20 @@ impl Dataplane {
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not loaded"))?;
         let mut out = vec![0u8; packet.len() + HEADROOM];
-        let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), repeat: 1, ..Default::default() };
-        let r = prog.test_run(opts).map_err(|e| Error::program(progs::TC_REVNAT, "BPF_PROG_TEST_RUN", e))?;
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..Default::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|e| Error::program(progs::TC_REVNAT, "BPF_PROG_TEST_RUN", e))?;
         out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutput { verdict: r.return_value, data: out, duration: r.duration })
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
     }
 }

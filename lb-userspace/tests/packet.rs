@@ -45,7 +45,9 @@ fn in_node<R: Send>(n: usize, f: impl FnOnce(&Env, &mut Dataplane) -> R + Send) 
         uplink_ifindex: lab.node_uplink_ifindex().expect("ifindex"),
         backends: (0..n).map(|i| lab.backend_addr(i)).collect(),
         pod_links: (0..n).map(|i| lab.node_pod_link(i)).collect(),
-        pod_macs: (0..n).map(|i| (lab.node_pod_mac(i), lab.pod_mac(i))).collect(),
+        pod_macs: (0..n)
+            .map(|i| (lab.node_pod_mac(i), lab.pod_mac(i)))
+            .collect(),
     };
     lab.node()
         .enter(|| {
@@ -84,19 +86,33 @@ fn tcp(dst: Ipv4Addr, dport: u16, sport: u16, flags: TcpFlags) -> PacketBuilder 
 }
 
 fn udp(dst: Ipv4Addr, dport: u16, sport: u16) -> PacketBuilder {
-    PacketBuilder::new().ipv4(CLIENT, dst).udp(sport, dport).payload(b"ping over udp")
+    PacketBuilder::new()
+        .ipv4(CLIENT, dst)
+        .udp(sport, dport)
+        .payload(b"ping over udp")
 }
 
 fn counters(dp: &Dataplane) -> std::collections::BTreeMap<&'static str, u64> {
-    dp.reasons().expect("reasons").into_iter().map(|(r, v)| (r.label(), v)).collect()
+    dp.reasons()
+        .expect("reasons")
+        .into_iter()
+        .map(|(r, v)| (r.label(), v))
+        .collect()
 }
 
 /// The difference of the reason counters before and after `f`, non-zero entries only.
-fn delta<R>(dp: &mut Dataplane, f: impl FnOnce(&mut Dataplane) -> R) -> (R, Vec<(&'static str, u64)>) {
+fn delta<R>(
+    dp: &mut Dataplane,
+    f: impl FnOnce(&mut Dataplane) -> R,
+) -> (R, Vec<(&'static str, u64)>) {
     let before = counters(dp);
     let r = f(dp);
     let after = counters(dp);
-    let d = after.iter().filter(|(k, v)| before[*k] != **v).map(|(k, v)| (*k, v - before[*k])).collect();
+    let d = after
+        .iter()
+        .filter(|(k, v)| before[*k] != **v)
+        .map(|(k, v)| (*k, v - before[*k]))
+        .collect();
     (r, d)
 }
 
@@ -118,16 +134,23 @@ fn dst_of(pkt: &[u8]) -> SocketAddr {
 #[test]
 fn dnat_tcp_syn_to_nodeport_is_translated_exactly() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         let input = tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).build();
         let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
-        assert_eq!(verdict, XDP_PASS, "no redirect port configured: translated, then to the stack");
+        assert_eq!(
+            verdict, XDP_PASS,
+            "no redirect port configured: translated, then to the stack"
+        );
         let expected = tcp(env.backends[0], TARGET_PORT, 40000, TcpFlags::SYN).build();
         assert_eq!(out, expected, "exact bytes after DNAT");
         verify_checksums(&out).unwrap();
         assert_eq!(d, vec![("ct_new", 1), ("xdp_pass_to_stack", 1)]);
         let st = dp.service_stats("web").unwrap();
-        assert_eq!((st.service.packets, st.service.bytes, st.service.new_flows), (1, input.len() as u64, 1));
+        assert_eq!(
+            (st.service.packets, st.service.bytes, st.service.new_flows),
+            (1, input.len() as u64, 1)
+        );
         assert_eq!(st.backends[0].1.packets, 1);
     });
 }
@@ -135,7 +158,8 @@ fn dnat_tcp_syn_to_nodeport_is_translated_exactly() {
 #[test]
 fn dnat_loadbalancer_vip_udp_is_translated_exactly() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends)).unwrap();
+        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends))
+            .unwrap();
         let input = udp(VIP, VIP_PORT, 5353).build();
         let (verdict, out) = run(dp, env, &input);
         assert_eq!(verdict, XDP_PASS);
@@ -147,10 +171,16 @@ fn dnat_loadbalancer_vip_udp_is_translated_exactly() {
 #[test]
 fn dnat_udp_zero_checksum_stays_zero() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends)).unwrap();
+        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends))
+            .unwrap();
         let input = udp(VIP, VIP_PORT, 5353).udp_no_checksum().build();
         let (_, out) = run(dp, env, &input);
-        assert_eq!(out, udp(env.backends[0], TARGET_PORT, 5353).udp_no_checksum().build());
+        assert_eq!(
+            out,
+            udp(env.backends[0], TARGET_PORT, 5353)
+                .udp_no_checksum()
+                .build()
+        );
         verify_checksums(&out).unwrap();
     });
 }
@@ -158,13 +188,21 @@ fn dnat_udp_zero_checksum_stays_zero() {
 #[test]
 fn dnat_with_ip_options_uses_the_header_length() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         // Record-route-like option (NOP padding + a 4-byte option) makes IHL 6.
         let opts = [0x01, 0x01, 0x01, 0x00];
-        let input = tcp(NODE, NODE_PORT, 40001, TcpFlags::SYN).ipv4_options(&opts).build();
+        let input = tcp(NODE, NODE_PORT, 40001, TcpFlags::SYN)
+            .ipv4_options(&opts)
+            .build();
         let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
         assert_eq!(verdict, XDP_PASS);
-        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 40001, TcpFlags::SYN).ipv4_options(&opts).build());
+        assert_eq!(
+            out,
+            tcp(env.backends[0], TARGET_PORT, 40001, TcpFlags::SYN)
+                .ipv4_options(&opts)
+                .build()
+        );
         verify_checksums(&out).unwrap();
         assert!(d.contains(&("ct_new", 1)), "{d:?}");
     });
@@ -173,15 +211,25 @@ fn dnat_with_ip_options_uses_the_header_length() {
 #[test]
 fn conntrack_established_flow_keeps_its_backend() {
     in_node(2, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         for sport in 41000..41040 {
             let (_, syn_out) = run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build());
             let chosen = dst_of(&syn_out);
             let ack = tcp(NODE, NODE_PORT, sport, TcpFlags::ACK).build();
             let ((_, out), d) = delta(dp, |dp| run(dp, env, &ack));
-            assert_eq!(dst_of(&out), chosen, "established packets follow the SYN's backend");
-            let SocketAddr::V4(v4) = chosen else { panic!("v4 backend expected") };
-            assert_eq!(out, tcp(*v4.ip(), TARGET_PORT, sport, TcpFlags::ACK).build());
+            assert_eq!(
+                dst_of(&out),
+                chosen,
+                "established packets follow the SYN's backend"
+            );
+            let SocketAddr::V4(v4) = chosen else {
+                panic!("v4 backend expected")
+            };
+            assert_eq!(
+                out,
+                tcp(*v4.ip(), TARGET_PORT, sport, TcpFlags::ACK).build()
+            );
             assert_eq!(d, vec![("ct_hit", 1), ("xdp_pass_to_stack", 1)]);
         }
         // Both backends were chosen for some of the 40 flows.
@@ -195,24 +243,48 @@ fn conntrack_established_flow_keeps_its_backend() {
 #[test]
 fn conntrack_syn_on_existing_entry_selects_afresh() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         let syn = tcp(NODE, NODE_PORT, 42000, TcpFlags::SYN).build();
         run(dp, env, &syn);
         let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &syn));
         assert_eq!(verdict, XDP_PASS);
-        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 42000, TcpFlags::SYN).build());
-        assert_eq!(d, vec![("ct_new", 1), ("ct_syn_reselect", 1), ("xdp_pass_to_stack", 1)]);
+        assert_eq!(
+            out,
+            tcp(env.backends[0], TARGET_PORT, 42000, TcpFlags::SYN).build()
+        );
+        assert_eq!(
+            d,
+            vec![
+                ("ct_new", 1),
+                ("ct_syn_reselect", 1),
+                ("xdp_pass_to_stack", 1)
+            ]
+        );
     });
 }
 
 #[test]
 fn conntrack_miss_on_non_syn_is_counted_and_selected() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         let ack = tcp(NODE, NODE_PORT, 43000, TcpFlags::ACK | TcpFlags::PSH).build();
         let ((_, out), d) = delta(dp, |dp| run(dp, env, &ack));
-        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 43000, TcpFlags::ACK | TcpFlags::PSH).build());
-        assert_eq!(d, vec![("ct_miss", 1), ("ct_new", 1), ("xdp_pass_to_stack", 1)]);
+        assert_eq!(
+            out,
+            tcp(
+                env.backends[0],
+                TARGET_PORT,
+                43000,
+                TcpFlags::ACK | TcpFlags::PSH
+            )
+            .build()
+        );
+        assert_eq!(
+            d,
+            vec![("ct_miss", 1), ("ct_new", 1), ("xdp_pass_to_stack", 1)]
+        );
     });
 }
 
@@ -220,21 +292,104 @@ fn conntrack_miss_on_non_syn_is_counted_and_selected() {
 #[test]
 fn passthrough_not_ours_and_malformed_are_untouched_and_counted() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-            ("other port", tcp(NODE, 22, 40000, TcpFlags::SYN).build(), "xdp_pass_not_ours"),
-            ("udp to a tcp service", udp(NODE, NODE_PORT, 40000).build(), "xdp_pass_not_ours"),
-            ("nodeport on a foreign address", tcp(Ipv4Addr::new(192, 0, 2, 99), NODE_PORT, 40000, TcpFlags::SYN).build(), "xdp_pass_not_ours"),
-            ("icmp echo to the node", PacketBuilder::new().ipv4(CLIENT, NODE).icmp(8, 0).icmp_echo(1, 1).build(), "xdp_pass_not_ours"),
-            ("arp", PacketBuilder::new().ethertype(0x0806).payload(&[0u8; 28]).build(), "xdp_pass_not_ip"),
-            ("ipv6 (not yet balanced)", PacketBuilder::new().ipv6("2001:db8:1::2".parse().unwrap(), "2001:db8:1::1".parse().unwrap()).tcp(1, 2).build(), "xdp_pass_not_ip"),
-            ("first fragment", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).more_fragments().build(), "xdp_pass_fragment"),
-            ("later fragment", udp(NODE, NODE_PORT, 40000).fragment_offset(100).build(), "xdp_pass_fragment"),
-            ("truncated tcp header", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).payload(&[]).truncate(14 + 20 + 10).build(), "xdp_pass_malformed"),
-            ("truncated ip header", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).truncate(14 + 12).build(), "xdp_pass_malformed"),
-            ("ip total length beyond the frame", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).ip_length_override(1400).build(), "xdp_pass_malformed"),
-            ("ip total length below the header", tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).ip_length_override(16).build(), "xdp_pass_malformed"),
-            ("udp length beyond the packet", udp(VIP, NODE_PORT, 40000).udp_length_override(900).build(), "xdp_pass_malformed"),
+            (
+                "other port",
+                tcp(NODE, 22, 40000, TcpFlags::SYN).build(),
+                "xdp_pass_not_ours",
+            ),
+            (
+                "udp to a tcp service",
+                udp(NODE, NODE_PORT, 40000).build(),
+                "xdp_pass_not_ours",
+            ),
+            (
+                "nodeport on a foreign address",
+                tcp(
+                    Ipv4Addr::new(192, 0, 2, 99),
+                    NODE_PORT,
+                    40000,
+                    TcpFlags::SYN,
+                )
+                .build(),
+                "xdp_pass_not_ours",
+            ),
+            (
+                "icmp echo to the node",
+                PacketBuilder::new()
+                    .ipv4(CLIENT, NODE)
+                    .icmp(8, 0)
+                    .icmp_echo(1, 1)
+                    .build(),
+                "xdp_pass_not_ours",
+            ),
+            (
+                "arp",
+                PacketBuilder::new()
+                    .ethertype(0x0806)
+                    .payload(&[0u8; 28])
+                    .build(),
+                "xdp_pass_not_ip",
+            ),
+            (
+                "ipv6 (not yet balanced)",
+                PacketBuilder::new()
+                    .ipv6(
+                        "2001:db8:1::2".parse().unwrap(),
+                        "2001:db8:1::1".parse().unwrap(),
+                    )
+                    .tcp(1, 2)
+                    .build(),
+                "xdp_pass_not_ip",
+            ),
+            (
+                "first fragment",
+                tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN)
+                    .more_fragments()
+                    .build(),
+                "xdp_pass_fragment",
+            ),
+            (
+                "later fragment",
+                udp(NODE, NODE_PORT, 40000).fragment_offset(100).build(),
+                "xdp_pass_fragment",
+            ),
+            (
+                "truncated tcp header",
+                tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN)
+                    .payload(&[])
+                    .truncate(14 + 20 + 10)
+                    .build(),
+                "xdp_pass_malformed",
+            ),
+            (
+                "truncated ip header",
+                tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN)
+                    .truncate(14 + 12)
+                    .build(),
+                "xdp_pass_malformed",
+            ),
+            (
+                "ip total length beyond the frame",
+                tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN)
+                    .ip_length_override(1400)
+                    .build(),
+                "xdp_pass_malformed",
+            ),
+            (
+                "ip total length below the header",
+                tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN)
+                    .ip_length_override(16)
+                    .build(),
+                "xdp_pass_malformed",
+            ),
+            (
+                "udp length beyond the packet",
+                udp(VIP, NODE_PORT, 40000).udp_length_override(900).build(),
+                "xdp_pass_malformed",
+            ),
         ];
         for (what, input, reason) in cases {
             let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
@@ -249,13 +404,17 @@ fn passthrough_not_ours_and_malformed_are_untouched_and_counted() {
 #[test]
 fn forwarding_redirects_with_fib_macs_and_ttl_decrement() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         dp.allow_redirect(&env.pod_links[0]).unwrap();
         let input = tcp(NODE, NODE_PORT, 44000, TcpFlags::SYN).ttl(64).build();
         let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
         assert_eq!(verdict, XDP_REDIRECT);
         let (node_mac, pod_mac) = env.pod_macs[0];
-        let expected = tcp(env.backends[0], TARGET_PORT, 44000, TcpFlags::SYN).ttl(63).eth(node_mac, pod_mac).build();
+        let expected = tcp(env.backends[0], TARGET_PORT, 44000, TcpFlags::SYN)
+            .ttl(63)
+            .eth(node_mac, pod_mac)
+            .build();
         assert_eq!(out, expected);
         verify_checksums(&out).unwrap();
         assert_eq!(d, vec![("ct_new", 1), ("xdp_redirect", 1)]);
@@ -263,14 +422,20 @@ fn forwarding_redirects_with_fib_macs_and_ttl_decrement() {
         let last_hop = tcp(NODE, NODE_PORT, 44001, TcpFlags::SYN).ttl(1).build();
         let (verdict, out) = run(dp, env, &last_hop);
         assert_eq!(verdict, XDP_PASS);
-        assert_eq!(out, tcp(env.backends[0], TARGET_PORT, 44001, TcpFlags::SYN).ttl(1).build());
+        assert_eq!(
+            out,
+            tcp(env.backends[0], TARGET_PORT, 44001, TcpFlags::SYN)
+                .ttl(1)
+                .build()
+        );
     });
 }
 
 #[test]
 fn no_backend_drops_and_counts() {
     in_node(0, |env, dp| {
-        dp.upsert_service(&service("empty", Protocol::Tcp, &[])).unwrap();
+        dp.upsert_service(&service("empty", Protocol::Tcp, &[]))
+            .unwrap();
         let input = tcp(NODE, NODE_PORT, 45000, TcpFlags::SYN).build();
         let ((verdict, _), d) = delta(dp, |dp| run(dp, env, &input));
         assert_eq!(verdict, XDP_DROP);
@@ -286,12 +451,20 @@ fn terminating_backends_get_new_flows_only_without_ready_ones() {
         dp.upsert_service(&spec).unwrap();
         for sport in 46000..46020 {
             let (_, out) = run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build());
-            assert_eq!(dst_of(&out).ip(), env.backends[0], "only the ready backend gets new flows");
+            assert_eq!(
+                dst_of(&out).ip(),
+                env.backends[0],
+                "only the ready backend gets new flows"
+            );
         }
         spec.backends[0].state = EndpointState::NotServing;
         dp.upsert_service(&spec).unwrap();
         let (_, out) = run(dp, env, &tcp(NODE, NODE_PORT, 46100, TcpFlags::SYN).build());
-        assert_eq!(dst_of(&out).ip(), env.backends[1], "fallback to serving-terminating");
+        assert_eq!(
+            dst_of(&out).ip(),
+            env.backends[1],
+            "fallback to serving-terminating"
+        );
         // The established flow on the not-serving backend continues.
         let (_, out) = run(dp, env, &tcp(NODE, NODE_PORT, 46000, TcpFlags::ACK).build());
         assert_eq!(dst_of(&out).ip(), env.backends[0]);
@@ -301,22 +474,42 @@ fn terminating_backends_get_new_flows_only_without_ready_ones() {
 #[test]
 fn revnat_tc_rewrites_replies_to_the_dialled_frontend() {
     in_node(1, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
-        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
+        dp.upsert_service(&service("dns", Protocol::Udp, &env.backends))
+            .unwrap();
         let backend = env.backends[0];
         // Through the NodePort...
         run(dp, env, &tcp(NODE, NODE_PORT, 47000, TcpFlags::SYN).build());
-        let reply = PacketBuilder::new().ipv4(backend, CLIENT).tcp(TARGET_PORT, 47000).seq(5).ack(1001).tcp_flags(TcpFlags::SYN | TcpFlags::ACK).build();
+        let reply = PacketBuilder::new()
+            .ipv4(backend, CLIENT)
+            .tcp(TARGET_PORT, 47000)
+            .seq(5)
+            .ack(1001)
+            .tcp_flags(TcpFlags::SYN | TcpFlags::ACK)
+            .build();
         let out = dp.test_tc(&reply).unwrap();
         assert_eq!(out.verdict, TC_ACT_OK);
-        let expected = PacketBuilder::new().ipv4(NODE, CLIENT).tcp(NODE_PORT, 47000).seq(5).ack(1001).tcp_flags(TcpFlags::SYN | TcpFlags::ACK).build();
+        let expected = PacketBuilder::new()
+            .ipv4(NODE, CLIENT)
+            .tcp(NODE_PORT, 47000)
+            .seq(5)
+            .ack(1001)
+            .tcp_flags(TcpFlags::SYN | TcpFlags::ACK)
+            .build();
         assert_eq!(out.data, expected);
         verify_checksums(&out.data).unwrap();
         // ...and through the VIP, UDP with and without checksum.
         for no_csum in [false, true] {
             let mut req = udp(VIP, VIP_PORT, 5300 + no_csum as u16);
-            let mut rep = PacketBuilder::new().ipv4(backend, CLIENT).udp(TARGET_PORT, 5300 + no_csum as u16).payload(b"pong");
-            let mut exp = PacketBuilder::new().ipv4(VIP, CLIENT).udp(VIP_PORT, 5300 + no_csum as u16).payload(b"pong");
+            let mut rep = PacketBuilder::new()
+                .ipv4(backend, CLIENT)
+                .udp(TARGET_PORT, 5300 + no_csum as u16)
+                .payload(b"pong");
+            let mut exp = PacketBuilder::new()
+                .ipv4(VIP, CLIENT)
+                .udp(VIP_PORT, 5300 + no_csum as u16)
+                .payload(b"pong");
             if no_csum {
                 req = req.udp_no_checksum();
                 rep = rep.udp_no_checksum();
@@ -328,7 +521,10 @@ fn revnat_tc_rewrites_replies_to_the_dialled_frontend() {
             verify_checksums(&out.data).unwrap();
         }
         // A packet that is no reply of ours leaves untouched.
-        let other = PacketBuilder::new().ipv4(backend, CLIENT).tcp(TARGET_PORT, 1).build();
+        let other = PacketBuilder::new()
+            .ipv4(backend, CLIENT)
+            .tcp(TARGET_PORT, 1)
+            .build();
         let (out, d) = delta(dp, |dp| dp.test_tc(&other).unwrap());
         assert_eq!(out.data, other);
         assert_eq!(d, vec![("tc_pass_not_ours", 1)]);
@@ -338,7 +534,8 @@ fn revnat_tc_rewrites_replies_to_the_dialled_frontend() {
 #[test]
 fn service_removal_purges_conntrack_and_empties_maps() {
     in_node(2, |env, dp| {
-        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends)).unwrap();
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
         for sport in 48000..48010 {
             run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build());
         }
@@ -347,9 +544,15 @@ fn service_removal_purges_conntrack_and_empties_maps() {
         assert!(occ.slots > 0);
         dp.remove_service("web").unwrap();
         let occ = dp.occupancy().unwrap();
-        assert_eq!((occ.frontends, occ.backends, occ.slots, occ.conntrack), (0, 0, 0, 0));
+        assert_eq!(
+            (occ.frontends, occ.backends, occ.slots, occ.conntrack),
+            (0, 0, 0, 0)
+        );
         let (verdict, out) = run(dp, env, &tcp(NODE, NODE_PORT, 48000, TcpFlags::ACK).build());
-        assert_eq!((verdict, out), (XDP_PASS, tcp(NODE, NODE_PORT, 48000, TcpFlags::ACK).build()));
+        assert_eq!(
+            (verdict, out),
+            (XDP_PASS, tcp(NODE, NODE_PORT, 48000, TcpFlags::ACK).build())
+        );
     });
 }
 
@@ -364,7 +567,11 @@ fn backend_removal_moves_udp_flow_to_another_backend() {
         spec.backends.retain(|b| b.addr != first);
         dp.upsert_service(&spec).unwrap();
         let (_, out) = run(dp, env, &pkt);
-        assert_ne!(dst_of(&out), first, "the flow moved off the removed backend");
+        assert_ne!(
+            dst_of(&out),
+            first,
+            "the flow moved off the removed backend"
+        );
         assert_eq!(dp.occupancy().unwrap().backends, 1);
     });
 }
@@ -389,16 +596,30 @@ fn capacity_errors_name_the_setting_and_change_nothing() {
             one.backends.push(BackendSpec::ready(b(10)));
             let e = dp.upsert_service(&one).unwrap_err().to_string();
             assert!(e.contains("capacities.backends"), "{e}");
-            assert_eq!(dp.dump()[0].backends.len(), 2, "rejected update changed nothing");
+            assert_eq!(
+                dp.dump()[0].backends.len(),
+                2,
+                "rejected update changed nothing"
+            );
             let occ = dp.occupancy().unwrap();
             assert_eq!((occ.frontends, occ.backends), (2, 2));
             // Invalid specs are rejected with a reason.
             let mut bad = service("one", Protocol::Udp, &[]);
             bad.frontends = vec![Frontend::NodePort(0)];
-            assert!(dp.upsert_service(&bad).unwrap_err().to_string().contains("NodePort 0"));
+            assert!(
+                dp.upsert_service(&bad)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("NodePort 0")
+            );
             let mut clash = service("three", Protocol::Tcp, &[]);
             clash.frontends = vec![Frontend::NodePort(NODE_PORT)];
-            assert!(dp.upsert_service(&clash).unwrap_err().to_string().contains("already used by service `one`"));
+            assert!(
+                dp.upsert_service(&clash)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("already used by service `one`")
+            );
         })
         .expect("enter");
 }

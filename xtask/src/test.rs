@@ -28,7 +28,11 @@ fn cargo_test(args: &[&str], test_args: &[&str]) -> Result<()> {
 
 pub fn run(tiers: &[Tier]) -> Result<()> {
     let all = [Tier::Unit, Tier::Packet, Tier::Netns];
-    let tiers: Vec<Tier> = if tiers.is_empty() { all.to_vec() } else { tiers.to_vec() };
+    let tiers: Vec<Tier> = if tiers.is_empty() {
+        all.to_vec()
+    } else {
+        tiers.to_vec()
+    };
     let root = {
         // SAFETY: geteuid has no preconditions.
         unsafe extern "C" {

@@ -1,0 +1,13 @@
+//! Traffic tools for sluice's lab tests and benchmarks.
+//!
+//! - [`load`]: a load generator for HTTP/1.1, raw TCP and UDP that always stops by itself (a
+//!   request count and a duration bound) and accounts for every request as exactly one
+//!   [`load::Outcome`]. The `sluice-load` binary is its command line.
+//! - [`server`]: the backend that lab pods run (the `lab-server` binary). It answers with its
+//!   name, counts connections and requests, and drains gracefully on SIGTERM.
+
+pub mod load;
+pub mod server;
+
+mod http;
+mod secs;

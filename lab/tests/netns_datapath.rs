@@ -1,0 +1,276 @@
+//! Netns tier: real TCP and UDP from the client namespace through the node (XDP DNAT, TC
+//! reverse NAT) to backends in their own namespaces; every request counted.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use bench::load::{self, ConnectionMode, Protocol as LoadProtocol, Report};
+use lab::{Lab, process::Process};
+use lb_userspace::{
+    BackendSpec, Dataplane, DataplaneConfig, Frontend, Protocol, Reason, ServiceSpec,
+};
+
+const NODE_PORT_TCP: u16 = 30080;
+const NODE_PORT_UDP: u16 = 30053;
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const HTTP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+
+/// A binary of the `bench` crate, built next to this test's target directory
+/// (`cargo xtask test` builds every binary first).
+fn bench_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p bench --bins` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+fn lab(backends: usize) -> Lab {
+    Lab::builder()
+        .backends(backends)
+        .xdp_pass_attacher(|ifname| {
+            let p = lb_userspace::PassProgram::attach(ifname)?;
+            Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
+        })
+        .build()
+        .expect("lab")
+}
+
+/// One lab-server per backend namespace, answering with its pod name.
+fn servers(lab: &Lab) -> Vec<Process> {
+    (0..lab.backends().len())
+        .map(|i| {
+            let mut cmd = Command::new(bench_bin("lab-server"));
+            cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+            cmd.args([
+                "--name",
+                &format!("pod{i}"),
+                "--http",
+                &HTTP_PORT.to_string(),
+                "--udp",
+                &UDP_PORT.to_string(),
+            ]);
+            let mut p = lab.backend(i).spawn(&cmd).expect("spawn lab-server");
+            p.wait_for_line("ready", Duration::from_secs(10))
+                .expect("lab-server ready");
+            p
+        })
+        .collect()
+}
+
+/// The data path, attached to the node's uplink, redirecting to the pod links.
+fn dataplane(lab: &Lab) -> Dataplane {
+    let uplink = lab.node_uplink();
+    let pod_links: Vec<String> = (0..lab.backends().len())
+        .map(|i| lab.node_pod_link(i))
+        .collect();
+    lab.node()
+        .enter(|| {
+            let mut dp = Dataplane::load(DataplaneConfig::default()).expect("load");
+            dp.attach(uplink).expect("attach");
+            for l in &pod_links {
+                dp.allow_redirect(l).expect("redirect port");
+            }
+            dp
+        })
+        .expect("enter node")
+}
+
+fn services(lab: &Lab, dp: &mut Dataplane) {
+    let n = lab.backends().len();
+    let backends = |port| {
+        (0..n)
+            .map(|i| BackendSpec::ready(SocketAddr::new(IpAddr::V4(lab.backend_addr(i)), port)))
+            .collect()
+    };
+    dp.upsert_service(&ServiceSpec {
+        name: "default/web:http".into(),
+        protocol: Protocol::Tcp,
+        frontends: vec![
+            Frontend::NodePort(NODE_PORT_TCP),
+            Frontend::Address(SocketAddr::new(VIP.into(), 80)),
+        ],
+        backends: backends(HTTP_PORT),
+        affinity: None,
+    })
+    .expect("web");
+    dp.upsert_service(&ServiceSpec {
+        name: "default/dns:dns".into(),
+        protocol: Protocol::Udp,
+        frontends: vec![
+            Frontend::NodePort(NODE_PORT_UDP),
+            Frontend::Address(SocketAddr::new(VIP.into(), 53)),
+        ],
+        backends: backends(UDP_PORT),
+        affinity: None,
+    })
+    .expect("dns");
+}
+
+fn load_from_client(
+    lab: &Lab,
+    target: SocketAddr,
+    protocol: LoadProtocol,
+    mode: ConnectionMode,
+    requests: u64,
+    concurrency: usize,
+) -> Report {
+    let mut cfg = load::Config::new(target, protocol);
+    cfg.mode = mode;
+    cfg.max_requests = requests;
+    cfg.concurrency = concurrency;
+    cfg.max_duration = Duration::from_secs(60);
+    lab.client()
+        .enter(|| load::run_blocking(cfg))
+        .expect("enter client")
+        .expect("load run")
+}
+
+fn assert_all_ok(what: &str, r: &Report, requests: u64, pods: usize) {
+    assert_eq!(r.sent, requests, "{what}: {r}");
+    assert_eq!(
+        r.outcomes.ok, requests,
+        "{what}: every request succeeds: {r}"
+    );
+    assert_eq!(r.retried, 0, "{what}: {r}");
+    assert_eq!(
+        r.responders.len(),
+        pods,
+        "{what}: every backend answered: {r}"
+    );
+}
+
+#[test]
+fn netns_tcp_and_udp_through_nodeport_and_vip() {
+    let lab = lab(2);
+    let _servers = servers(&lab);
+    let mut dp = dataplane(&lab);
+    services(&lab, &mut dp);
+    let node = lab.node_addr();
+
+    for (what, target) in [
+        ("tcp nodeport", SocketAddr::new(node.into(), NODE_PORT_TCP)),
+        ("tcp vip", SocketAddr::new(VIP.into(), 80)),
+    ] {
+        let r = load_from_client(
+            &lab,
+            target,
+            LoadProtocol::http("/"),
+            ConnectionMode::NewConnectionPerRequest,
+            100,
+            4,
+        );
+        assert_all_ok(what, &r, 100, 2);
+    }
+    for (what, target) in [
+        ("udp nodeport", SocketAddr::new(node.into(), NODE_PORT_UDP)),
+        ("udp vip", SocketAddr::new(VIP.into(), 53)),
+    ] {
+        let r = load_from_client(
+            &lab,
+            target,
+            LoadProtocol::udp(b"q".to_vec()),
+            ConnectionMode::NewConnectionPerRequest,
+            100,
+            4,
+        );
+        assert_all_ok(what, &r, 100, 2);
+    }
+
+    // Replies come from the address the client dialled: an unconnected UDP socket sees
+    // the source of every reply.
+    for target in [
+        SocketAddr::new(node.into(), NODE_PORT_UDP),
+        SocketAddr::new(VIP.into(), 53),
+    ] {
+        let from = lab
+            .client()
+            .enter(|| {
+                let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+                s.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                s.send_to(b"who", target).expect("send");
+                let mut buf = [0u8; 256];
+                let (n, from) = s.recv_from(&mut buf).expect("reply");
+                assert!(
+                    String::from_utf8_lossy(&buf[..n]).starts_with("pod"),
+                    "reply from a pod"
+                );
+                from
+            })
+            .expect("enter client");
+        assert_eq!(from, target, "the reply's source is the dialled frontend");
+    }
+
+    let web = dp.service_stats("default/web:http").expect("stats");
+    assert_eq!(
+        web.service.new_flows, 200,
+        "one tracked flow per TCP connection"
+    );
+    assert_eq!(
+        web.backends.iter().map(|(_, s)| s.new_flows).sum::<u64>(),
+        200
+    );
+    assert!(
+        dp.reason(Reason::Redirect).unwrap() > 0,
+        "frames were redirected to the pod links"
+    );
+    assert!(
+        dp.reason(Reason::TcRevNat).unwrap() > 0,
+        "replies were reverse-translated"
+    );
+    lab.assert_no_checksum_errors();
+}
+
+#[test]
+fn netns_bounded_load_both_modes_zero_failures() {
+    let lab = lab(3);
+    let _servers = servers(&lab);
+    let mut dp = dataplane(&lab);
+    services(&lab, &mut dp);
+    let node = SocketAddr::new(lab.node_addr().into(), NODE_PORT_TCP);
+    let vip = SocketAddr::new(VIP.into(), 80);
+
+    let r = load_from_client(
+        &lab,
+        node,
+        LoadProtocol::http("/"),
+        ConnectionMode::NewConnectionPerRequest,
+        2000,
+        8,
+    );
+    assert_all_ok("new connection per request via NodePort", &r, 2000, 3);
+    println!("new connection per request: {r}");
+    let r = load_from_client(
+        &lab,
+        vip,
+        LoadProtocol::http("/"),
+        ConnectionMode::KeepAlive,
+        2000,
+        8,
+    );
+    assert_all_ok("keep-alive via VIP", &r, 2000, 3);
+    println!("keep-alive: {r}");
+    let r = load_from_client(
+        &lab,
+        SocketAddr::new(VIP.into(), 53),
+        LoadProtocol::udp(b"q".to_vec()),
+        ConnectionMode::KeepAlive,
+        1000,
+        4,
+    );
+    assert_all_ok("udp via VIP", &r, 1000, r.responders.len().max(1));
+    assert_eq!(r.failures(), 0);
+
+    assert_eq!(dp.reason(Reason::DropNoBackend).unwrap(), 0);
+    lab.assert_no_checksum_errors();
+}
