@@ -36,7 +36,11 @@ pub fn track(fwd: &FlowKey, service_id: u32, backend_id: u32, backend: &Backend)
         dir: dir::REPLY,
         _pad: [0; 2],
     };
-    let rev = CtEntry { nat_addr: fwd.dst, nat_port: fwd.dport, ..entry };
+    let rev = CtEntry {
+        nat_addr: fwd.dst,
+        nat_port: fwd.dport,
+        ..entry
+    };
     if CONNTRACK.insert(&reply, &rev, 0).is_err() {
         count(Reason::CtUpdateFailed);
     }

@@ -19,7 +19,14 @@ const AF_INET: u8 = 2;
 /// device in `TX_PORTS`, with MACs rewritten and the TTL decremented; otherwise `XDP_PASS`
 /// so the stack routes it (and answers TTL expiry, missing neighbours, ...).
 #[inline(always)]
-pub fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, ip: *mut Ipv4Hdr, proto: u8, sport: u16, dport: u16) -> u32 {
+pub fn ipv4(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv4Hdr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> u32 {
     // SAFETY: eth and ip were bounds checked by the parser; the packet was not resized since.
     unsafe {
         if (*ip).ttl <= 1 {

@@ -163,12 +163,25 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
         lb_common::IPPROTO_TCP => {
             let tcp: *mut TcpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
             // SAFETY: bounds checked by ptr_at.
-            let (sport, dport, doff, flags) =
-                unsafe { ((*tcp).sport, (*tcp).dport, (*tcp).doff_res >> 4, (*tcp).flags) };
+            let (sport, dport, doff, flags) = unsafe {
+                (
+                    (*tcp).sport,
+                    (*tcp).dport,
+                    (*tcp).doff_res >> 4,
+                    (*tcp).flags,
+                )
+            };
             if (doff as usize) * 4 < TCP_HLEN_MIN {
                 return Err(ParseStop::Malformed);
             }
-            (tcp.cast::<u8>(), sport, dport, flags, TCP_CHECK_OFF, (doff as usize) * 4)
+            (
+                tcp.cast::<u8>(),
+                sport,
+                dport,
+                flags,
+                TCP_CHECK_OFF,
+                (doff as usize) * 4,
+            )
         }
         lb_common::IPPROTO_UDP => {
             let udp: *mut UdpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
@@ -178,7 +191,14 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
             if (len as usize) < UDP_HLEN {
                 return Err(ParseStop::Malformed);
             }
-            (udp.cast::<u8>(), sport, dport, 0, UDP_CHECK_OFF, len as usize)
+            (
+                udp.cast::<u8>(),
+                sport,
+                dport,
+                0,
+                UDP_CHECK_OFF,
+                len as usize,
+            )
         }
         _ => return Err(ParseStop::OtherProto),
     };
@@ -188,5 +208,14 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
     if tot_len < ihl + l4_min || ETH_HLEN + tot_len > frame_len {
         return Err(ParseStop::Malformed);
     }
-    Ok(Ipv4Packet { ip, l4, l4_off, proto, sport, dport, tcp_flags, check_off })
+    Ok(Ipv4Packet {
+        ip,
+        l4,
+        l4_off,
+        proto,
+        sport,
+        dport,
+        tcp_flags,
+        check_off,
+    })
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CtEntry, GlobalConfig, FlowKey, NetAddr, ServiceKey, ServiceValue, SlotKey,
+    Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, ServiceKey, ServiceValue, SlotKey,
     TrafficStats,
 };
 
@@ -40,8 +40,7 @@ pub static BACKEND_STATS: PerCpuArray<TrafficStats> = PerCpuArray::with_max_entr
 
 /// Per-reason counters, indexed by `lb_common::Reason`.
 #[map]
-pub static REASONS: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(lb_common::Reason::COUNT, 0);
+pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(lb_common::Reason::COUNT, 0);
 
 /// Devices that can take XDP frames: redirect goes only there, everything else to the stack.
 #[map]

@@ -33,7 +33,8 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
         Err(ParseStop::Malformed) => {
             // Headers may sit in a non-linear part of the skb: pull them and retry once.
             let _ = ctx.pull_data((ETH_HLEN + 60 + 20).min(len) as u32);
-            headers::parse_ipv4(ctx.data(), ctx.data_end(), len).map_err(|_| Reason::TcPassNotOurs)?
+            headers::parse_ipv4(ctx.data(), ctx.data_end(), len)
+                .map_err(|_| Reason::TcPassNotOurs)?
         }
         Err(_) => return Err(Reason::TcPassNotOurs),
     };
@@ -53,7 +54,11 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
     let new_sport = ct.nat_port.raw();
 
     let l4_check_off = pkt.l4_off + pkt.check_off;
-    let mangled0 = if pkt.proto == lb_common::IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let mangled0 = if pkt.proto == lb_common::IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
     let fail = |_| Reason::TcRewriteFailed;
     ctx.l4_csum_replace(
         l4_check_off,
@@ -62,9 +67,15 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
         BPF_F_PSEUDO_HDR as u64 | mangled0 | 4,
     )
     .map_err(fail)?;
-    ctx.l4_csum_replace(l4_check_off, pkt.sport as u64, new_sport as u64, mangled0 | 2)
+    ctx.l4_csum_replace(
+        l4_check_off,
+        pkt.sport as u64,
+        new_sport as u64,
+        mangled0 | 2,
+    )
+    .map_err(fail)?;
+    ctx.l3_csum_replace(IP_CHECK_OFF, saddr as u64, new_saddr as u64, 4)
         .map_err(fail)?;
-    ctx.l3_csum_replace(IP_CHECK_OFF, saddr as u64, new_saddr as u64, 4).map_err(fail)?;
     ctx.store(IP_SADDR_OFF, &new_saddr, 0).map_err(fail)?;
     ctx.store(pkt.l4_off, &new_sport, 0).map_err(fail)?;
     Ok(Reason::TcRevNat)

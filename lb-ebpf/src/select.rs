@@ -10,7 +10,12 @@ use crate::maps::{BACKENDS, CONFIG, NODE_ADDRS, SERVICES, SLOTS};
 /// NodePort on any address of the node's attached interfaces.
 #[inline(always)]
 pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
-    let mut key = ServiceKey { addr: daddr, port: NetPort(dport), proto, scope: scope::EXACT };
+    let mut key = ServiceKey {
+        addr: daddr,
+        port: NetPort(dport),
+        proto,
+        scope: scope::EXACT,
+    };
     // SAFETY: values are plain data; the reference does not outlive this function.
     if let Some(svc) = unsafe { SERVICES.get(&key) } {
         return Some(*svc);
@@ -51,7 +56,11 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
         flow.dport.raw(),
         flow.proto,
     );
-    let key = SlotKey { service_id: svc.id, table: svc.table, slot: h % svc.slot_count };
+    let key = SlotKey {
+        service_id: svc.id,
+        table: svc.table,
+        slot: h % svc.slot_count,
+    };
     // SAFETY: plain data, copied out.
     let id = *unsafe { SLOTS.get(&key) }?;
     Some((id, backend(id)?))
