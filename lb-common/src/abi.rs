@@ -5,6 +5,7 @@ use crate::net::{NetAddr, NetPort};
 /// IP protocol numbers used in keys.
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
 
 /// Map names, shared by the programs (symbol names) and the loader.
 pub mod map_names {
@@ -18,6 +19,8 @@ pub mod map_names {
     pub const REASONS: &str = "REASONS";
     pub const TX_PORTS: &str = "TX_PORTS";
     pub const CONFIG: &str = "CONFIG";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const REFUSALS: &str = "REFUSALS";
 }
 
 /// Program names in the object file.
@@ -61,22 +64,13 @@ pub struct ServiceValue {
     pub id: u32,
     /// Number of slots of the selection table in force; 0 means no usable backend.
     pub slot_count: u32,
-    /// Which of the two selection tables (0 or 1) of this service is in force: a new table is
-    /// written under the other one, then this field flips (make before break).
-    pub table: u32,
+    /// Index in `SLOTS` of the first slot of the selection table in force. A table of another
+    /// size is written to a fresh range first, then this field moves (make before break).
+    pub slot_offset: u32,
     /// [`service_flags`].
     pub flags: u32,
     /// Session affinity timeout in seconds (with [`service_flags::CLIENT_IP_AFFINITY`]).
     pub affinity_timeout_s: u32,
-}
-
-/// One slot of a service's selection table.
-#[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
-pub struct SlotKey {
-    pub service_id: u32,
-    pub table: u32,
-    pub slot: u32,
 }
 
 /// Backend flags ([`Backend::flags`]).
@@ -84,6 +78,9 @@ pub mod backend_flags {
     /// The entry names a live backend. A zeroed array element (never written or deleted) has
     /// this bit clear, so a packet can never be sent to address 0.
     pub const PRESENT: u8 = 1;
+    /// The backend is in its service's selection table in force (ready, or serving and
+    /// terminating while no endpoint is ready): session affinity may still pick it.
+    pub const ELIGIBLE: u8 = 2;
 }
 
 /// A backend (endpoint address and target port), indexed by backend id in `BACKENDS`.
@@ -148,7 +145,34 @@ pub struct GlobalConfig {
     /// Seed of the flow hash; the same on every node so every node picks the same backend for
     /// the same flow.
     pub hash_seed: u32,
+    /// Generated refusals (TCP RST, ICMP port unreachable) per CPU and second; more are
+    /// dropped (and counted).
+    pub refusals_per_sec: u32,
+}
+
+/// ClientIP session affinity: which backend a client was sent to, per service.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct AffinityKey {
+    pub client: NetAddr,
+    pub service_id: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct AffinityEntry {
+    pub backend_id: u32,
     pub _pad: u32,
+    /// `bpf_ktime_get_ns` of the client's last new flow.
+    pub last_ns: u64,
+}
+
+/// Per-CPU budget of generated refusals: a one-second window and what it used.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct RefusalWindow {
+    pub start_ns: u64,
+    pub sent: u64,
 }
 
 const _: () = {
@@ -156,12 +180,14 @@ const _: () = {
     assert!(core::mem::size_of::<NetPort>() == 2);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceValue>() == 20);
-    assert!(core::mem::size_of::<SlotKey>() == 12);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 28);
     assert!(core::mem::size_of::<TrafficStats>() == 24);
     assert!(core::mem::size_of::<GlobalConfig>() == 8);
+    assert!(core::mem::size_of::<AffinityKey>() == 20);
+    assert!(core::mem::size_of::<AffinityEntry>() == 16);
+    assert!(core::mem::size_of::<RefusalWindow>() == 16);
 };
 
 #[cfg(feature = "user")]
@@ -172,12 +198,14 @@ mod pod {
     unsafe impl aya::Pod for NetAddr {}
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for TrafficStats {}
     unsafe impl aya::Pod for GlobalConfig {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
+    unsafe impl aya::Pod for RefusalWindow {}
 }
 
 #[cfg(test)]
@@ -196,7 +224,6 @@ mod tests {
             (24, 8)
         );
         assert_eq!(size_of::<Backend>(), 20);
-        assert_eq!(size_of::<SlotKey>(), 12);
     }
 
     #[test]

@@ -31,8 +31,19 @@ reasons! {
     PassToStack = "xdp_pass_to_stack",
     /// XDP: translated and redirected to the egress device.
     Redirect = "xdp_redirect",
-    /// XDP: the frontend has no usable backend.
+    /// XDP: the frontend has no usable backend and no refusal could be sent (a RST, IP
+    /// options, or the refusal budget spent).
     DropNoBackend = "xdp_drop_no_backend",
+    /// XDP: no usable backend: a TCP RST was sent back (XDP_TX).
+    TxRefuseTcpRst = "xdp_tx_refuse_tcp_rst",
+    /// XDP: no usable backend: an ICMP port unreachable was sent back (XDP_TX).
+    TxRefuseIcmpUnreachable = "xdp_tx_refuse_icmp_unreachable",
+    /// XDP: no usable backend and this CPU's refusal budget is spent: dropped.
+    DropRefusalRateLimited = "xdp_drop_refusal_rate_limited",
+    /// XDP: an ICMP error about a translated flow was translated to its backend.
+    IcmpErrorTranslated = "xdp_icmp_error_translated",
+    /// Event: ClientIP session affinity sent a new flow to the client's previous backend.
+    AffinityHit = "affinity_hit",
     /// Event: a new flow was tracked.
     CtNew = "ct_new",
     /// Event: a packet matched a tracked flow.
@@ -50,6 +61,8 @@ reasons! {
     TcRevNat = "tc_revnat",
     /// TC: not a reply of a tracked flow: passed untouched.
     TcPassNotOurs = "tc_pass_not_ours",
+    /// TC: an ICMP error about a translated flow was translated back to the frontend.
+    TcIcmpErrorTranslated = "tc_icmp_error_translated",
     /// TC: rewriting a reply failed (helper error): passed as is.
     TcRewriteFailed = "tc_rewrite_failed",
 }

@@ -73,16 +73,6 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> 
     Some(start as *mut T)
 }
 
-/// Ports and flags of an L4 header, whichever protocol.
-#[derive(Clone, Copy)]
-pub struct L4 {
-    pub sport: u16,
-    pub dport: u16,
-    pub tcp_flags: u8,
-    /// Offset of the checksum field from the start of the L4 header.
-    pub check_off: usize,
-}
-
 /// The parsed L3/L4 view of an IPv4 TCP/UDP packet.
 #[derive(Clone, Copy)]
 pub struct Ipv4Packet {
@@ -113,12 +103,6 @@ impl Ipv4Packet {
         // SAFETY: offset 2..4 is inside the checked header.
         unsafe { self.l4.add(2).cast() }
     }
-
-    /// The L4 source port field.
-    #[inline(always)]
-    pub fn l4_sport(&self) -> *mut u16 {
-        self.l4.cast()
-    }
 }
 
 /// Why parsing stopped.
@@ -127,8 +111,8 @@ pub enum ParseStop {
     NotIpv4,
     Malformed,
     Fragment,
-    /// Not TCP or UDP.
-    OtherProto,
+    /// Neither TCP nor UDP: the protocol number.
+    OtherProto(u8),
 }
 
 /// Parses Ethernet + IPv4 (with options) + the fixed part of TCP/UDP. `frame_len` is the
@@ -200,7 +184,7 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
                 len as usize,
             )
         }
-        _ => return Err(ParseStop::OtherProto),
+        other => return Err(ParseStop::OtherProto(other)),
     };
     // Length fields against each other and the frame (after the pointer checks, see above).
     // SAFETY: `ip` was bounds checked.

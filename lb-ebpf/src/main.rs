@@ -11,7 +11,9 @@
 mod conntrack;
 mod forward;
 mod headers;
+mod icmp;
 mod maps;
+mod refuse;
 mod revnat;
 mod select;
 mod stats;

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, ServiceKey, ServiceValue, SlotKey,
-    TrafficStats,
+    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, RefusalWindow,
+    ServiceKey, ServiceValue, TrafficStats,
 };
 
 /// Frontend -> service.
@@ -18,9 +18,9 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entri
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
 
-/// (service id, table, slot) -> backend id: the selection tables of all services.
+/// The selection tables of all services, each a range of this array: slot -> backend id.
 #[map]
-pub static SLOTS: HashMap<SlotKey, u32> = HashMap::with_max_entries(1, 0);
+pub static SLOTS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Both directions of every tracked flow; shared by all CPUs (the reply path runs elsewhere).
 #[map]
@@ -49,3 +49,11 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(1, 0);
 /// Global settings, one element.
 #[map]
 pub static CONFIG: Array<GlobalConfig> = Array::with_max_entries(1, 0);
+
+/// ClientIP session affinity: (client, service) -> backend and when it was last chosen.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// Per-CPU budget of generated refusals (one element).
+#[map]
+pub static REFUSALS: PerCpuArray<RefusalWindow> = PerCpuArray::with_max_entries(1, 0);

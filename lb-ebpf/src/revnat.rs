@@ -36,6 +36,9 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
             headers::parse_ipv4(ctx.data(), ctx.data_end(), len)
                 .map_err(|_| Reason::TcPassNotOurs)?
         }
+        Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMP)) => {
+            return crate::icmp::translate_out(ctx);
+        }
         Err(_) => return Err(Reason::TcPassNotOurs),
     };
     // SAFETY: bounds checked by the parser.

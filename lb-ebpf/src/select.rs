@@ -1,10 +1,15 @@
 //! Backend selection: frontend lookup and the per-service selection table.
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    Backend, FlowKey, NetAddr, NetPort, ServiceKey, ServiceValue, SlotKey, backend_flags, scope,
+    AffinityEntry, AffinityKey, Backend, FlowKey, NetAddr, NetPort, Reason, ServiceKey,
+    ServiceValue, backend_flags, scope, service_flags,
 };
 
-use crate::maps::{BACKENDS, CONFIG, NODE_ADDRS, SERVICES, SLOTS};
+use crate::{
+    maps::{AFFINITY, BACKENDS, CONFIG, NODE_ADDRS, SERVICES, SLOTS},
+    stats::count,
+};
 
 /// The service a packet to `daddr:dport/proto` belongs to: an exact frontend first, then a
 /// NodePort on any address of the node's attached interfaces.
@@ -41,13 +46,17 @@ pub fn backend(id: u32) -> Option<Backend> {
     Some(*b)
 }
 
-/// Picks a backend for a new flow from the service's selection table in force.
+/// Picks a backend for a new flow from the service's selection table in force; with ClientIP
+/// affinity, the client's previous backend while it is eligible and the timeout has not run.
 #[inline(always)]
 pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
     if svc.slot_count == 0 {
         return None;
     }
     let seed = CONFIG.get(0).map(|c| c.hash_seed).unwrap_or(0);
+    if svc.flags & service_flags::CLIENT_IP_AFFINITY != 0 {
+        return pick_affine(svc, flow, seed);
+    }
     let h = lb_common::hash::flow_hash(
         seed,
         &flow.src.words,
@@ -56,12 +65,46 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
         flow.dport.raw(),
         flow.proto,
     );
-    let key = SlotKey {
-        service_id: svc.id,
-        table: svc.table,
-        slot: h % svc.slot_count,
-    };
-    // SAFETY: plain data, copied out.
-    let id = *unsafe { SLOTS.get(&key) }?;
+    slot(svc, h)
+}
+
+#[inline(always)]
+fn slot(svc: &ServiceValue, h: u32) -> Option<(u32, Backend)> {
+    let id = *SLOTS.get(svc.slot_offset.wrapping_add(h % svc.slot_count))?;
     Some((id, backend(id)?))
+}
+
+#[inline(always)]
+fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, Backend)> {
+    let key = AffinityKey {
+        client: flow.src,
+        service_id: svc.id,
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let timeout_ns = svc.affinity_timeout_s as u64 * 1_000_000_000;
+    if let Some(e) = AFFINITY.get_ptr_mut(&key) {
+        // SAFETY: the entry stays valid during this program run; racing writers on other
+        // CPUs only move `last_ns` forward, which is harmless.
+        let e = unsafe { &mut *e };
+        if now.wrapping_sub(e.last_ns) <= timeout_ns
+            && let Some(b) = backend(e.backend_id)
+            && b.flags & backend_flags::ELIGIBLE != 0
+        {
+            e.last_ns = now;
+            count(Reason::AffinityHit);
+            return Some((e.backend_id, b));
+        }
+    }
+    let (id, b) = slot(svc, lb_common::hash::client_hash(seed, &flow.src.words))?;
+    let _ = AFFINITY.insert(
+        &key,
+        &AffinityEntry {
+            backend_id: id,
+            _pad: 0,
+            last_ns: now,
+        },
+        0,
+    );
+    Some((id, b))
 }

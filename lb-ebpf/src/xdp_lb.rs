@@ -6,7 +6,7 @@ use lb_common::{FlowKey, NetAddr, NetPort, Reason, csum, dir};
 use crate::{
     conntrack, forward,
     headers::{self, EthHdr, ParseStop, TCP_FLAG_ACK, TCP_FLAG_SYN},
-    select,
+    icmp, refuse, select,
     stats::{count, traffic},
 };
 
@@ -17,7 +17,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Err(reason) => {
             count(reason);
             match reason {
-                Reason::DropNoBackend => xdp_action::XDP_DROP,
+                Reason::DropNoBackend | Reason::DropRefusalRateLimited => xdp_action::XDP_DROP,
                 _ => xdp_action::XDP_PASS,
             }
         }
@@ -29,12 +29,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let pkt = headers::parse_ipv4(data, data_end, data_end - data).map_err(|stop| match stop {
-        ParseStop::NotIpv4 => Reason::PassNotIp,
-        ParseStop::Malformed => Reason::PassMalformed,
-        ParseStop::Fragment => Reason::PassFragment,
-        ParseStop::OtherProto => Reason::PassNotOurs,
-    })?;
+    let pkt = match headers::parse_ipv4(data, data_end, data_end - data) {
+        Ok(pkt) => pkt,
+        Err(ParseStop::NotIpv4) => return Err(Reason::PassNotIp),
+        Err(ParseStop::Malformed) => return Err(Reason::PassMalformed),
+        Err(ParseStop::Fragment) => return Err(Reason::PassFragment),
+        Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMP)) => return icmp::translate_in(ctx),
+        Err(ParseStop::OtherProto(_)) => return Err(Reason::PassNotOurs),
+    };
     let ip = pkt.ip;
     // SAFETY: `ip` was bounds checked by the parser.
     let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
@@ -74,7 +76,15 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (backend_id, backend, new_flow) = match chosen {
         Some(c) => c,
         None => {
-            let (id, b) = select::pick(&svc, &flow).ok_or(Reason::DropNoBackend)?;
+            let Some((id, b)) = select::pick(&svc, &flow) else {
+                let action = refuse::refuse(ctx, &pkt)?;
+                count(if pkt.proto == lb_common::IPPROTO_TCP {
+                    Reason::TxRefuseTcpRst
+                } else {
+                    Reason::TxRefuseIcmpUnreachable
+                });
+                return Ok(action);
+            };
             conntrack::track(&flow, svc.id, id, &b);
             count(Reason::CtNew);
             (id, b, true)

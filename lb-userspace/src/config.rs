@@ -13,9 +13,11 @@ pub struct Capacities {
     pub frontends: u32,
     /// Number of backends over all services.
     pub backends: u32,
-    /// Selection-table slots over all services. A service holds one table in force and,
-    /// while its size changes, a second one.
+    /// Selection-table slots over all services (4 bytes each). A service holds one table in
+    /// force and, while its size changes, a second one.
     pub slots: u32,
+    /// ClientIP session-affinity entries (LRU), one per client and service with affinity.
+    pub affinity: u32,
     /// Conntrack entries (LRU); each flow takes two (forward and reply).
     pub conntrack: u32,
     /// Addresses of the attached interfaces (NodePort frontends).
@@ -31,6 +33,7 @@ impl Default for Capacities {
             frontends: 16384,
             backends: 16384,
             slots: 1 << 20,
+            affinity: 1 << 16,
             conntrack: 1 << 18,
             node_addresses: 256,
             redirect_ports: 256,
@@ -42,17 +45,17 @@ impl Default for Capacities {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MaglevConfig {
-    /// A table gets the smallest prime >= this many slots per backend...
+    /// A table gets the smallest prime >= this many slots per backend (the backend count
+    /// rounded up to a power of two)...
     pub slots_per_backend: u32,
-    /// ...but never more than this (a prime is chosen at or below it). 4 bytes per slot in
-    /// the program's view, about 48 bytes per slot of kernel hash-map memory.
+    /// ...but never more than this (a prime is chosen at or below it). 4 bytes per slot.
     pub max_table_size: u32,
 }
 
 impl Default for MaglevConfig {
     fn default() -> Self {
         MaglevConfig {
-            slots_per_backend: 100,
+            slots_per_backend: 200,
             max_table_size: 65521,
         }
     }
@@ -66,6 +69,9 @@ pub struct DataplaneConfig {
     /// Seed of the flow hash and of Maglev; the same on every node so that every node picks
     /// the same backend for the same flow.
     pub hash_seed: u32,
+    /// TCP RSTs and ICMP port unreachables sent for services without a usable endpoint, per
+    /// CPU and second; beyond that such packets are dropped (and counted).
+    pub refusals_per_sec_per_cpu: u32,
 }
 
 impl Default for DataplaneConfig {
@@ -74,6 +80,7 @@ impl Default for DataplaneConfig {
             capacities: Capacities::default(),
             maglev: MaglevConfig::default(),
             hash_seed: 0x5eed_1b00,
+            refusals_per_sec_per_cpu: 1000,
         }
     }
 }

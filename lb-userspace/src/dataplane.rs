@@ -7,8 +7,10 @@
 //!    service's other table index;
 //! 3. the frontends (`SERVICES`) are written, pointing at the table in force, and a table
 //!    that is no longer in force is deleted;
-//! 4. removed backends are deleted, conntrack entries naming them are purged, and only
-//!    then are their ids released (a flow can never reach a recycled id).
+//! 4. removed backends are deleted; their conntrack and affinity entries are purged by
+//!    [`Dataplane::purge_stale`], and only then are their ids released (a flow can never
+//!    reach a recycled id; until the purge, such a flow finds its backend gone and is
+//!    selected afresh).
 //!
 //! Bookkeeping changes only after the kernel write it describes succeeded, and every
 //! capacity is checked before the first write, so a rejected update changes nothing.
@@ -21,8 +23,8 @@ use std::{
 
 use aya::Ebpf;
 use lb_common::{
-    Backend, GlobalConfig, NetAddr, NetPort, Reason, ServiceKey, ServiceValue, SlotKey,
-    TrafficStats, backend_flags, map_names as names, scope, service_flags,
+    Backend, GlobalConfig, NetAddr, NetPort, Reason, ServiceKey, ServiceValue, TrafficStats,
+    backend_flags, map_names as names, scope, service_flags,
 };
 use serde::Serialize;
 
@@ -33,12 +35,15 @@ use crate::{
     ids::IdAllocator,
     maglev,
     maps::{self, Maps},
+    slots::SlotRanges,
     spec::{BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec},
 };
 
 pub(crate) struct BackendState {
     pub id: u32,
     pub state: EndpointState,
+    /// In the selection table in force (mirrors `backend_flags::ELIGIBLE`).
+    pub eligible: bool,
 }
 
 pub(crate) struct ServiceState {
@@ -46,8 +51,8 @@ pub(crate) struct ServiceState {
     pub protocol: Protocol,
     pub frontends: Vec<Frontend>,
     pub backends: BTreeMap<SocketAddr, BackendState>,
-    /// Table index (0/1) in force.
-    pub table: u32,
+    /// First slot of the table in force in `SLOTS`.
+    pub slot_offset: u32,
     /// Backend id of every slot of the table in force.
     pub slots: Vec<u32>,
     pub affinity: Option<Duration>,
@@ -63,7 +68,10 @@ pub struct Dataplane {
     pub(crate) frontend_owner: HashMap<ServiceKey, String>,
     pub(crate) service_ids: IdAllocator,
     pub(crate) backend_ids: IdAllocator,
-    pub(crate) slots_used: u64,
+    pub(crate) slot_ranges: SlotRanges,
+    /// Removed, not yet purged from conntrack/affinity (see [`Dataplane::purge_stale`]).
+    pub(crate) stale_services: BTreeSet<u32>,
+    pub(crate) stale_backends: BTreeSet<u32>,
     pub(crate) attachments: Attachments,
 }
 
@@ -94,6 +102,18 @@ pub struct BackendDump {
     pub state: EndpointState,
     /// Slots of the selection table in force that name this backend.
     pub slots: u32,
+}
+
+/// The drain handshake's answer for one backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointStatus {
+    pub service: String,
+    pub backend: SocketAddr,
+    pub state: EndpointState,
+    /// Whether the data path still picks this backend for new flows.
+    pub selectable: bool,
+    /// Tracked flows (client -> backend) that still name it.
+    pub flows: u64,
 }
 
 /// Entries held by each map, read from the kernel.
@@ -154,11 +174,11 @@ fn frontend_key(f: &Frontend, proto: Protocol) -> ServiceKey {
     }
 }
 
-fn backend_value(addr: SocketAddr) -> Backend {
+fn backend_value(addr: SocketAddr, eligible: bool) -> Backend {
     Backend {
         addr: net_addr(addr.ip()),
         port: NetPort::new(addr.port()),
-        flags: backend_flags::PRESENT,
+        flags: backend_flags::PRESENT | if eligible { backend_flags::ELIGIBLE } else { 0 },
         _pad: 0,
     }
 }
@@ -217,7 +237,7 @@ impl Dataplane {
                 0,
                 GlobalConfig {
                     hash_seed: cfg.hash_seed,
-                    _pad: 0,
+                    refusals_per_sec: cfg.refusals_per_sec_per_cpu,
                 },
                 0,
             )
@@ -230,7 +250,9 @@ impl Dataplane {
             frontend_owner: HashMap::new(),
             service_ids: IdAllocator::new(caps.services),
             backend_ids: IdAllocator::new(caps.backends),
-            slots_used: 0,
+            slot_ranges: SlotRanges::new(caps.slots),
+            stale_services: BTreeSet::new(),
+            stale_backends: BTreeSet::new(),
             attachments: Attachments::default(),
         })
     }
@@ -343,6 +365,14 @@ impl Dataplane {
     pub fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<u32, Error> {
         self.validate(spec)?;
         let caps = self.cfg.capacities;
+        // Ids held back for purging are recycled first if this update needs them.
+        let needs_service = !self.services.contains_key(&spec.name);
+        let wanted = spec.backends.len() as u32;
+        if (needs_service && self.service_ids.available() == 0 && !self.stale_services.is_empty())
+            || (self.backend_ids.available() < wanted && !self.stale_backends.is_empty())
+        {
+            self.purge_stale()?;
+        }
         let existing = self.services.get(&spec.name);
 
         // Capacity checks before the first write.
@@ -366,26 +396,35 @@ impl Dataplane {
             });
         }
         let old_frontends = existing.map_or(0, |s| s.frontends.len());
-        if (self.frontend_owner.len() - old_frontends + spec.frontends.len()) as u64
-            > caps.frontends as u64
-        {
+        let added_frontends = spec
+            .frontends
+            .iter()
+            .filter(|f| existing.is_none_or(|s| !s.frontends.contains(f)))
+            .count();
+        if (self.frontend_owner.len() + added_frontends) as u64 > caps.frontends as u64 {
             return Err(Error::CapacityExceeded {
                 what: "the frontend table",
                 capacity: caps.frontends,
                 setting: "capacities.frontends",
             });
         }
+        let _ = old_frontends;
         let eligible = Self::eligible(&spec.backends);
         let current_size = existing.map_or(0, |s| s.slots.len() as u32);
         let size = maglev::resize(&self.cfg.maglev, current_size, eligible.len());
-        let in_place = size == current_size && size != 0;
-        if !in_place && self.slots_used + size as u64 > caps.slots as u64 {
-            return Err(Error::CapacityExceeded {
-                what: "the selection-table slots",
-                capacity: caps.slots,
-                setting: "capacities.slots",
-            });
-        }
+        let in_place = size == current_size;
+        // A table of another size goes to a fresh range, allocated before any write.
+        let new_offset = if in_place {
+            existing.map_or(0, |s| s.slot_offset)
+        } else {
+            self.slot_ranges
+                .allocate(size)
+                .ok_or(Error::CapacityExceeded {
+                    what: "the selection-table slots",
+                    capacity: caps.slots,
+                    setting: "capacities.slots",
+                })?
+        };
 
         // A new service gets its id (stats zeroed for a clean start).
         let id = match existing {
@@ -394,6 +433,9 @@ impl Dataplane {
                 let id = self.service_ids.allocate().expect("checked above");
                 if let Err(e) = self.zero_stats(true, id) {
                     self.service_ids.release(id);
+                    if !in_place {
+                        self.slot_ranges.release(new_offset, size);
+                    }
                     return Err(e);
                 }
                 self.services.insert(
@@ -403,7 +445,7 @@ impl Dataplane {
                         protocol: spec.protocol,
                         frontends: Vec::new(),
                         backends: BTreeMap::new(),
-                        table: 0,
+                        slot_offset: 0,
                         slots: Vec::new(),
                         affinity: None,
                     },
@@ -411,28 +453,72 @@ impl Dataplane {
                 id
             }
         };
+        let r = self.apply(
+            spec,
+            id,
+            &new_backends,
+            &eligible,
+            size,
+            in_place,
+            new_offset,
+        );
+        if r.is_err() && !in_place && self.services[&spec.name].slot_offset != new_offset {
+            // The fresh range never went into force.
+            self.slot_ranges.release(new_offset, size);
+        }
+        r.map(|()| id)
+    }
 
-        // 1. New backends.
-        for b in &new_backends {
-            let bid = self.backend_ids.allocate().expect("checked above");
+    /// The writes of [`Dataplane::upsert_service`], after every check passed.
+    #[allow(clippy::too_many_arguments)] // one call site; the values are the checked plan
+    fn apply(
+        &mut self,
+        spec: &ServiceSpec,
+        id: u32,
+        new_backends: &[&BackendSpec],
+        eligible: &[SocketAddr],
+        size: u32,
+        in_place: bool,
+        new_offset: u32,
+    ) -> Result<(), Error> {
+        // 1. New backends (present, not yet eligible: affinity must not pick them before
+        //    they are in the table).
+        for b in new_backends {
+            let bid = self.backend_ids.allocate().expect("checked by the caller");
             let written = self.zero_stats(false, bid).and_then(|()| {
                 self.maps
                     .backends
-                    .set(bid, backend_value(b.addr), 0)
+                    .set(bid, backend_value(b.addr, false), 0)
                     .map_err(|e| Error::map(names::BACKENDS, "write", e))
             });
             if let Err(e) = written {
                 self.backend_ids.release(bid);
                 return Err(e);
             }
-            let svc = self.services.get_mut(&spec.name).expect("inserted above");
+            let svc = self.services.get_mut(&spec.name).expect("present");
             svc.backends.insert(
                 b.addr,
                 BackendState {
                     id: bid,
                     state: b.state,
+                    eligible: false,
                 },
             );
+        }
+        // Backends leaving the eligible set stop being affinity targets first.
+        let leaving: Vec<(SocketAddr, u32)> = self.services[&spec.name]
+            .backends
+            .iter()
+            .filter(|(a, b)| b.eligible && !eligible.contains(a))
+            .map(|(a, b)| (*a, b.id))
+            .collect();
+        for (addr, bid) in leaving {
+            self.maps
+                .backends
+                .set(bid, backend_value(addr, false), 0)
+                .map_err(|e| Error::map(names::BACKENDS, "write", e))?;
+            let svc = self.services.get_mut(&spec.name).expect("present");
+            svc.backends.get_mut(&addr).expect("listed").eligible = false;
         }
         {
             let svc = self.services.get_mut(&spec.name).expect("present");
@@ -443,8 +529,8 @@ impl Dataplane {
             }
         }
 
-        // 2. The selection table.
-        let svc = self.services.get(&spec.name).expect("present");
+        // 2. The selection table: changed slots in place, or a complete fresh range.
+        let svc = &self.services[&spec.name];
         let keys: Vec<Vec<u8>> = eligible
             .iter()
             .map(|a| a.to_string().into_bytes())
@@ -454,51 +540,40 @@ impl Dataplane {
             .iter()
             .map(|&i| svc.backends[&eligible[i as usize]].id)
             .collect();
-        let (old_table, old_slots) = (svc.table, svc.slots.clone());
-        let new_table = if in_place || old_slots.is_empty() {
-            old_table
-        } else {
-            1 - old_table
-        };
+        let (old_offset, old_slots) = (svc.slot_offset, svc.slots.clone());
         for (slot, &bid) in table.iter().enumerate() {
             if in_place && old_slots[slot] == bid {
                 continue;
             }
-            let key = SlotKey {
-                service_id: id,
-                table: new_table,
-                slot: slot as u32,
-            };
-            if let Err(e) = self.maps.slots.insert(key, bid, 0) {
-                // Roll back a half-written fresh table; an in-place table stays valid.
-                if !in_place {
-                    self.delete_slots(id, new_table, slot as u32);
-                }
-                return Err(full_or(
-                    e,
-                    "the selection-table slots",
-                    caps.slots,
-                    "capacities.slots",
-                    names::SLOTS,
-                    "write",
-                ));
+            self.maps
+                .slots
+                .set(new_offset + slot as u32, bid, 0)
+                .map_err(|e| Error::map(names::SLOTS, "write", e))?;
+            if in_place {
+                self.services.get_mut(&spec.name).expect("present").slots[slot] = bid;
             }
         }
-        if !in_place {
-            self.slots_used += size as u64;
-        }
-        {
+        // Backends joining the eligible set, now that the table names them.
+        let joining: Vec<(SocketAddr, u32)> = self.services[&spec.name]
+            .backends
+            .iter()
+            .filter(|(a, b)| !b.eligible && eligible.contains(a))
+            .map(|(a, b)| (*a, b.id))
+            .collect();
+        for (addr, bid) in joining {
+            self.maps
+                .backends
+                .set(bid, backend_value(addr, true), 0)
+                .map_err(|e| Error::map(names::BACKENDS, "write", e))?;
             let svc = self.services.get_mut(&spec.name).expect("present");
-            svc.table = new_table;
-            svc.slots = table;
-            svc.affinity = spec.affinity;
+            svc.backends.get_mut(&addr).expect("listed").eligible = true;
         }
 
-        // 3. Frontends point at the table in force; the old table goes.
+        // 3. Frontends point at the table in force.
         let value = ServiceValue {
             id,
             slot_count: size,
-            table: new_table,
+            slot_offset: new_offset,
             flags: if spec.affinity.is_some() {
                 service_flags::CLIENT_IP_AFFINITY
             } else {
@@ -512,7 +587,7 @@ impl Dataplane {
                 full_or(
                     e,
                     "the frontend table",
-                    caps.frontends,
+                    self.cfg.capacities.frontends,
                     "capacities.frontends",
                     names::SERVICES,
                     "write",
@@ -524,20 +599,24 @@ impl Dataplane {
                 svc.frontends.push(*f);
             }
         }
-        let gone: Vec<Frontend> = {
-            let svc = &self.services[&spec.name];
-            svc.frontends
-                .iter()
-                .filter(|f| !spec.frontends.contains(f))
-                .copied()
-                .collect()
-        };
+        {
+            let svc = self.services.get_mut(&spec.name).expect("present");
+            svc.slot_offset = new_offset;
+            svc.slots = table;
+            svc.affinity = spec.affinity;
+        }
+        let gone: Vec<Frontend> = self.services[&spec.name]
+            .frontends
+            .iter()
+            .filter(|f| !spec.frontends.contains(f))
+            .copied()
+            .collect();
         for f in gone {
             self.remove_frontend(&spec.name, f, spec.protocol)?;
         }
-        if !in_place && !old_slots.is_empty() {
-            self.delete_slots(id, old_table, old_slots.len() as u32);
-            self.slots_used -= old_slots.len() as u64;
+        // The old range is out of force: clear and release it.
+        if !in_place {
+            self.clear_slots(old_offset, old_slots.len() as u32);
         }
 
         // 4. Backends no longer listed.
@@ -547,7 +626,6 @@ impl Dataplane {
             .filter(|(a, _)| !spec.backends.iter().any(|b| b.addr == **a))
             .map(|(a, b)| (*a, b.id))
             .collect();
-        let mut purge = BTreeSet::new();
         for (addr, bid) in removed {
             self.maps
                 .backends
@@ -558,13 +636,9 @@ impl Dataplane {
                 .expect("present")
                 .backends
                 .remove(&addr);
-            purge.insert(bid);
+            self.stale_backends.insert(bid);
         }
-        self.purge_conntrack(&BTreeSet::new(), &purge)?;
-        for bid in purge {
-            self.backend_ids.release(bid);
-        }
-        Ok(id)
+        Ok(())
     }
 
     fn remove_frontend(&mut self, name: &str, f: Frontend, proto: Protocol) -> Result<(), Error> {
@@ -580,15 +654,13 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Deletes slots `0..count` of a table; best effort (a leftover slot is unreachable).
-    fn delete_slots(&mut self, id: u32, table: u32, count: u32) {
-        for slot in 0..count {
-            let _ = self.maps.slots.remove(&SlotKey {
-                service_id: id,
-                table,
-                slot,
-            });
+    /// Zeroes a range of slots no frontend points at any more and releases it. Best effort
+    /// on the zeroing: an unreferenced slot is never read.
+    fn clear_slots(&mut self, offset: u32, count: u32) {
+        for i in 0..count {
+            let _ = self.maps.slots.set(offset + i, 0, 0);
         }
+        self.slot_ranges.release(offset, count);
     }
 
     fn zero_stats(&mut self, service: bool, id: u32) -> Result<(), Error> {
@@ -607,9 +679,9 @@ impl Dataplane {
     }
 
     /// Removes a service: frontends first (no new packet matches), then its table, then its
-    /// backends; its conntrack entries are purged before the ids are released.
+    /// backends; its conntrack and affinity entries are purged before the ids are released.
     pub fn remove_service(&mut self, name: &str) -> Result<(), Error> {
-        let (proto, frontends, id, table, slots) = {
+        let (proto, frontends, id, offset, slots) = {
             let svc = self
                 .services
                 .get(name)
@@ -618,15 +690,15 @@ impl Dataplane {
                 svc.protocol,
                 svc.frontends.clone(),
                 svc.id,
-                svc.table,
+                svc.slot_offset,
                 svc.slots.len() as u32,
             )
         };
         for f in frontends {
             self.remove_frontend(name, f, proto)?;
         }
-        self.delete_slots(id, table, slots);
-        self.slots_used -= slots as u64;
+        self.clear_slots(offset, slots);
+        self.services.get_mut(name).expect("present").slots.clear();
         let backend_ids: BTreeSet<u32> = self.services[name]
             .backends
             .values()
@@ -639,17 +711,40 @@ impl Dataplane {
                 .map_err(|e| Error::map(names::BACKENDS, "delete", e))?;
         }
         self.services.remove(name);
-        self.purge_conntrack(&BTreeSet::from([id]), &backend_ids)?;
-        for bid in backend_ids {
-            self.backend_ids.release(bid);
-        }
-        self.service_ids.release(id);
+        self.stale_backends.extend(backend_ids);
+        self.stale_services.insert(id);
         Ok(())
     }
 
-    /// Deletes every conntrack entry (both directions) that names one of these services or
-    /// backends. Returns how many entries were deleted.
-    fn purge_conntrack(
+    /// Ids of removed services and backends whose conntrack and affinity entries have not
+    /// been purged yet (their ids are not reused until then).
+    pub fn stale_ids(&self) -> (usize, usize) {
+        (self.stale_services.len(), self.stale_backends.len())
+    }
+
+    /// Deletes the conntrack and affinity entries of removed services and backends, in one
+    /// pass over each map, and only then releases their ids for reuse. Until this runs, a
+    /// packet of such a flow finds its backend gone and is selected afresh
+    /// (`ct_stale_backend`), so purging is hygiene and id recycling, not correctness: the
+    /// agent runs it after each sync round, and an update that needs ids runs it first.
+    /// Returns the number of conntrack entries deleted.
+    pub fn purge_stale(&mut self) -> Result<u64, Error> {
+        let (services, backends) = (self.stale_services.clone(), self.stale_backends.clone());
+        let n = self.purge_flows(&services, &backends)?;
+        for bid in backends {
+            self.backend_ids.release(bid);
+        }
+        for sid in services {
+            self.service_ids.release(sid);
+        }
+        self.stale_backends.clear();
+        self.stale_services.clear();
+        Ok(n)
+    }
+
+    /// Deletes every conntrack entry (both directions) and affinity entry that names one of
+    /// these services or backends. Returns how many conntrack entries were deleted.
+    fn purge_flows(
         &mut self,
         services: &BTreeSet<u32>,
         backends: &BTreeSet<u32>,
@@ -677,7 +772,64 @@ impl Dataplane {
                 Err(e) => return Err(Error::map(names::CONNTRACK, "delete", e)),
             }
         }
+        let mut stale = Vec::new();
+        for item in self.maps.affinity.iter() {
+            match item {
+                Ok((k, v))
+                    if services.contains(&k.service_id) || backends.contains(&v.backend_id) =>
+                {
+                    stale.push(k)
+                }
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::map(names::AFFINITY, "iterate", e)),
+            }
+        }
+        for k in stale {
+            match self.maps.affinity.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::map(names::AFFINITY, "delete", e)),
+            }
+        }
         Ok(n)
+    }
+
+    /// The drain handshake: for every service that has a backend at `addr` (any port),
+    /// whether the data path still selects it for new flows, and how many tracked flows
+    /// (client -> backend directions) it has. The answer reflects the maps: once
+    /// [`Dataplane::upsert_service`] returned, no new flow goes to a backend reported as
+    /// not selectable.
+    pub fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
+        let mut out = Vec::new();
+        let mut ids = BTreeMap::new();
+        for (name, svc) in &self.services {
+            for (a, b) in &svc.backends {
+                if a.ip() == addr {
+                    ids.insert(b.id, out.len());
+                    out.push(EndpointStatus {
+                        service: name.clone(),
+                        backend: *a,
+                        state: b.state,
+                        selectable: svc.slots.contains(&b.id),
+                        flows: 0,
+                    });
+                }
+            }
+        }
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for item in self.maps.conntrack.iter() {
+            match item {
+                Ok((k, v)) if k.dir == lb_common::dir::FORWARD => {
+                    if let Some(&i) = ids.get(&v.backend_id) {
+                        out[i].flows += 1;
+                    }
+                }
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::map(names::CONNTRACK, "iterate", e)),
+            }
+        }
+        Ok(out)
     }
 
     /// The services as written, in name order.
@@ -731,10 +883,17 @@ impl Dataplane {
                 backends += 1;
             }
         }
+        // An array has every index: count the slots that name a backend.
+        let mut slots = 0;
+        for r in self.maps.slots.iter() {
+            if r.map_err(|e| Error::map(names::SLOTS, "iterate", e))? != 0 {
+                slots += 1;
+            }
+        }
         Ok(MapOccupancy {
             frontends: count(self.maps.services.keys(), names::SERVICES)?,
             backends,
-            slots: count(self.maps.slots.keys(), names::SLOTS)?,
+            slots,
             conntrack: count(self.maps.conntrack.keys(), names::CONNTRACK)?,
             node_addresses: count(self.maps.node_addrs.keys(), names::NODE_ADDRS)?,
         })

@@ -7,6 +7,7 @@
 //! - [`spec`]: what callers ask for (services, frontends, backends and their states);
 //! - [`maglev`]: the selection table of a service;
 //! - [`ids`]: service and backend id allocation (0 is never handed out);
+//! - [`slots`]: where each selection table lives in the shared slot array;
 //! - [`dataplane`]: [`Dataplane`], the owner of the maps, and the update order;
 //! - [`attach`]: XDP and TC attachment and the node's addresses;
 //! - [`pass`]: the stub XDP program for veth peers;
@@ -21,13 +22,16 @@ pub mod maglev;
 mod maps;
 mod object;
 pub mod pass;
+pub mod slots;
 pub mod spec;
 pub mod testrun;
 
 pub use config::{Capacities, DataplaneConfig, MaglevConfig};
-pub use dataplane::{BackendDump, Dataplane, MapOccupancy, ServiceDump, ServiceStats};
+pub use dataplane::{
+    BackendDump, Dataplane, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats,
+};
 pub use error::Error;
 pub use lb_common::{Reason, TrafficStats};
 pub use pass::PassProgram;
 pub use spec::{BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec};
-pub use testrun::TestRunOutput;
+pub use testrun::{TestRunOutput, XdpTestRunner};

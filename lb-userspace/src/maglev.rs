@@ -20,8 +20,8 @@ pub fn table_size(cfg: &MaglevConfig, backends: usize) -> u32 {
 }
 
 /// The size to use when a table of `current` slots gets `backends` backends: keep the
-/// current size while it still gives every backend its share of slots and is not more
-/// than twice the fresh size (a resize rewrites the whole table and moves most flows).
+/// current size while it still gives every backend its share of slots and is at most four
+/// times the fresh size (a resize rewrites the whole table and moves most flows).
 pub fn resize(cfg: &MaglevConfig, current: u32, backends: usize) -> u32 {
     let fresh = table_size(cfg, backends);
     if backends == 0 || current == 0 {
@@ -29,7 +29,7 @@ pub fn resize(cfg: &MaglevConfig, current: u32, backends: usize) -> u32 {
     }
     let enough =
         current as u64 >= (cfg.slots_per_backend.max(1) as u64 * backends as u64).min(fresh as u64);
-    if enough && current <= fresh.saturating_mul(2) {
+    if enough && current <= fresh.saturating_mul(4) {
         current
     } else {
         fresh
@@ -138,21 +138,22 @@ mod tests {
     fn maglev_table_size_is_prime_and_scales_with_backends() {
         let cfg = MaglevConfig::default();
         assert_eq!(table_size(&cfg, 0), 0);
-        assert_eq!(table_size(&cfg, 1), 101);
-        assert_eq!(table_size(&cfg, 3), 401);
-        assert_eq!(table_size(&cfg, 4), 401);
-        assert_eq!(table_size(&cfg, 5), 809);
+        assert_eq!(table_size(&cfg, 1), 211);
+        assert_eq!(table_size(&cfg, 3), 809);
+        assert_eq!(table_size(&cfg, 4), 809);
+        assert_eq!(table_size(&cfg, 5), 1601);
         assert_eq!(table_size(&cfg, 10_000), 65521);
         let small = MaglevConfig {
             slots_per_backend: 100,
             max_table_size: 1000,
         };
         assert_eq!(table_size(&small, 50), 997);
-        // Scaling 4 -> 2 -> 4 -> 5 keeps the size until a backend would get < 100 slots.
-        assert_eq!(resize(&cfg, 401, 2), 401);
-        assert_eq!(resize(&cfg, 401, 1), 101);
-        assert_eq!(resize(&cfg, 401, 4), 401);
-        assert_eq!(resize(&cfg, 401, 5), 809);
+        // Scaling 4 -> 2 -> 4 -> 5 keeps the size until a backend would get < 200 slots.
+        assert_eq!(resize(&cfg, 809, 2), 809);
+        assert_eq!(resize(&cfg, 809, 1), 809);
+        assert_eq!(resize(&cfg, 1601, 1), 211);
+        assert_eq!(resize(&cfg, 809, 4), 809);
+        assert_eq!(resize(&cfg, 809, 5), 1601);
     }
 
     #[test]
@@ -193,30 +194,56 @@ mod tests {
         assert_eq!(a, build(3, &k, 701));
     }
 
-    /// Disruption: removing one of N backends at a fixed table size moves at most 2% of the
-    /// slots owned by the others (measured figures are in the README).
-    #[test]
-    fn maglev_disruption_on_remove_and_add_is_small() {
-        let n = 10;
+    /// Share of the slots owned by the other backends that move when `removed` leaves a
+    /// table of `n` backends at the default size (adding it back moves the same slots).
+    fn disruption(n: usize, removed: usize, seed: u32) -> f64 {
         let size = table_size(&MaglevConfig::default(), n);
         let all = keys(n);
-        let before = build(9, &all, size);
-        let fewer: Vec<_> = all[..n - 1].to_vec();
-        let after = build(9, &fewer, size);
-        let mut others = 0;
-        let mut moved = 0;
+        let fewer: Vec<_> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != removed)
+            .map(|(_, k)| k.clone())
+            .collect();
+        let (before, after) = (build(seed, &all, size), build(seed, &fewer, size));
+        let (mut others, mut moved) = (0u32, 0u32);
         for (b, a) in before.iter().zip(&after) {
-            if (*b as usize) < n - 1 {
+            if *b as usize != removed {
                 others += 1;
-                if all[*b as usize] != fewer[*a as usize] {
-                    moved += 1;
+                moved += (all[*b as usize] != fewer[*a as usize]) as u32;
+            }
+        }
+        moved as f64 / others as f64
+    }
+
+    /// Disruption at the default size, over N = 2..=40, every removed backend position class
+    /// (first, middle, last) and 5 seeds: the mean stays within 2% (the README quotes these
+    /// figures; the worst case is bounded too).
+    #[test]
+    fn maglev_disruption_on_remove_and_add_is_small() {
+        let mut all = Vec::new();
+        for n in 2..=40usize {
+            for seed in 0..5 {
+                for removed in [0, n / 2, n - 1] {
+                    all.push(disruption(n, removed, seed));
                 }
             }
         }
-        let frac = moved as f64 / others as f64;
-        assert!(
-            frac <= 0.02,
-            "remove: {moved}/{others} = {frac:.4} of other backends' slots moved"
+        let mean = all.iter().sum::<f64>() / all.len() as f64;
+        let worst = all.iter().copied().fold(0.0, f64::max);
+        println!(
+            "maglev disruption at the default size: mean {:.2}%, worst {:.2}%",
+            mean * 100.0,
+            worst * 100.0
         );
+        assert!(mean <= 0.02, "mean disruption {mean:.4}");
+        assert!(worst <= 0.05, "worst disruption {worst:.4}");
+        // The common demo case: 4 backends, one removed.
+        for removed in 0..4 {
+            assert!(
+                disruption(4, removed, 1) <= 0.02,
+                "4 backends, removing #{removed}"
+            );
+        }
     }
 }

@@ -5,8 +5,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 use lb_common::{
-    Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, ServiceKey, ServiceValue, SlotKey,
-    TrafficStats, map_names as names,
+    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, ServiceKey,
+    ServiceValue, TrafficStats, map_names as names,
 };
 
 use crate::{config::Capacities, error::Error};
@@ -14,7 +14,7 @@ use crate::{config::Capacities, error::Error};
 pub(crate) struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: Array<MapData, Backend>,
-    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub slots: Array<MapData, u32>,
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
     pub node_addrs: HashMap<MapData, NetAddr, u32>,
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
@@ -22,6 +22,7 @@ pub(crate) struct Maps {
     pub reasons: PerCpuArray<MapData, u64>,
     pub tx_ports: DevMapHash<MapData>,
     pub config: Array<MapData, GlobalConfig>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -45,12 +46,13 @@ impl Maps {
             reasons: take(ebpf, names::REASONS)?,
             tx_ports: take(ebpf, names::TX_PORTS)?,
             config: take(ebpf, names::CONFIG)?,
+            affinity: take(ebpf, names::AFFINITY)?,
         })
     }
 }
 
 /// Max entries of every map from the capacities (ids are 1-based, so arrays get one more).
-pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 9] {
+pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 11] {
     [
         (names::SERVICES, c.frontends),
         (names::BACKENDS, c.backends + 1),
@@ -61,6 +63,8 @@ pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 9] {
         (names::BACKEND_STATS, c.backends + 1),
         (names::TX_PORTS, c.redirect_ports),
         (names::CONFIG, 1),
+        (names::AFFINITY, c.affinity),
+        (names::REFUSALS, 1),
     ]
 }
 

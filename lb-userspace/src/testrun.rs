@@ -111,3 +111,105 @@ impl Dataplane {
         })
     }
 }
+
+/// A handle that runs the XDP program through `BPF_PROG_TEST_RUN` independently of the
+/// [`Dataplane`] (its own program file descriptor), so packets can run on one thread while
+/// another updates the maps: the "no hole during an update" tests and benchmarks use it.
+#[derive(Debug)]
+pub struct XdpTestRunner {
+    fd: std::os::fd::OwnedFd,
+}
+
+/// `union bpf_attr` as `BPF_PROG_TEST_RUN` reads it (the `test` member).
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+impl XdpTestRunner {
+    /// Runs the program once on `packet`, arriving on `ingress_ifindex` (0: loopback).
+    pub fn run(&self, packet: &[u8], ingress_ifindex: u32) -> Result<TestRunOutput, Error> {
+        use std::os::fd::AsRawFd;
+        let md = XdpMd {
+            data: 0,
+            data_end: packet.len() as u32,
+            data_meta: 0,
+            ingress_ifindex,
+            rx_queue_index: 0,
+            egress_ifindex: 0,
+        };
+        let mut out = vec![0u8; packet.len() + HEADROOM];
+        let mut attr = TestAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: packet.len() as u32,
+            data_size_out: out.len() as u32,
+            data_in: packet.as_ptr() as u64,
+            data_out: out.as_mut_ptr() as u64,
+            repeat: 1,
+            ..Default::default()
+        };
+        if ingress_ifindex != 0 {
+            attr.ctx_size_in = std::mem::size_of::<XdpMd>() as u32;
+            attr.ctx_in = &md as *const XdpMd as u64;
+        }
+        // SAFETY: attr points at valid buffers of the sizes it states, alive for the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_TEST_RUN,
+                &mut attr as *mut TestAttr,
+                std::mem::size_of::<TestAttr>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::program(
+                progs::XDP_LB,
+                "BPF_PROG_TEST_RUN",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        out.truncate(attr.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: attr.retval,
+            data: out,
+            duration: Duration::from_nanos(attr.duration as u64),
+        })
+    }
+}
+
+impl Dataplane {
+    /// A test runner for the XDP program that does not borrow the data path.
+    pub fn xdp_test_runner(&self) -> Result<XdpTestRunner, Error> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(progs::XDP_LB)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not loaded"))?;
+        use std::os::fd::AsFd;
+        let fd = prog
+            .fd()
+            .map_err(|e| Error::program(progs::XDP_LB, "get fd", e))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::program(progs::XDP_LB, "dup fd", e))?;
+        Ok(XdpTestRunner { fd })
+    }
+}

@@ -50,7 +50,17 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
             Tier::Unit => cargo_test(&["--workspace", "--lib", "--bins"], &[])
                 .and_then(|()| cargo_test(&["-p", "bench", "--tests"], &[]))
                 .and_then(|()| cargo_test(&["-p", "lab", "--lib"], &[])),
-            Tier::Packet => cargo_test(&["-p", "lb-userspace", "--test", "packet"], &[]),
+            Tier::Packet => cargo_test(
+                &[
+                    "-p",
+                    "lb-userspace",
+                    "--test",
+                    "packet",
+                    "--test",
+                    "packet_semantics",
+                ],
+                &[],
+            ),
             // Namespace tests share the machine's 2 cores; run them one at a time.
             Tier::Netns => cargo_test(&["-p", "lab", "--test", "*"], &["--test-threads=1"]),
         };

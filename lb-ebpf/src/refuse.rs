@@ -1,0 +1,209 @@
+//! Refusal of flows to a service without a usable endpoint, as kube-proxy does: a TCP RST
+//! or an ICMP port unreachable, sent back out of the interface it came in on (XDP_TX), so
+//! clients fail fast instead of timing out. Rate-limited per CPU.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{Reason, csum};
+
+use crate::{
+    headers::{ETH_HLEN, EthHdr, IPV4_HLEN_MIN, Ipv4Hdr, Ipv4Packet, TcpHdr, ptr_at},
+    maps::{CONFIG, REFUSALS},
+};
+
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCP_FLAG_ACK: u8 = 0x10;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
+const IP_DF_RAW: u16 = 0x4000u16.to_be();
+/// ICMP header + the quoted IPv4 header + 8 bytes of the original datagram.
+const ICMP_QUOTE: usize = 8 + IPV4_HLEN_MIN + 8;
+
+/// Takes one refusal from this CPU's budget for the current second.
+#[inline(always)]
+fn budget() -> bool {
+    let limit = CONFIG.get(0).map(|c| c.refusals_per_sec).unwrap_or(0) as u64;
+    let Some(w) = REFUSALS.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU element, only this CPU touches it while the program runs.
+    let w = unsafe { &mut *w };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(w.start_ns) >= 1_000_000_000 {
+        w.start_ns = now;
+        w.sent = 0;
+    }
+    if w.sent >= limit {
+        return false;
+    }
+    w.sent += 1;
+    true
+}
+
+/// Sum of `N` raw 16-bit words at `p` (bounds already checked by the caller).
+#[inline(always)]
+unsafe fn sum_words<const N: usize>(p: *const u16) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < N {
+        // SAFETY: the caller guarantees N words are in bounds.
+        sum += unsafe { *p.add(i) } as u32;
+        i += 1;
+    }
+    sum
+}
+
+#[inline(always)]
+fn swap_macs(eth: &mut EthHdr) {
+    let dst = eth.dst;
+    eth.dst = eth.src;
+    eth.src = dst;
+}
+
+#[inline(always)]
+fn outer_ip(ip: &mut Ipv4Hdr, src: u32, dst: u32, proto: u8, tot_len: u16) {
+    ip.vhl = 0x45;
+    ip.tos = 0;
+    ip.tot_len = tot_len.to_be();
+    ip.id = 0;
+    ip.frag_off = IP_DF_RAW;
+    ip.ttl = 64;
+    ip.proto = proto;
+    ip.check = 0;
+    ip.saddr = src;
+    ip.daddr = dst;
+    // SAFETY: the header is 20 bytes, 10 words, all in bounds.
+    ip.check = !csum::fold(unsafe { sum_words::<10>((ip as *const Ipv4Hdr).cast()) });
+}
+
+/// Answers a packet to a frontend without usable backend. `Ok(XDP_TX)` with the reply in
+/// place, or `Err(reason)` to drop it.
+#[inline(always)]
+pub fn refuse(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
+    // Replies are built for option-less IPv4 headers only (the common case by far).
+    if pkt.l4_off != ETH_HLEN + IPV4_HLEN_MIN {
+        return Err(Reason::DropNoBackend);
+    }
+    if pkt.proto == lb_common::IPPROTO_TCP {
+        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
+            return Err(Reason::DropNoBackend);
+        }
+        if !budget() {
+            return Err(Reason::DropRefusalRateLimited);
+        }
+        tcp_rst(ctx, pkt)
+    } else {
+        if !budget() {
+            return Err(Reason::DropRefusalRateLimited);
+        }
+        icmp_port_unreachable(ctx)
+    }
+}
+
+/// RFC 9293 reset generation: acknowledge what the segment occupied, or reuse its ACK.
+#[inline(always)]
+fn tcp_rst(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
+    let tcp: *mut TcpHdr =
+        ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN).ok_or(Reason::DropNoBackend)?;
+    // SAFETY: all three headers were bounds checked just above.
+    unsafe {
+        let (saddr, daddr) = ((*ip).saddr, (*ip).daddr);
+        let tot_len = u16::from_be((*ip).tot_len) as u32;
+        let doff = ((*tcp).doff_res >> 4) as u32 * 4;
+        let seg_len = tot_len.saturating_sub(IPV4_HLEN_MIN as u32 + doff)
+            + (pkt.tcp_flags & TCP_FLAG_SYN != 0) as u32
+            + (pkt.tcp_flags & TCP_FLAG_FIN != 0) as u32;
+        let (seq, ack, flags) = if pkt.tcp_flags & TCP_FLAG_ACK != 0 {
+            ((*tcp).ack, 0, TCP_FLAG_RST)
+        } else {
+            (
+                0,
+                u32::from_be((*tcp).seq).wrapping_add(seg_len).to_be(),
+                TCP_FLAG_RST | TCP_FLAG_ACK,
+            )
+        };
+        swap_macs(&mut *eth);
+        outer_ip(&mut *ip, daddr, saddr, lb_common::IPPROTO_TCP, 40);
+        let t = &mut *tcp;
+        let (sport, dport) = (t.sport, t.dport);
+        t.sport = dport;
+        t.dport = sport;
+        t.seq = seq;
+        t.ack = ack;
+        t.doff_res = 5 << 4;
+        t.flags = flags;
+        t.window = 0;
+        t.check = 0;
+        t.urg = 0;
+        // Pseudo-header: addresses, protocol, TCP length (20).
+        let pseudo = (daddr & 0xffff)
+            + (daddr >> 16)
+            + (saddr & 0xffff)
+            + (saddr >> 16)
+            + (lb_common::IPPROTO_TCP as u16).to_be() as u32
+            + 20u16.to_be() as u32;
+        t.check = !csum::fold(pseudo + sum_words::<10>((tcp as *const TcpHdr).cast()));
+    }
+    let shrink = (ETH_HLEN + 40) as i32 - (data_end - data) as i32;
+    // SAFETY: shrinking within the frame; pointers are not used afterwards.
+    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// RFC 792 destination unreachable (port): outer IPv4 + ICMP + the original IPv4 header and
+/// its first 8 bytes. The original headers already sit where the quote goes once 28 bytes
+/// are prepended, so nothing is copied but the Ethernet header.
+#[inline(always)]
+fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
+    let grow = (IPV4_HLEN_MIN + 8) as i32;
+    // SAFETY: adjusting the head by a constant; pointers are re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let new_len = ETH_HLEN + IPV4_HLEN_MIN + ICMP_QUOTE;
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
+    let old_eth: *mut EthHdr =
+        ptr_at(data, data_end, grow as usize).ok_or(Reason::DropNoBackend)?;
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
+    let quoted: *mut Ipv4Hdr =
+        ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN + 8).ok_or(Reason::DropNoBackend)?;
+    let icmp: *mut [u16; ICMP_QUOTE / 2] =
+        ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN).ok_or(Reason::DropNoBackend)?;
+    // SAFETY: every pointer was bounds checked after the head adjustment.
+    unsafe {
+        (*eth).dst = (*old_eth).src;
+        (*eth).src = (*old_eth).dst;
+        (*eth).proto = (*old_eth).proto;
+        let (saddr, daddr) = ((*quoted).saddr, (*quoted).daddr);
+        outer_ip(
+            &mut *ip,
+            daddr,
+            saddr,
+            lb_common::IPPROTO_ICMP,
+            (IPV4_HLEN_MIN + ICMP_QUOTE) as u16,
+        );
+        let words = &mut *icmp;
+        words[0] = u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_PORT_UNREACH]);
+        words[1] = 0;
+        words[2] = 0;
+        words[3] = 0;
+        words[1] = !csum::fold(sum_words::<{ ICMP_QUOTE / 2 }>(icmp.cast()));
+    }
+    let shrink = new_len as i32 - (data_end - data) as i32;
+    // SAFETY: shrinking within the frame; pointers are not used afterwards.
+    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(xdp_action::XDP_TX)
+}
