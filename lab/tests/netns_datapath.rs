@@ -1,89 +1,21 @@
 //! Netns tier: real TCP and UDP from the client namespace through the node (XDP DNAT, TC
 //! reverse NAT) to backends in their own namespaces; every request counted.
 
+mod common;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
-    process::Command,
     time::Duration,
 };
 
-use bench::load::{self, ConnectionMode, Protocol as LoadProtocol, Report};
-use lab::{Lab, process::Process};
-use lb_userspace::{
-    BackendSpec, Dataplane, DataplaneConfig, Frontend, Protocol, Reason, ServiceSpec,
-};
+use bench::load::{ConnectionMode, Protocol as LoadProtocol, Report};
+use common::*;
+use lab::Lab;
+use lb_userspace::{BackendSpec, Dataplane, Frontend, Protocol, Reason, ServiceSpec};
 
 const NODE_PORT_TCP: u16 = 30080;
 const NODE_PORT_UDP: u16 = 30053;
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const HTTP_PORT: u16 = 8080;
-const UDP_PORT: u16 = 5353;
-
-/// A binary of the `bench` crate, built next to this test's target directory
-/// (`cargo xtask test` builds every binary first).
-fn bench_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p bench --bins` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
-fn lab(backends: usize) -> Lab {
-    Lab::builder()
-        .backends(backends)
-        .xdp_pass_attacher(|ifname| {
-            let p = lb_userspace::PassProgram::attach(ifname)?;
-            Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
-        })
-        .build()
-        .expect("lab")
-}
-
-/// One lab-server per backend namespace, answering with its pod name.
-fn servers(lab: &Lab) -> Vec<Process> {
-    (0..lab.backends().len())
-        .map(|i| {
-            let mut cmd = Command::new(bench_bin("lab-server"));
-            cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
-            cmd.args([
-                "--name",
-                &format!("pod{i}"),
-                "--http",
-                &HTTP_PORT.to_string(),
-                "--udp",
-                &UDP_PORT.to_string(),
-            ]);
-            let mut p = lab.backend(i).spawn(&cmd).expect("spawn lab-server");
-            p.wait_for_line("ready", Duration::from_secs(10))
-                .expect("lab-server ready");
-            p
-        })
-        .collect()
-}
-
-/// The data path, attached to the node's uplink, redirecting to the pod links.
-fn dataplane(lab: &Lab) -> Dataplane {
-    let uplink = lab.node_uplink();
-    let pod_links: Vec<String> = (0..lab.backends().len())
-        .map(|i| lab.node_pod_link(i))
-        .collect();
-    lab.node()
-        .enter(|| {
-            let mut dp = Dataplane::load(DataplaneConfig::default()).expect("load");
-            dp.attach(uplink).expect("attach");
-            for l in &pod_links {
-                dp.allow_redirect(l).expect("redirect port");
-            }
-            dp
-        })
-        .expect("enter node")
-}
 
 fn services(lab: &Lab, dp: &mut Dataplane) {
     let n = lab.backends().len();
@@ -114,25 +46,6 @@ fn services(lab: &Lab, dp: &mut Dataplane) {
         affinity: None,
     })
     .expect("dns");
-}
-
-fn load_from_client(
-    lab: &Lab,
-    target: SocketAddr,
-    protocol: LoadProtocol,
-    mode: ConnectionMode,
-    requests: u64,
-    concurrency: usize,
-) -> Report {
-    let mut cfg = load::Config::new(target, protocol);
-    cfg.mode = mode;
-    cfg.max_requests = requests;
-    cfg.concurrency = concurrency;
-    cfg.max_duration = Duration::from_secs(60);
-    lab.client()
-        .enter(|| load::run_blocking(cfg))
-        .expect("enter client")
-        .expect("load run")
 }
 
 fn assert_all_ok(what: &str, r: &Report, requests: u64, pods: usize) {

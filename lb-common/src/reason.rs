@@ -55,6 +55,9 @@ reasons! {
     CtSynReselect = "ct_syn_reselect",
     /// Event: a tracked flow's backend is gone; the flow was selected afresh.
     CtStaleBackend = "ct_stale_backend",
+    /// Event: the chosen backend already had a reply entry of the same client address and
+    /// port for another frontend; another slot was tried.
+    CtReplyClash = "ct_reply_clash",
     /// Event: writing a conntrack entry failed.
     CtUpdateFailed = "ct_update_failed",
     /// TC: a reply was rewritten back to the frontend the client dialled.

@@ -14,6 +14,30 @@ pub fn lookup(key: &FlowKey) -> Option<CtEntry> {
     unsafe { CONNTRACK.get(key) }.copied()
 }
 
+/// The REPLY key of `fwd` once translated to `backend`.
+#[inline(always)]
+fn reply_key(fwd: &FlowKey, backend: &Backend) -> FlowKey {
+    FlowKey {
+        src: backend.addr,
+        dst: fwd.src,
+        sport: backend.port,
+        dport: fwd.sport,
+        proto: fwd.proto,
+        dir: dir::REPLY,
+        _pad: [0; 2],
+    }
+}
+
+/// Whether translating `fwd` to `backend` would reuse a reply entry that belongs to another
+/// frontend (same client address and port, same backend: the same 4-tuple at the backend).
+#[inline(always)]
+pub fn reply_clash(fwd: &FlowKey, backend: &Backend) -> bool {
+    match lookup(&reply_key(fwd, backend)) {
+        Some(e) => e.nat_addr != fwd.dst || e.nat_port != fwd.dport,
+        None => false,
+    }
+}
+
 /// Records a new (or re-selected) flow in both directions.
 #[inline(always)]
 pub fn track(fwd: &FlowKey, service_id: u32, backend_id: u32, backend: &Backend) {
@@ -27,15 +51,7 @@ pub fn track(fwd: &FlowKey, service_id: u32, backend_id: u32, backend: &Backend)
     if CONNTRACK.insert(fwd, &entry, 0).is_err() {
         count(Reason::CtUpdateFailed);
     }
-    let reply = FlowKey {
-        src: backend.addr,
-        dst: fwd.src,
-        sport: backend.port,
-        dport: fwd.sport,
-        proto: fwd.proto,
-        dir: dir::REPLY,
-        _pad: [0; 2],
-    };
+    let reply = reply_key(fwd, backend);
     let rev = CtEntry {
         nat_addr: fwd.dst,
         nat_port: fwd.dport,

@@ -7,6 +7,7 @@ use lb_common::{
 };
 
 use crate::{
+    conntrack,
     maps::{AFFINITY, BACKENDS, CONFIG, NODE_ADDRS, SERVICES, SLOTS},
     stats::count,
 };
@@ -65,7 +66,23 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
         flow.dport.raw(),
         flow.proto,
     );
-    slot(svc, h)
+    // A client may reach two frontends of one service from the same source port; on the
+    // same backend both flows would be one 4-tuple there. Prefer another slot (at most two
+    // more tries) when the backend's reply entry names another frontend.
+    let first = slot(svc, h)?;
+    if !conntrack::reply_clash(flow, &first.1) {
+        return Some(first);
+    }
+    count(Reason::CtReplyClash);
+    if let Some(second) = slot(svc, h.wrapping_add(1))
+        && !conntrack::reply_clash(flow, &second.1)
+    {
+        return Some(second);
+    }
+    match slot(svc, h.wrapping_add(2)) {
+        Some(third) if !conntrack::reply_clash(flow, &third.1) => Some(third),
+        _ => Some(first),
+    }
 }
 
 #[inline(always)]

@@ -1,0 +1,106 @@
+//! Shared fixture of the netns tests: a lab with XDP stubs, lab-server backends, the data
+//! path attached to the node, the load generator run from the client namespace.
+#![allow(dead_code)] // each test crate uses a different subset
+
+use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
+
+use bench::load::{self, ConnectionMode, Protocol as LoadProtocol, Report};
+use lab::{Lab, process::Process};
+use lb_userspace::{Dataplane, DataplaneConfig};
+
+pub const HTTP_PORT: u16 = 8080;
+pub const UDP_PORT: u16 = 5353;
+
+/// A binary of the `bench` crate, built next to this test's target directory
+/// (`cargo xtask test` builds every binary first).
+pub fn bench_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p bench --bins` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn lab(backends: usize) -> Lab {
+    Lab::builder()
+        .backends(backends)
+        .xdp_pass_attacher(|ifname| {
+            let p = lb_userspace::PassProgram::attach(ifname)?;
+            Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
+        })
+        .build()
+        .expect("lab")
+}
+
+/// One lab-server per backend namespace, answering with its pod name.
+pub fn servers(lab: &Lab) -> Vec<Process> {
+    (0..lab.backends().len()).map(|i| server(lab, i)).collect()
+}
+
+/// The lab-server of pod `i` (name `pod<i>`), started and ready.
+pub fn server(lab: &Lab, i: usize) -> Process {
+    let mut cmd = Command::new(bench_bin("lab-server"));
+    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    cmd.args([
+        "--name",
+        &format!("pod{i}"),
+        "--http",
+        &HTTP_PORT.to_string(),
+        "--udp",
+        &UDP_PORT.to_string(),
+    ]);
+    let mut p = lab.backend(i).spawn(&cmd).expect("spawn lab-server");
+    p.wait_for_line("ready", Duration::from_secs(10))
+        .expect("lab-server ready");
+    p
+}
+
+/// A lab-server's counters (it prints them as a JSON line on SIGUSR1).
+pub fn server_counters(p: &mut Process) -> bench::server::ServerCounters {
+    p.signal(lab::Signal::SIGUSR1).expect("SIGUSR1");
+    let line = p
+        .wait_for_line("{", Duration::from_secs(5))
+        .expect("counters line");
+    serde_json::from_str(&line).expect("counters JSON")
+}
+
+/// The data path, attached to the node's uplink, redirecting to the pod links.
+pub fn dataplane(lab: &Lab) -> Dataplane {
+    let uplink = lab.node_uplink();
+    let pod_links: Vec<String> = (0..lab.backends().len())
+        .map(|i| lab.node_pod_link(i))
+        .collect();
+    lab.node()
+        .enter(|| {
+            let mut dp = Dataplane::load(DataplaneConfig::default()).expect("load");
+            dp.attach(uplink).expect("attach");
+            for l in &pod_links {
+                dp.allow_redirect(l).expect("redirect port");
+            }
+            dp
+        })
+        .expect("enter node")
+}
+
+pub fn load_from_client(
+    lab: &Lab,
+    target: SocketAddr,
+    protocol: LoadProtocol,
+    mode: ConnectionMode,
+    requests: u64,
+    concurrency: usize,
+) -> Report {
+    let mut cfg = load::Config::new(target, protocol);
+    cfg.mode = mode;
+    cfg.max_requests = requests;
+    cfg.concurrency = concurrency;
+    cfg.max_duration = Duration::from_secs(60);
+    lab.client()
+        .enter(|| load::run_blocking(cfg))
+        .expect("enter client")
+        .expect("load run")
+}

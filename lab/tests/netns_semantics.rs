@@ -1,0 +1,288 @@
+//! Netns tier, service semantics under load: scale 1 -> 4 -> 2 with readiness gating and
+//! flips, scale-down through the drain handshake (terminating, not selected any more, then
+//! SIGTERM, then removal), the spread of new connections over 4 backends, and a UDP flow that
+//! moves when its backend is removed. Every request of the load generator is counted.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use bench::load::{self, ConnectionMode, Protocol as LoadProtocol};
+use common::*;
+use lab::Lab;
+use lb_userspace::{BackendSpec, Dataplane, EndpointState, Frontend, Protocol, ServiceSpec};
+
+const NODE_PORT: u16 = 30080;
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
+
+fn web(lab: &Lab, backends: &[(usize, EndpointState)]) -> ServiceSpec {
+    ServiceSpec {
+        name: "default/web:http".into(),
+        protocol: Protocol::Tcp,
+        frontends: vec![
+            Frontend::NodePort(NODE_PORT),
+            Frontend::Address(SocketAddr::new(VIP.into(), 80)),
+        ],
+        backends: backends
+            .iter()
+            .map(|&(i, state)| BackendSpec {
+                addr: SocketAddr::new(IpAddr::V4(lab.backend_addr(i)), HTTP_PORT),
+                state,
+            })
+            .collect(),
+        affinity: None,
+    }
+}
+
+/// The drain handshake: wait until the data path no longer selects `addr` for new flows.
+fn wait_not_selectable(dp: &Dataplane, addr: Ipv4Addr) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = dp.endpoint_status(addr.into()).expect("endpoint status");
+        if st.iter().all(|s| !s.selectable) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} still selectable: {st:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn background_load(
+    lab: &Lab,
+    target: SocketAddr,
+    mode: ConnectionMode,
+    concurrency: usize,
+    secs: u64,
+) -> std::thread::JoinHandle<anyhow::Result<load::Report>> {
+    let mut cfg = load::Config::new(target, LoadProtocol::http("/"));
+    cfg.mode = mode;
+    cfg.concurrency = concurrency;
+    cfg.rate = Some(300.0);
+    cfg.max_requests = 100_000;
+    cfg.max_duration = Duration::from_secs(secs);
+    lab.client()
+        .thread(move || load::run_blocking(cfg).expect("load run"))
+        .expect("client thread")
+}
+
+#[test]
+fn netns_scale_readiness_flips_and_drain_under_load_lose_no_request() {
+    let lab = lab(4);
+    let mut servers = servers(&lab);
+    let mut dp = dataplane(&lab);
+    use EndpointState::{NotServing, Ready, ServingTerminating};
+    // One ready pod; three pods exist but are not ready yet.
+    let mut states = vec![
+        (0, Ready),
+        (1, NotServing),
+        (2, NotServing),
+        (3, NotServing),
+    ];
+    dp.upsert_service(&web(&lab, &states)).unwrap();
+
+    let started = Instant::now();
+    let new_conn = background_load(
+        &lab,
+        SocketAddr::new(lab.node_addr().into(), NODE_PORT),
+        ConnectionMode::NewConnectionPerRequest,
+        8,
+        14,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Scale 1 -> 4: each pod gets traffic only once ready.
+    for i in 1..4 {
+        let c = server_counters(&mut servers[i]);
+        assert_eq!(
+            c.http_connections, 0,
+            "pod{i} accepted connections before its first readiness"
+        );
+        states[i].1 = Ready;
+        dp.upsert_service(&web(&lab, &states)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, s) in servers.iter_mut().enumerate() {
+        assert!(
+            server_counters(s).http_connections > 0,
+            "pod{i} got no connection while ready"
+        );
+    }
+    // Keep-alive connections opened now spread over the 4 pods (16 of them: the chance
+    // that the two pods drained below hold none is 2^-16).
+    let keep_alive_started = started.elapsed();
+    let keep_alive = background_load(
+        &lab,
+        SocketAddr::new(VIP.into(), 80),
+        ConnectionMode::KeepAlive,
+        16,
+        10,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Readiness flip: not ready while others are -> no new connection.
+    states[2].1 = NotServing;
+    dp.upsert_service(&web(&lab, &states)).unwrap();
+    let before = server_counters(&mut servers[2]).http_connections;
+    std::thread::sleep(Duration::from_secs(1));
+    let after = server_counters(&mut servers[2]).http_connections;
+    assert_eq!(before, after, "pod2 accepted connections while not ready");
+    states[2].1 = Ready;
+    dp.upsert_service(&web(&lab, &states)).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Scale 4 -> 2 through the drain handshake: terminating first, then (once no longer
+    // selected) SIGTERM, then removal.
+    for i in [3, 2] {
+        states.iter_mut().find(|s| s.0 == i).unwrap().1 = ServingTerminating;
+        dp.upsert_service(&web(&lab, &states)).unwrap();
+        wait_not_selectable(&dp, lab.backend_addr(i));
+        servers[i].signal(lab::Signal::SIGTERM).unwrap();
+        let status = servers[i].wait_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "pod{i} drained and exited: {status:?}"
+        );
+        states.retain(|s| s.0 != i);
+        dp.upsert_service(&web(&lab, &states)).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let steps_done = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let new_conn = new_conn.join().unwrap().unwrap();
+    let keep_alive = keep_alive.join().unwrap().unwrap();
+    println!("new connection per request: {new_conn}");
+    println!("keep-alive: {keep_alive}");
+    assert!(
+        new_conn.duration > steps_done,
+        "the new-connection load covered every step"
+    );
+    assert!(
+        keep_alive_started + keep_alive.duration > steps_done,
+        "the keep-alive load covered the drain"
+    );
+    for (what, r) in [("new connection", &new_conn), ("keep-alive", &keep_alive)] {
+        assert_eq!(r.failures(), 0, "{what}: no request failed: {r}");
+        assert!(r.sent > 1000, "{what}: {r}");
+    }
+    for gone in ["pod2", "pod3"] {
+        assert!(
+            new_conn.responders.contains_key(gone),
+            "{gone} served new connections before it drained"
+        );
+    }
+    assert!(
+        keep_alive.responders.contains_key("pod2") || keep_alive.responders.contains_key("pod3"),
+        "a drained pod held keep-alive connections: {keep_alive}"
+    );
+    dp.purge_stale().unwrap();
+    lab.assert_no_checksum_errors();
+}
+
+#[test]
+fn netns_four_ready_backends_share_new_connections() {
+    let lab = lab(4);
+    let _servers = servers(&lab);
+    let mut dp = dataplane(&lab);
+    let all: Vec<_> = (0..4).map(|i| (i, EndpointState::Ready)).collect();
+    dp.upsert_service(&web(&lab, &all)).unwrap();
+    let r = load_from_client(
+        &lab,
+        SocketAddr::new(VIP.into(), 80),
+        LoadProtocol::http("/"),
+        ConnectionMode::NewConnectionPerRequest,
+        400,
+        4,
+    );
+    assert_eq!(r.outcomes.ok, 400, "{r}");
+    assert_eq!(r.responders.len(), 4, "{r}");
+    for (pod, n) in &r.responders {
+        let share = *n as f64 / 400.0;
+        assert!(
+            (0.15..=0.35).contains(&share),
+            "{pod} got {:.1}% of new connections: {r}",
+            share * 100.0
+        );
+    }
+    lab.assert_no_checksum_errors();
+}
+
+#[test]
+fn netns_udp_flow_moves_within_a_second_when_its_backend_is_removed() {
+    let lab = lab(3);
+    let _servers = servers(&lab);
+    let mut dp = dataplane(&lab);
+    let vip = SocketAddr::new(VIP.into(), 53);
+    let spec = |pods: &[usize]| ServiceSpec {
+        name: "default/dns:dns".into(),
+        protocol: Protocol::Udp,
+        frontends: vec![Frontend::Address(vip)],
+        backends: pods
+            .iter()
+            .map(|&i| {
+                BackendSpec::ready(SocketAddr::new(IpAddr::V4(lab.backend_addr(i)), UDP_PORT))
+            })
+            .collect(),
+        affinity: None,
+    };
+    dp.upsert_service(&spec(&[0, 1, 2])).unwrap();
+    let sock = lab
+        .client()
+        .enter(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(vip).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .unwrap();
+    let ask = |sock: &UdpSocket| -> Option<String> {
+        sock.send(b"q").ok()?;
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).ok()?;
+        Some(
+            String::from_utf8_lossy(&buf[..n])
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    let first = ask(&sock).expect("an answer");
+    for _ in 0..10 {
+        assert_eq!(
+            ask(&sock).as_deref(),
+            Some(first.as_str()),
+            "one flow, one backend"
+        );
+    }
+    let gone: usize = first.trim_start_matches("pod").parse().unwrap();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != gone).collect();
+    dp.upsert_service(&spec(&rest)).unwrap();
+    let removed_at = Instant::now();
+    let mut answers = BTreeMap::new();
+    let mut moved_after = None;
+    while removed_at.elapsed() < Duration::from_secs(2) {
+        if let Some(who) = ask(&sock) {
+            if who != first && moved_after.is_none() {
+                moved_after = Some(removed_at.elapsed());
+            }
+            *answers.entry(who).or_insert(0u32) += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved_after = moved_after.expect("the flow moved to another backend");
+    assert!(
+        moved_after < Duration::from_secs(1),
+        "moved after {moved_after:?}"
+    );
+    assert!(
+        !answers.contains_key(&first),
+        "the removed backend answered again: {answers:?}"
+    );
+}
