@@ -76,7 +76,14 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (backend_id, backend, new_flow) = match chosen {
         Some(c) => c,
         None => {
-            let Some((id, b)) = select::pick(&svc, &flow) else {
+            // A table update can flip the service to a fresh slot range (and clear the old
+            // one, or delete a backend the old table named) between the frontend lookup and
+            // the slot read: on a miss, read the service entry in force once more.
+            let picked = select::pick(&svc, &flow).or_else(|| {
+                let again = select::frontend(dst, pkt.dport, pkt.proto)?;
+                select::pick(&again, &flow)
+            });
+            let Some((id, b)) = picked else {
                 let action = refuse::refuse(ctx, &pkt)?;
                 count(if pkt.proto == lb_common::IPPROTO_TCP {
                     Reason::TxRefuseTcpRst

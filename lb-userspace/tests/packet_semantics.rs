@@ -435,6 +435,25 @@ fn maglev_update_leaves_no_hole_while_packets_run() {
         ];
         let stop = AtomicBool::new(false);
         let ifindex = env.uplink_ifindex;
+        // The service exists before the first packet runs.
+        let spec_of = |set: &[usize], round: usize| {
+            let mut spec = service("web", Protocol::Tcp, &[]);
+            spec.backends = set
+                .iter()
+                .map(|&i| {
+                    lb_userspace::BackendSpec::ready(SocketAddr::V4(SocketAddrV4::new(
+                        env.backends[i],
+                        TARGET_PORT,
+                    )))
+                })
+                .collect();
+            if round % 2 == 1 && spec.backends.len() > 1 {
+                spec.backends[0].state = EndpointState::ServingTerminating;
+            }
+            spec
+        };
+        dp.upsert_service(&spec_of(&sets[0], 0)).unwrap();
+        let before = counters(dp);
         let (runs, bad) = std::thread::scope(|s| {
             let h = s.spawn(|| {
                 let (mut runs, mut bad) = (0u64, Vec::new());
@@ -446,7 +465,7 @@ fn maglev_update_leaves_no_hole_while_packets_run() {
                         .expect("run");
                     runs += 1;
                     if out.verdict != XDP_PASS || !all.contains(&v4(dst_of(&out.data))) {
-                        bad.push(out.verdict);
+                        bad.push((out.verdict, dst_of(&out.data)));
                     }
                 }
                 (runs, bad)
@@ -472,7 +491,14 @@ fn maglev_update_leaves_no_hole_while_packets_run() {
             stop.store(true, Ordering::Relaxed);
             h.join().unwrap()
         });
+        let after = counters(dp);
+        let moved: Vec<_> = after
+            .iter()
+            .filter(|(k, v)| before[*k] != **v)
+            .map(|(k, v)| (*k, v - before[*k]))
+            .collect();
         assert!(runs > 1000, "only {runs} packets ran during the updates");
+        assert!(bad.is_empty(), "{moved:?}");
         assert!(
             bad.is_empty(),
             "{} of {runs} packets hit a hole: verdicts {:?}",
