@@ -117,7 +117,8 @@ fn netns_scale_readiness_flips_and_drain_under_load_lose_no_request() {
     let keep_alive_started = started.elapsed();
     let keep_alive = background_load(
         &lab,
-        SocketAddr::new(VIP.into(), 80),
+        // Same frontend as the other load (see the reply-tuple clash in the README).
+        SocketAddr::new(lab.node_addr().into(), NODE_PORT),
         ConnectionMode::KeepAlive,
         16,
         10,

@@ -6,6 +6,7 @@ use crate::net::{NetAddr, NetPort};
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Map names, shared by the programs (symbol names) and the loader.
 pub mod map_names {
@@ -21,6 +22,24 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const AFFINITY: &str = "AFFINITY";
     pub const REFUSALS: &str = "REFUSALS";
+    pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
+
+    /// Every map of the object, in a fixed order (pinning, verification).
+    pub const ALL: &[&str] = &[
+        SERVICES,
+        BACKENDS,
+        SLOTS,
+        CONNTRACK,
+        NODE_ADDRS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+        REASONS,
+        TX_PORTS,
+        CONFIG,
+        AFFINITY,
+        REFUSALS,
+        SERVICE_NAMES,
+    ];
 }
 
 /// Program names in the object file.
@@ -28,6 +47,7 @@ pub mod program_names {
     pub const XDP_LB: &str = "sluice_xdp";
     pub const TC_REVNAT: &str = "sluice_revnat";
     pub const XDP_PASS: &str = "sluice_pass";
+    pub const XDP_BASELINE: &str = "sluice_baseline";
 }
 
 /// How a [`ServiceKey`] matches a packet's destination address.
@@ -35,7 +55,9 @@ pub mod scope {
     /// The key's address must equal the destination (LoadBalancer ingress, external and
     /// cluster IPs).
     pub const EXACT: u8 = 0;
-    /// NodePort: the key's address is unspecified and matches any address in `NODE_ADDRS`.
+    /// NodePort: the key's address is the unspecified address of the packet's family
+    /// ([`NetAddr::V4_UNSPECIFIED`], `::ffff:0.0.0.0`, for IPv4; [`NetAddr::UNSPECIFIED`],
+    /// `::`, for IPv6) and matches any address of that family in `NODE_ADDRS`.
     pub const NODE_PORT: u8 = 1;
 }
 
@@ -92,6 +114,29 @@ pub struct Backend {
     /// [`backend_flags`].
     pub flags: u8,
     pub _pad: u8,
+    /// The service this backend belongs to (lets a restarted agent restore its state).
+    pub service_id: u32,
+}
+
+/// Longest service name `SERVICE_NAMES` keeps.
+pub const SERVICE_NAME_MAX: usize = 124;
+
+/// A service's name, indexed by service id in `SERVICE_NAMES` (userspace only: lets a
+/// restarted agent match pinned state with its sources).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ServiceName {
+    pub len: u32,
+    pub bytes: [u8; SERVICE_NAME_MAX],
+}
+
+impl Default for ServiceName {
+    fn default() -> Self {
+        ServiceName {
+            len: 0,
+            bytes: [0; SERVICE_NAME_MAX],
+        }
+    }
 }
 
 /// Direction of a conntrack entry ([`FlowKey::dir`]).
@@ -180,7 +225,8 @@ const _: () = {
     assert!(core::mem::size_of::<NetPort>() == 2);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceValue>() == 20);
-    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<ServiceName>() == 128);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 28);
     assert!(core::mem::size_of::<TrafficStats>() == 24);
@@ -199,6 +245,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for TrafficStats {}
@@ -223,7 +270,7 @@ mod tests {
             (size_of::<TrafficStats>(), align_of::<TrafficStats>()),
             (24, 8)
         );
-        assert_eq!(size_of::<Backend>(), 20);
+        assert_eq!(size_of::<Backend>(), 24);
     }
 
     #[test]

@@ -14,7 +14,10 @@ pub struct NetAddr {
 pub const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 impl NetAddr {
+    /// `::`, the IPv6 unspecified address (the IPv6 NodePort wildcard).
     pub const UNSPECIFIED: NetAddr = NetAddr { words: [0; 4] };
+    /// `::ffff:0.0.0.0`, the IPv4 unspecified address mapped (the IPv4 NodePort wildcard).
+    pub const V4_UNSPECIFIED: NetAddr = NetAddr::from_v4_raw(0);
 
     /// From an IPv4 address as read raw from a packet (network byte order in memory).
     #[inline(always)]
@@ -89,5 +92,19 @@ impl NetPort {
     #[inline(always)]
     pub const fn raw(self) -> u16 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The XDP program picks the NodePort wildcard by `is_v4` of the destination.
+    #[test]
+    fn ipv6_nodeport_wildcards_are_one_per_family() {
+        assert!(NetAddr::V4_UNSPECIFIED.is_v4());
+        assert_eq!(NetAddr::V4_UNSPECIFIED.v4_raw(), 0);
+        assert!(!NetAddr::UNSPECIFIED.is_v4());
+        assert_ne!(NetAddr::V4_UNSPECIFIED, NetAddr::UNSPECIFIED);
     }
 }

@@ -18,29 +18,35 @@ macro_rules! reasons {
 }
 
 reasons! {
-    /// XDP: not IPv4 (ARP, IPv6 until it is supported, ...): passed untouched.
+    /// XDP: neither IPv4 nor IPv6 (ARP, ...): passed untouched.
     PassNotIp = "xdp_pass_not_ip",
     /// XDP: no frontend matches destination, port and protocol: passed untouched.
     PassNotOurs = "xdp_pass_not_ours",
-    /// XDP: an IP fragment: passed untouched (ports are only in the first fragment).
+    /// XDP: an IP fragment (IPv4 fragment fields, or an IPv6 fragment header, first
+    /// fragment included): passed untouched (ports are only in the first fragment).
     PassFragment = "xdp_pass_fragment",
-    /// XDP: truncated or malformed L3/L4 header: passed untouched for the stack to judge.
+    /// XDP: IPv6 with more extension headers than the program walks (4), or a routing
+    /// header with segments left (the destination is not the final one): passed untouched.
+    PassIpv6ExtHeaders = "xdp_pass_ipv6_ext_headers",
+    /// XDP: truncated or malformed L3/L4 header (and UDP over IPv6 with a zero checksum,
+    /// which IPv6 forbids): passed untouched for the stack to judge.
     PassMalformed = "xdp_pass_malformed",
     /// XDP: translated, then handed to the stack (fib lookup not successful, or the egress
     /// device cannot take XDP frames).
     PassToStack = "xdp_pass_to_stack",
     /// XDP: translated and redirected to the egress device.
     Redirect = "xdp_redirect",
-    /// XDP: the frontend has no usable backend and no refusal could be sent (a RST, IP
-    /// options, or the refusal budget spent).
+    /// XDP: the frontend has no usable backend and no refusal could be sent (a RST, IPv4
+    /// options or IPv6 extension headers, or the refusal budget spent).
     DropNoBackend = "xdp_drop_no_backend",
     /// XDP: no usable backend: a TCP RST was sent back (XDP_TX).
     TxRefuseTcpRst = "xdp_tx_refuse_tcp_rst",
-    /// XDP: no usable backend: an ICMP port unreachable was sent back (XDP_TX).
+    /// XDP: no usable backend: an ICMP (IPv4) or ICMPv6 port unreachable was sent back
+    /// (XDP_TX).
     TxRefuseIcmpUnreachable = "xdp_tx_refuse_icmp_unreachable",
     /// XDP: no usable backend and this CPU's refusal budget is spent: dropped.
     DropRefusalRateLimited = "xdp_drop_refusal_rate_limited",
-    /// XDP: an ICMP error about a translated flow was translated to its backend.
+    /// XDP: an ICMP or ICMPv6 error about a translated flow was translated to its backend.
     IcmpErrorTranslated = "xdp_icmp_error_translated",
     /// Event: ClientIP session affinity sent a new flow to the client's previous backend.
     AffinityHit = "affinity_hit",
@@ -64,7 +70,8 @@ reasons! {
     TcRevNat = "tc_revnat",
     /// TC: not a reply of a tracked flow: passed untouched.
     TcPassNotOurs = "tc_pass_not_ours",
-    /// TC: an ICMP error about a translated flow was translated back to the frontend.
+    /// TC: an ICMP or ICMPv6 error about a translated flow was translated back to the
+    /// frontend.
     TcIcmpErrorTranslated = "tc_icmp_error_translated",
     /// TC: rewriting a reply failed (helper error): passed as is.
     TcRewriteFailed = "tc_rewrite_failed",

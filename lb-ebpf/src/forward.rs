@@ -8,12 +8,15 @@ use aya_ebpf::{
 use lb_common::{Reason, csum};
 
 use crate::{
-    headers::{EthHdr, Ipv4Hdr},
+    headers::{EthHdr, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr},
     maps::TX_PORTS,
     stats::count,
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// Traffic class and flow label of the first word of an IPv6 header (raw).
+const IPV6_FLOWINFO_MASK_RAW: u32 = 0x0fff_ffffu32.to_be();
 
 /// Forwards a translated IPv4 packet: `XDP_REDIRECT` when the fib resolves the next hop to a
 /// device in `TX_PORTS`, with MACs rewritten and the TTL decremented; otherwise `XDP_PASS`
@@ -58,6 +61,62 @@ pub fn ipv4(
         (*ip).ttl -= 1;
         let new = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
         (*ip).check = csum::update16((*ip).check, old, new);
+        (*eth).dst = fib.dmac;
+        (*eth).src = fib.smac;
+        match TX_PORTS.redirect(fib.ifindex, 0) {
+            Ok(action) => {
+                count(Reason::Redirect);
+                action
+            }
+            Err(_) => {
+                count(Reason::PassToStack);
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+}
+
+/// Forwards a translated IPv6 packet as [`ipv4`] does: `XDP_REDIRECT` when the fib resolves
+/// the next hop to a device in `TX_PORTS`, with MACs rewritten and the hop limit decremented
+/// (IPv6 has no header checksum); otherwise `XDP_PASS` (hop limit <= 1 included).
+#[inline(always)]
+pub fn ipv6(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: *mut Ipv6Hdr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> u32 {
+    // SAFETY: eth and ip were bounds checked by the parser; the packet was not resized since.
+    unsafe {
+        if (*ip).hop_limit <= 1 {
+            count(Reason::PassToStack);
+            return xdp_action::XDP_PASS;
+        }
+        let mut fib: FibParams = core::mem::zeroed();
+        fib.family = AF_INET6;
+        fib.l4_protocol = proto;
+        fib.sport = sport;
+        fib.dport = dport;
+        // The L3 length, for the MTU check.
+        fib.__bindgen_anon_1.tot_len =
+            (IPV6_HLEN as u16).wrapping_add(u16::from_be((*ip).payload_len));
+        fib.__bindgen_anon_2.flowinfo = (*ip).vtc_flow & IPV6_FLOWINFO_MASK_RAW;
+        fib.__bindgen_anon_3.ipv6_src = (*ip).saddr;
+        fib.__bindgen_anon_4.ipv6_dst = (*ip).daddr;
+        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        let rc = bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        );
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || TX_PORTS.get_ifindex(fib.ifindex).is_none() {
+            count(Reason::PassToStack);
+            return xdp_action::XDP_PASS;
+        }
+        (*ip).hop_limit -= 1;
         (*eth).dst = fib.dmac;
         (*eth).src = fib.smac;
         match TX_PORTS.redirect(fib.ifindex, 0) {

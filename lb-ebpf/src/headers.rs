@@ -7,7 +7,9 @@ use core::mem::size_of;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP_RAW: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6_RAW: u16 = 0x86ddu16.to_be();
 pub const IPV4_HLEN_MIN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
 pub const TCP_HLEN_MIN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 /// Fragment offset and more-fragments bits of `frag_off` (raw).
@@ -15,6 +17,14 @@ pub const IP_FRAG_MASK_RAW: u16 = 0x3fffu16.to_be();
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+
+/// IPv6 extension headers the parser walks (next-header values).
+pub const NEXTHDR_HOP: u8 = 0;
+pub const NEXTHDR_ROUTING: u8 = 43;
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+pub const NEXTHDR_DEST: u8 = 60;
+/// At most this many IPv6 extension headers are walked; a packet with more is passed.
+pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -35,6 +45,31 @@ pub struct Ipv4Hdr {
     pub check: u16,
     pub saddr: u32,
     pub daddr: u32,
+}
+
+/// The fixed IPv6 header. Addresses are raw words (network byte order in memory), the
+/// layout of `NetAddr`.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: u32,
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+/// The first 8 bytes of an IPv6 extension header (every one is at least that long). For a
+/// routing header, bytes 2 and 3 are the routing type and the segments left.
+#[repr(C)]
+pub struct Ipv6ExtHdr {
+    pub nexthdr: u8,
+    /// Length in 8-byte units, not counting the first 8 bytes.
+    pub hdrlen: u8,
+    pub routing_type: u8,
+    pub segments_left: u8,
+    pub _rest: u32,
 }
 
 /// The first 20 bytes of a TCP header, with the flags byte split out.
@@ -73,10 +108,9 @@ pub fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*mut T> 
     Some(start as *mut T)
 }
 
-/// The parsed L3/L4 view of an IPv4 TCP/UDP packet.
-#[derive(Clone, Copy)]
-pub struct Ipv4Packet {
-    pub ip: *mut Ipv4Hdr,
+/// The parsed L3/L4 view of a TCP/UDP packet; `H` is the IP header type.
+pub struct Packet<H> {
+    pub ip: *mut H,
     /// The L4 header; at least `TCP_HLEN_MIN` (TCP) or `UDP_HLEN` (UDP) bytes are in bounds.
     pub l4: *mut u8,
     /// Offset of the L4 header from the start of the frame.
@@ -89,7 +123,36 @@ pub struct Ipv4Packet {
     pub check_off: usize,
 }
 
-impl Ipv4Packet {
+impl<H> Clone for Packet<H> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H> Copy for Packet<H> {}
+
+/// An IPv4 TCP/UDP packet (options allowed).
+pub type Ipv4Packet = Packet<Ipv4Hdr>;
+/// An IPv6 TCP/UDP packet (up to [`IPV6_MAX_EXT_HEADERS`] extension headers walked).
+pub type Ipv6Packet = Packet<Ipv6Hdr>;
+
+impl<H> Packet<H> {
+    /// The same packet, the IP header seen as a `T` (only to what the parser checked).
+    #[inline(always)]
+    pub fn cast<T>(self) -> Packet<T> {
+        Packet {
+            ip: self.ip.cast(),
+            l4: self.l4,
+            l4_off: self.l4_off,
+            proto: self.proto,
+            sport: self.sport,
+            dport: self.dport,
+            tcp_flags: self.tcp_flags,
+            check_off: self.check_off,
+        }
+    }
+
     /// The L4 checksum field (inside the bounds-checked L4 header).
     #[inline(always)]
     pub fn l4_check(&self) -> *mut u16 {
@@ -108,11 +171,88 @@ impl Ipv4Packet {
 /// Why parsing stopped.
 #[derive(Clone, Copy)]
 pub enum ParseStop {
+    /// `parse_ipv4` on a frame that is not IPv4.
     NotIpv4,
+    /// `parse_ipv6` on a frame that is not IPv6.
+    NotIpv6,
     Malformed,
     Fragment,
+    /// IPv6: more extension headers than walked, or a routing header with segments left.
+    ExtHeaders,
     /// Neither TCP nor UDP: the protocol number.
     OtherProto(u8),
+}
+
+/// The fixed part of a TCP or UDP header at `l4_off`.
+struct L4Header {
+    l4: *mut u8,
+    sport: u16,
+    dport: u16,
+    tcp_flags: u8,
+    check_off: usize,
+    /// Bytes the L4 header (TCP: with options) or datagram (UDP) claims.
+    min_len: usize,
+}
+
+/// Parses the fixed part of a TCP/UDP header. `udp_zero_csum_ok`: whether a UDP checksum of
+/// 0 ("none") is allowed (IPv4), or malformed (IPv6).
+#[inline(always)]
+fn parse_l4(
+    data: usize,
+    data_end: usize,
+    l4_off: usize,
+    proto: u8,
+    udp_zero_csum_ok: bool,
+) -> Result<L4Header, ParseStop> {
+    match proto {
+        lb_common::IPPROTO_TCP => {
+            let tcp: *mut TcpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
+            // SAFETY: bounds checked by ptr_at.
+            let (sport, dport, doff, flags) = unsafe {
+                (
+                    (*tcp).sport,
+                    (*tcp).dport,
+                    (*tcp).doff_res >> 4,
+                    (*tcp).flags,
+                )
+            };
+            if (doff as usize) * 4 < TCP_HLEN_MIN {
+                return Err(ParseStop::Malformed);
+            }
+            Ok(L4Header {
+                l4: tcp.cast::<u8>(),
+                sport,
+                dport,
+                tcp_flags: flags,
+                check_off: TCP_CHECK_OFF,
+                min_len: (doff as usize) * 4,
+            })
+        }
+        lb_common::IPPROTO_UDP => {
+            let udp: *mut UdpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
+            // SAFETY: bounds checked by ptr_at.
+            let (sport, dport, len, check) = unsafe {
+                (
+                    (*udp).sport,
+                    (*udp).dport,
+                    u16::from_be((*udp).len),
+                    (*udp).check,
+                )
+            };
+            if (len as usize) < UDP_HLEN || (check == 0 && !udp_zero_csum_ok) {
+                return Err(ParseStop::Malformed);
+            }
+            Ok(L4Header {
+                l4: udp.cast::<u8>(),
+                sport,
+                dport,
+                tcp_flags: 0,
+                check_off: UDP_CHECK_OFF,
+                min_len: len as usize,
+            })
+        }
+        other => Err(ParseStop::OtherProto(other)),
+    }
 }
 
 /// Parses Ethernet + IPv4 (with options) + the fixed part of TCP/UDP. `frame_len` is the
@@ -143,63 +283,87 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
         return Err(ParseStop::Fragment);
     }
     let l4_off = ETH_HLEN + ihl;
-    let (l4, sport, dport, tcp_flags, check_off, l4_min) = match proto {
-        lb_common::IPPROTO_TCP => {
-            let tcp: *mut TcpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
-            // SAFETY: bounds checked by ptr_at.
-            let (sport, dport, doff, flags) = unsafe {
-                (
-                    (*tcp).sport,
-                    (*tcp).dport,
-                    (*tcp).doff_res >> 4,
-                    (*tcp).flags,
-                )
-            };
-            if (doff as usize) * 4 < TCP_HLEN_MIN {
-                return Err(ParseStop::Malformed);
-            }
-            (
-                tcp.cast::<u8>(),
-                sport,
-                dport,
-                flags,
-                TCP_CHECK_OFF,
-                (doff as usize) * 4,
-            )
-        }
-        lb_common::IPPROTO_UDP => {
-            let udp: *mut UdpHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
-            // SAFETY: bounds checked by ptr_at.
-            let (sport, dport, len) =
-                unsafe { ((*udp).sport, (*udp).dport, u16::from_be((*udp).len)) };
-            if (len as usize) < UDP_HLEN {
-                return Err(ParseStop::Malformed);
-            }
-            (
-                udp.cast::<u8>(),
-                sport,
-                dport,
-                0,
-                UDP_CHECK_OFF,
-                len as usize,
-            )
-        }
-        other => return Err(ParseStop::OtherProto(other)),
-    };
+    let l4 = parse_l4(data, data_end, l4_off, proto, true)?;
     // Length fields against each other and the frame (after the pointer checks, see above).
     // SAFETY: `ip` was bounds checked.
     let tot_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
-    if tot_len < ihl + l4_min || ETH_HLEN + tot_len > frame_len {
+    if tot_len < ihl + l4.min_len || ETH_HLEN + tot_len > frame_len {
         return Err(ParseStop::Malformed);
     }
-    Ok(Ipv4Packet {
+    Ok(Packet {
         ip,
-        l4,
+        l4: l4.l4,
         l4_off,
         proto,
-        sport,
-        dport,
-        tcp_flags,
-        check_off,
+        sport: l4.sport,
+        dport: l4.dport,
+        tcp_flags: l4.tcp_flags,
+        check_off: l4.check_off,
+    })
+}
+
+/// Parses Ethernet + IPv6 + up to [`IPV6_MAX_EXT_HEADERS`] extension headers (hop-by-hop,
+/// routing without segments left, destination options) + the fixed part of TCP/UDP, with
+/// the same rules as [`parse_ipv4`] (pointers checked before lengths; `frame_len` likewise).
+///
+/// Stops with `Fragment` at a fragment header (first fragment included: the stack
+/// reassembles), with `ExtHeaders` when more extension headers follow than are walked or a
+/// routing header has segments left (the destination address is not the final one, and the
+/// L4 pseudo-header uses the final one), and with `Malformed` for UDP with a zero checksum
+/// (forbidden over IPv6) or a zero payload length (jumbogram).
+#[inline(always)]
+pub fn parse_ipv6(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv6Packet, ParseStop> {
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(ParseStop::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    if unsafe { (*eth).proto } != ETH_P_IPV6_RAW {
+        return Err(ParseStop::NotIpv6);
+    }
+    let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(ParseStop::Malformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (version, mut next) = unsafe { (*ip.cast::<u8>() >> 4, (*ip).nexthdr) };
+    if version != 6 {
+        return Err(ParseStop::Malformed);
+    }
+    let mut l4_off = ETH_HLEN + IPV6_HLEN;
+    let mut walked = 0;
+    while walked < IPV6_MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {}
+            NEXTHDR_FRAGMENT => return Err(ParseStop::Fragment),
+            _ => break,
+        }
+        let ext: *mut Ipv6ExtHdr = ptr_at(data, data_end, l4_off).ok_or(ParseStop::Malformed)?;
+        // SAFETY: bounds checked by ptr_at.
+        let (n, len, segments_left) =
+            unsafe { ((*ext).nexthdr, (*ext).hdrlen, (*ext).segments_left) };
+        if next == NEXTHDR_ROUTING && segments_left != 0 {
+            return Err(ParseStop::ExtHeaders);
+        }
+        next = n;
+        l4_off += (len as usize + 1) * 8;
+        walked += 1;
+    }
+    match next {
+        NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => return Err(ParseStop::ExtHeaders),
+        NEXTHDR_FRAGMENT => return Err(ParseStop::Fragment),
+        _ => {}
+    }
+    let l4 = parse_l4(data, data_end, l4_off, next, false)?;
+    // Length fields against each other and the frame (after the pointer checks, see above).
+    // SAFETY: `ip` was bounds checked.
+    let payload_len = u16::from_be(unsafe { (*ip).payload_len }) as usize;
+    let ext_len = l4_off - (ETH_HLEN + IPV6_HLEN);
+    if payload_len < ext_len + l4.min_len || ETH_HLEN + IPV6_HLEN + payload_len > frame_len {
+        return Err(ParseStop::Malformed);
+    }
+    Ok(Packet {
+        ip,
+        l4: l4.l4,
+        l4_off,
+        proto: next,
+        sport: l4.sport,
+        dport: l4.dport,
+        tcp_flags: l4.tcp_flags,
+        check_off: l4.check_off,
     })
 }

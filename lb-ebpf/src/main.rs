@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod baseline;
 mod conntrack;
 mod forward;
 mod headers;
@@ -38,6 +39,12 @@ pub fn sluice_revnat(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn sluice_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The benchmarks' parse-and-pass baseline (see `baseline`).
+#[xdp]
+pub fn sluice_baseline(ctx: XdpContext) -> u32 {
+    baseline::run(&ctx)
 }
 
 #[cfg(not(test))]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, RefusalWindow,
-    ServiceKey, ServiceValue, TrafficStats,
+    ServiceKey, ServiceName, ServiceValue, TrafficStats,
 };
 
 /// Frontend -> service.
@@ -57,3 +57,8 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::with_m
 /// Per-CPU budget of generated refusals (one element).
 #[map]
 pub static REFUSALS: PerCpuArray<RefusalWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// Service id -> name. Read by userspace only (restoring state after a restart); declared
+/// here so it is created and pinned with the others.
+#[map]
+pub static SERVICE_NAMES: Array<ServiceName> = Array::with_max_entries(1, 0);

@@ -1,6 +1,7 @@
 //! Refusal of flows to a service without a usable endpoint, as kube-proxy does: a TCP RST
-//! or an ICMP port unreachable, sent back out of the interface it came in on (XDP_TX), so
-//! clients fail fast instead of timing out. Rate-limited per CPU.
+//! or an ICMP / ICMPv6 port unreachable, sent back out of the interface it came in on
+//! (XDP_TX), so clients fail fast instead of timing out. Rate-limited per CPU, one budget
+//! for both families.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -10,7 +11,10 @@ use aya_ebpf::{
 use lb_common::{Reason, csum};
 
 use crate::{
-    headers::{ETH_HLEN, EthHdr, IPV4_HLEN_MIN, Ipv4Hdr, Ipv4Packet, TcpHdr, ptr_at},
+    headers::{
+        ETH_HLEN, EthHdr, IPV4_HLEN_MIN, IPV6_HLEN, Ipv4Hdr, Ipv4Packet, Ipv6Hdr, Ipv6Packet,
+        TcpHdr, ptr_at,
+    },
     maps::{CONFIG, REFUSALS},
 };
 
@@ -23,6 +27,13 @@ const ICMP_PORT_UNREACH: u8 = 3;
 const IP_DF_RAW: u16 = 0x4000u16.to_be();
 /// ICMP header + the quoted IPv4 header + 8 bytes of the original datagram.
 const ICMP_QUOTE: usize = 8 + IPV4_HLEN_MIN + 8;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PORT_UNREACH: u8 = 4;
+/// ICMPv6 header + the quoted IPv6 header + 8 bytes of the original datagram.
+const ICMPV6_QUOTE: usize = 8 + IPV6_HLEN + 8;
+/// Version 6, traffic class 0, flow label 0 (raw).
+const IPV6_VTC_FLOW_RAW: u32 = 0x6000_0000u32.to_be();
+const OUT_HOP_LIMIT: u8 = 64;
 
 /// Takes one refusal from this CPU's budget for the current second.
 #[inline(always)]
@@ -72,13 +83,36 @@ fn outer_ip(ip: &mut Ipv4Hdr, src: u32, dst: u32, proto: u8, tot_len: u16) {
     ip.tot_len = tot_len.to_be();
     ip.id = 0;
     ip.frag_off = IP_DF_RAW;
-    ip.ttl = 64;
+    ip.ttl = OUT_HOP_LIMIT;
     ip.proto = proto;
     ip.check = 0;
     ip.saddr = src;
     ip.daddr = dst;
     // SAFETY: the header is 20 bytes, 10 words, all in bounds.
     ip.check = !csum::fold(unsafe { sum_words::<10>((ip as *const Ipv4Hdr).cast()) });
+}
+
+/// A fresh IPv6 header (no extension headers) from `src` to `dst`.
+#[inline(always)]
+fn outer_ipv6(ip: &mut Ipv6Hdr, src: [u32; 4], dst: [u32; 4], nexthdr: u8, payload_len: u16) {
+    ip.vtc_flow = IPV6_VTC_FLOW_RAW;
+    ip.payload_len = payload_len.to_be();
+    ip.nexthdr = nexthdr;
+    ip.hop_limit = OUT_HOP_LIMIT;
+    ip.saddr = src;
+    ip.daddr = dst;
+}
+
+/// Sum of the raw 16-bit words of the IPv6 pseudo-header (RFC 8200 section 8.1).
+#[inline(always)]
+fn pseudo_ipv6(src: &[u32; 4], dst: &[u32; 4], nexthdr: u8, len: u16) -> u32 {
+    let mut sum = (nexthdr as u16).to_be() as u32 + len.to_be() as u32;
+    let mut i = 0;
+    while i < 4 {
+        sum += (src[i] & 0xffff) + (src[i] >> 16) + (dst[i] & 0xffff) + (dst[i] >> 16);
+        i += 1;
+    }
+    sum
 }
 
 /// Answers a packet to a frontend without usable backend. `Ok(XDP_TX)` with the reply in
@@ -199,6 +233,133 @@ fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
         words[2] = 0;
         words[3] = 0;
         words[1] = !csum::fold(sum_words::<{ ICMP_QUOTE / 2 }>(icmp.cast()));
+    }
+    let shrink = new_len as i32 - (data_end - data) as i32;
+    // SAFETY: shrinking within the frame; pointers are not used afterwards.
+    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// [`refuse`] for IPv6: a TCP RST or an ICMPv6 port unreachable, for packets without
+/// extension headers (others are dropped and counted).
+#[inline(always)]
+pub fn refuse6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
+    if pkt.l4_off != ETH_HLEN + IPV6_HLEN {
+        return Err(Reason::DropNoBackend);
+    }
+    if pkt.proto == lb_common::IPPROTO_TCP {
+        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
+            return Err(Reason::DropNoBackend);
+        }
+        if !budget() {
+            return Err(Reason::DropRefusalRateLimited);
+        }
+        tcp_rst6(ctx, pkt)
+    } else {
+        if !budget() {
+            return Err(Reason::DropRefusalRateLimited);
+        }
+        icmp6_port_unreachable(ctx)
+    }
+}
+
+/// [`tcp_rst`] over IPv6: the same segment, the IPv6 pseudo-header in its checksum.
+#[inline(always)]
+fn tcp_rst6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
+    let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
+    let tcp: *mut TcpHdr =
+        ptr_at(data, data_end, ETH_HLEN + IPV6_HLEN).ok_or(Reason::DropNoBackend)?;
+    // SAFETY: all three headers were bounds checked just above.
+    unsafe {
+        let (saddr, daddr) = ((*ip).saddr, (*ip).daddr);
+        let payload_len = u16::from_be((*ip).payload_len) as u32;
+        let doff = ((*tcp).doff_res >> 4) as u32 * 4;
+        let seg_len = payload_len.saturating_sub(doff)
+            + (pkt.tcp_flags & TCP_FLAG_SYN != 0) as u32
+            + (pkt.tcp_flags & TCP_FLAG_FIN != 0) as u32;
+        let (seq, ack, flags) = if pkt.tcp_flags & TCP_FLAG_ACK != 0 {
+            ((*tcp).ack, 0, TCP_FLAG_RST)
+        } else {
+            (
+                0,
+                u32::from_be((*tcp).seq).wrapping_add(seg_len).to_be(),
+                TCP_FLAG_RST | TCP_FLAG_ACK,
+            )
+        };
+        swap_macs(&mut *eth);
+        outer_ipv6(&mut *ip, daddr, saddr, lb_common::IPPROTO_TCP, 20);
+        let t = &mut *tcp;
+        let (sport, dport) = (t.sport, t.dport);
+        t.sport = dport;
+        t.dport = sport;
+        t.seq = seq;
+        t.ack = ack;
+        t.doff_res = 5 << 4;
+        t.flags = flags;
+        t.window = 0;
+        t.check = 0;
+        t.urg = 0;
+        let pseudo = pseudo_ipv6(&daddr, &saddr, lb_common::IPPROTO_TCP, 20);
+        t.check = !csum::fold(pseudo + sum_words::<10>((tcp as *const TcpHdr).cast()));
+    }
+    let shrink = (ETH_HLEN + IPV6_HLEN + 20) as i32 - (data_end - data) as i32;
+    // SAFETY: shrinking within the frame; pointers are not used afterwards.
+    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// RFC 4443 destination unreachable, code 4 (port unreachable): outer IPv6 + ICMPv6 + the
+/// original IPv6 header and the first 8 bytes after it. As for IPv4, the original headers
+/// already sit where the quote goes once 48 bytes are prepended.
+#[inline(always)]
+fn icmp6_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
+    let grow = (IPV6_HLEN + 8) as i32;
+    // SAFETY: adjusting the head by a constant; pointers are re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let new_len = ETH_HLEN + IPV6_HLEN + ICMPV6_QUOTE;
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
+    let old_eth: *mut EthHdr =
+        ptr_at(data, data_end, grow as usize).ok_or(Reason::DropNoBackend)?;
+    let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
+    let quoted: *mut Ipv6Hdr =
+        ptr_at(data, data_end, ETH_HLEN + IPV6_HLEN + 8).ok_or(Reason::DropNoBackend)?;
+    let icmp: *mut [u16; ICMPV6_QUOTE / 2] =
+        ptr_at(data, data_end, ETH_HLEN + IPV6_HLEN).ok_or(Reason::DropNoBackend)?;
+    // SAFETY: every pointer was bounds checked after the head adjustment. The old Ethernet
+    // header overlaps the new IPv6 and ICMPv6 headers: it is read before they are written.
+    unsafe {
+        (*eth).dst = (*old_eth).src;
+        (*eth).src = (*old_eth).dst;
+        (*eth).proto = (*old_eth).proto;
+        let (saddr, daddr) = ((*quoted).saddr, (*quoted).daddr);
+        outer_ipv6(
+            &mut *ip,
+            daddr,
+            saddr,
+            lb_common::IPPROTO_ICMPV6,
+            ICMPV6_QUOTE as u16,
+        );
+        let words = &mut *icmp;
+        words[0] = u16::from_ne_bytes([ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH]);
+        words[1] = 0;
+        words[2] = 0;
+        words[3] = 0;
+        let pseudo = pseudo_ipv6(
+            &daddr,
+            &saddr,
+            lb_common::IPPROTO_ICMPV6,
+            ICMPV6_QUOTE as u16,
+        );
+        words[1] = !csum::fold(pseudo + sum_words::<{ ICMPV6_QUOTE / 2 }>(icmp.cast()));
     }
     let shrink = new_len as i32 - (data_end - data) as i32;
     // SAFETY: shrinking within the frame; pointers are not used afterwards.

@@ -13,7 +13,9 @@ use crate::{
 };
 
 /// The service a packet to `daddr:dport/proto` belongs to: an exact frontend first, then a
-/// NodePort on any address of the node's attached interfaces.
+/// NodePort on any address of the node's attached interfaces. NodePort keys are per family:
+/// an IPv4 destination (v4-mapped) looks up the IPv4 wildcard `::ffff:0.0.0.0`, an IPv6 one
+/// `::` (the IPv6 path never passes a v4-mapped destination).
 #[inline(always)]
 pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
     let mut key = ServiceKey {
@@ -28,7 +30,11 @@ pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
     }
     // SAFETY: as above.
     unsafe { NODE_ADDRS.get(&daddr) }?;
-    key.addr = NetAddr::UNSPECIFIED;
+    key.addr = if daddr.is_v4() {
+        NetAddr::V4_UNSPECIFIED
+    } else {
+        NetAddr::UNSPECIFIED
+    };
     key.scope = scope::NODE_PORT;
     // SAFETY: as above.
     unsafe { SERVICES.get(&key) }.copied()

@@ -1,11 +1,17 @@
-//! The XDP load balancer: frontend match, conntrack, backend choice, DNAT, forwarding.
+//! The XDP load balancer: frontend match, conntrack, backend choice, DNAT, forwarding, for
+//! IPv4 and IPv6 alike: one pipeline (addresses are 16 bytes, IPv4 mapped, so the frontend
+//! keys, the conntrack map and its keys serve both families), with the family-specific
+//! steps (parsing, DNAT, refusal, forwarding) chosen by the EtherType.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{FlowKey, NetAddr, NetPort, Reason, csum, dir};
 
 use crate::{
     conntrack, forward,
-    headers::{self, EthHdr, ParseStop, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    headers::{
+        self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseStop,
+        TCP_FLAG_ACK, TCP_FLAG_SYN, ptr_at,
+    },
     icmp, refuse, select,
     stats::{count, traffic},
 };
@@ -24,27 +30,64 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
 }
 
+/// The reason to pass a packet the parser stopped at (ICMP errors are handled before).
+#[inline(always)]
+fn stop_reason(stop: ParseStop) -> Reason {
+    match stop {
+        ParseStop::NotIpv4 | ParseStop::NotIpv6 => Reason::PassNotIp,
+        ParseStop::Malformed => Reason::PassMalformed,
+        ParseStop::Fragment => Reason::PassFragment,
+        ParseStop::ExtHeaders => Reason::PassIpv6ExtHeaders,
+        ParseStop::OtherProto(_) => Reason::PassNotOurs,
+    }
+}
+
 /// `Err(reason)`: the packet leaves untouched (dropped for `Drop*` reasons, else passed)
 /// and `reason` is counted.
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let pkt = match headers::parse_ipv4(data, data_end, data_end - data) {
-        Ok(pkt) => pkt,
-        Err(ParseStop::NotIpv4) => return Err(Reason::PassNotIp),
-        Err(ParseStop::Malformed) => return Err(Reason::PassMalformed),
-        Err(ParseStop::Fragment) => return Err(Reason::PassFragment),
-        Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMP)) => return icmp::translate_in(ctx),
-        Err(ParseStop::OtherProto(_)) => return Err(Reason::PassNotOurs),
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let ethertype = unsafe { (*eth).proto };
+    // The packet (its IP header type erased: `v6` says which), source and destination.
+    let (pkt, src, dst, v6): (Packet<u8>, NetAddr, NetAddr, bool) = if ethertype == ETH_P_IP_RAW {
+        let p = match headers::parse_ipv4(data, data_end, data_end - data) {
+            Ok(p) => p,
+            Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMP)) => return icmp::translate_in(ctx),
+            Err(stop) => return Err(stop_reason(stop)),
+        };
+        // SAFETY: `ip` was bounds checked by the parser.
+        let (saddr, daddr) = unsafe { ((*p.ip).saddr, (*p.ip).daddr) };
+        (
+            p.cast(),
+            NetAddr::from_v4_raw(saddr),
+            NetAddr::from_v4_raw(daddr),
+            false,
+        )
+    } else if ethertype == ETH_P_IPV6_RAW {
+        let p = match headers::parse_ipv6(data, data_end, data_end - data) {
+            Ok(p) => p,
+            Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMPV6)) => {
+                return icmp::translate_in6(ctx);
+            }
+            Err(stop) => return Err(stop_reason(stop)),
+        };
+        // SAFETY: `ip` was bounds checked by the parser.
+        let (saddr, daddr) = unsafe { ((*p.ip).saddr, (*p.ip).daddr) };
+        let dst = NetAddr { words: daddr };
+        // A v4-mapped destination on the wire (RFC 4291 forbids it) would match IPv4 keys.
+        if dst.is_v4() {
+            return Err(Reason::PassNotOurs);
+        }
+        (p.cast(), NetAddr { words: saddr }, dst, true)
+    } else {
+        return Err(Reason::PassNotIp);
     };
-    let ip = pkt.ip;
-    // SAFETY: `ip` was bounds checked by the parser.
-    let (saddr, daddr) = unsafe { ((*ip).saddr, (*ip).daddr) };
-    let dst = NetAddr::from_v4_raw(daddr);
     let svc = select::frontend(dst, pkt.dport, pkt.proto).ok_or(Reason::PassNotOurs)?;
 
     let flow = FlowKey {
-        src: NetAddr::from_v4_raw(saddr),
+        src,
         dst,
         sport: NetPort(pkt.sport),
         dport: NetPort(pkt.dport),
@@ -52,17 +95,14 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         dir: dir::FORWARD,
         _pad: [0; 2],
     };
-    let is_syn = pkt.proto == lb_common::IPPROTO_TCP
-        && pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+    let is_tcp = pkt.proto == lb_common::IPPROTO_TCP;
+    let is_syn = is_tcp && pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
 
     // An established flow keeps its backend while that backend exists; a SYN always selects
     // afresh (client ports are reused at high connection rates).
     let mut chosen = None;
     match conntrack::lookup(&flow) {
-        Some(ct) if is_syn => {
-            let _ = ct;
-            count(Reason::CtSynReselect);
-        }
+        Some(_) if is_syn => count(Reason::CtSynReselect),
         Some(ct) => match select::backend(ct.backend_id) {
             Some(b) if ct.service_id == svc.id => {
                 count(Reason::CtHit);
@@ -70,7 +110,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
             }
             _ => count(Reason::CtStaleBackend),
         },
-        None if pkt.proto == lb_common::IPPROTO_TCP && !is_syn => count(Reason::CtMiss),
+        None if is_tcp && !is_syn => count(Reason::CtMiss),
         None => {}
     }
     let (backend_id, backend, new_flow) = match chosen {
@@ -79,13 +119,19 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
             // A table update can flip the service to a fresh slot range (and clear the old
             // one, or delete a backend the old table named) between the frontend lookup and
             // the slot read: on a miss, read the service entry in force once more.
-            let picked = select::pick(&svc, &flow).or_else(|| {
-                let again = select::frontend(dst, pkt.dport, pkt.proto)?;
-                select::pick(&again, &flow)
-            });
+            let mut picked = select::pick(&svc, &flow);
+            if picked.is_none()
+                && let Some(again) = select::frontend(dst, pkt.dport, pkt.proto)
+            {
+                picked = select::pick(&again, &flow);
+            }
             let Some((id, b)) = picked else {
-                let action = refuse::refuse(ctx, &pkt)?;
-                count(if pkt.proto == lb_common::IPPROTO_TCP {
+                let action = if v6 {
+                    refuse::refuse6(ctx, &pkt.cast())?
+                } else {
+                    refuse::refuse(ctx, &pkt.cast())?
+                };
+                count(if is_tcp {
                     Reason::TxRefuseTcpRst
                 } else {
                     Reason::TxRefuseIcmpUnreachable
@@ -98,19 +144,36 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         }
     };
 
-    // DNAT: destination address (IPv4 header and L4 pseudo-header) and port.
-    let new_daddr = backend.addr.v4_raw();
+    // DNAT: the destination address (in the IPv4 header and its checksum; in the L4
+    // pseudo-header for both families) and port.
     let new_dport = backend.port.raw();
     let check = pkt.l4_check();
     let dport = pkt.l4_dport();
     // SAFETY: every pointer was bounds checked; nothing resized the packet.
     unsafe {
-        (*ip).daddr = new_daddr;
-        (*ip).check = csum::update32((*ip).check, daddr, new_daddr);
         let old_check = *check;
-        // A UDP checksum of 0 means "none" and stays 0.
-        if !(pkt.proto == lb_common::IPPROTO_UDP && old_check == 0) {
-            let mut c = csum::update32(old_check, daddr, new_daddr);
+        let c = if v6 {
+            // No header checksum; the parser rejected UDP without a checksum.
+            let ip = pkt.ip.cast::<Ipv6Hdr>();
+            (*ip).daddr = backend.addr.words;
+            Some(csum::update_words(
+                old_check,
+                &dst.words,
+                &backend.addr.words,
+            ))
+        } else {
+            let ip = pkt.ip.cast::<Ipv4Hdr>();
+            let (old, new) = (dst.v4_raw(), backend.addr.v4_raw());
+            (*ip).daddr = new;
+            (*ip).check = csum::update32((*ip).check, old, new);
+            // A UDP checksum of 0 means "none" and stays 0.
+            if pkt.proto == lb_common::IPPROTO_UDP && old_check == 0 {
+                None
+            } else {
+                Some(csum::update32(old_check, old, new))
+            }
+        };
+        if let Some(mut c) = c {
             c = csum::update16(c, pkt.dport, new_dport);
             if pkt.proto == lb_common::IPPROTO_UDP {
                 c = csum::udp_finish(c);
@@ -121,6 +184,9 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     }
     traffic(svc.id, backend_id, (data_end - data) as u64, new_flow);
 
-    let eth = data as *mut EthHdr; // checked by the parser (the IP header lies beyond it)
-    Ok(forward::ipv4(ctx, eth, ip, pkt.proto, pkt.sport, new_dport))
+    Ok(if v6 {
+        forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, pkt.sport, new_dport)
+    } else {
+        forward::ipv4(ctx, eth, pkt.ip.cast(), pkt.proto, pkt.sport, new_dport)
+    })
 }

@@ -1,12 +1,15 @@
 //! Attaching the programs to the node's interfaces, and the node facts the program needs:
 //! the interfaces' addresses (NodePort frontends) and the devices that can take XDP frames.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use aya::{
     Ebpf,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use lb_common::{map_names as names, program_names as progs};
@@ -24,6 +27,66 @@ pub enum AttachMode {
     Native,
     /// Generic XDP in the stack: the driver has no native support.
     Generic,
+    /// A pinned link from an earlier process, now running this process's program.
+    Adopted,
+}
+
+/// Opens a pinned link as a typed link to update.
+fn adopt_link<L>(path: &Path, program: &'static str) -> Result<L, Error>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    let pinned = PinnedLink::from_pin(path).map_err(|e| Error::Pin {
+        path: path.to_path_buf(),
+        reason: format!("cannot open the pinned link of `{program}`: {e}"),
+    })?;
+    L::try_from(FdLink::from(pinned)).map_err(|e| Error::Pin {
+        path: path.to_path_buf(),
+        reason: format!("the pinned link is not a link of `{program}`'s kind: {e}"),
+    })
+}
+
+/// Pins a freshly created link and hands it back for the program to own.
+fn pin_link<L>(link: L, path: &Path, program: &'static str) -> Result<L, Error>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    let fd = FdLink::try_from(link)
+        .map_err(|e| Error::program(program, "pin link (not a bpf_link)", e))?;
+    let pinned = fd.pin(path).map_err(|e| Error::Pin {
+        path: path.to_path_buf(),
+        reason: format!("cannot pin the link of `{program}`: {e}"),
+    })?;
+    L::try_from(FdLink::from(pinned)).map_err(|e| Error::program(program, "reopen pinned link", e))
+}
+
+/// TC reverse NAT at TCX egress: adopt a pinned link (updating its program) or attach anew.
+fn attach_tc(
+    tc: &mut SchedClassifier,
+    ifname: &str,
+    pin: Option<&Path>,
+) -> Result<SchedClassifierLinkId, Error> {
+    if let Some(path) = pin.filter(|p| p.exists()) {
+        let link = adopt_link::<SchedClassifierLink>(path, progs::TC_REVNAT)?;
+        return tc
+            .attach_to_link(link)
+            .map_err(|e| Error::program(progs::TC_REVNAT, "replace (link update)", e));
+    }
+    let id = tc
+        .attach(ifname, TcAttachType::Egress)
+        .map_err(|e| Error::program(progs::TC_REVNAT, "attach (TCX egress)", e))?;
+    match pin {
+        Some(path) => {
+            let link = tc
+                .take_link(id)
+                .map_err(|e| Error::program(progs::TC_REVNAT, "take link", e))?;
+            let link = pin_link(link, path, progs::TC_REVNAT)?;
+            tc.attach_to_link(link)
+                .map_err(|e| Error::program(progs::TC_REVNAT, "own pinned link", e))
+        }
+        None => Ok(id),
+    }
 }
 
 pub(crate) struct Attachment {
@@ -38,21 +101,38 @@ pub(crate) struct Attachments {
     by_ifname: BTreeMap<String, Attachment>,
 }
 
+/// The verifier gives up with EAGAIN when a signal arrives while it works (a SIGCHLD of
+/// some child process, say): that is not a verdict on the program, so load again.
+pub(crate) fn with_retry(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 0;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+            {
+                attempt += 1;
+                tracing::debug!(attempt, "verifier interrupted by a signal; loading again");
+            }
+            r => return r,
+        }
+    }
+}
+
 pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
     let xdp: &mut Xdp = ebpf
         .program_mut(progs::XDP_LB)
         .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not in the object"))?
         .try_into()
         .map_err(|e| Error::program(progs::XDP_LB, "open", e))?;
-    xdp.load()
-        .map_err(|e| Error::program(progs::XDP_LB, "load (verifier)", e))?;
+    with_retry(|| xdp.load()).map_err(|e| Error::program(progs::XDP_LB, "load (verifier)", e))?;
     let tc: &mut SchedClassifier = ebpf
         .program_mut(progs::TC_REVNAT)
         .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not in the object"))?
         .try_into()
         .map_err(|e| Error::program(progs::TC_REVNAT, "open", e))?;
-    tc.load()
-        .map_err(|e| Error::program(progs::TC_REVNAT, "load (verifier)", e))?;
+    with_retry(|| tc.load()).map_err(|e| Error::program(progs::TC_REVNAT, "load (verifier)", e))?;
     Ok(())
 }
 
@@ -103,26 +183,52 @@ impl Dataplane {
             .program_mut(progs::XDP_LB)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not loaded"))?;
-        let (xdp_link, mode) = match xdp.attach(ifname, XdpMode::Driver) {
-            Ok(l) => (l, AttachMode::Native),
-            Err(native) => match xdp.attach(ifname, XdpMode::Skb) {
-                Ok(l) => {
-                    tracing::warn!(ifname, error = %native, "native XDP unavailable, attached in generic mode");
-                    (l, AttachMode::Generic)
+        let xdp_pin = self.cfg.pin.as_ref().map(|p| p.link_path("xdp", ifname));
+        let (xdp_link, mode) = if let Some(path) = xdp_pin.as_ref().filter(|p| p.exists()) {
+            // Adopt the pinned link and swap our program in (BPF_LINK_UPDATE): the interface
+            // never goes without a program.
+            let link = adopt_link::<XdpLink>(path, progs::XDP_LB)?;
+            let id = xdp
+                .attach_to_link(link)
+                .map_err(|e| Error::program(progs::XDP_LB, "replace (link update)", e))?;
+            (id, AttachMode::Adopted)
+        } else {
+            let (id, mode) = match xdp.attach(ifname, XdpMode::Driver) {
+                Ok(l) => (l, AttachMode::Native),
+                Err(native) => match xdp.attach(ifname, XdpMode::Skb) {
+                    Ok(l) => {
+                        tracing::warn!(ifname, error = %native, "native XDP unavailable, attached in generic mode");
+                        (l, AttachMode::Generic)
+                    }
+                    Err(e) => return Err(Error::program(progs::XDP_LB, "attach (XDP)", e)),
+                },
+            };
+            match &xdp_pin {
+                Some(path) => {
+                    let link = xdp
+                        .take_link(id)
+                        .map_err(|e| Error::program(progs::XDP_LB, "take link", e))?;
+                    let link = pin_link(link, path, progs::XDP_LB)?;
+                    (
+                        xdp.attach_to_link(link)
+                            .map_err(|e| Error::program(progs::XDP_LB, "own pinned link", e))?,
+                        mode,
+                    )
                 }
-                Err(e) => return Err(Error::program(progs::XDP_LB, "attach (XDP)", e)),
-            },
+                None => (id, mode),
+            }
         };
         let tc: &mut SchedClassifier = self
             .ebpf
             .program_mut(progs::TC_REVNAT)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| Error::program(progs::TC_REVNAT, "find", "not loaded"))?;
-        let tc_link = match tc.attach(ifname, TcAttachType::Egress) {
+        let tc_pin = self.cfg.pin.as_ref().map(|p| p.link_path("tc", ifname));
+        let tc_link = match attach_tc(tc, ifname, tc_pin.as_deref()) {
             Ok(l) => l,
             Err(e) => {
                 self.detach_xdp(xdp_link);
-                return Err(Error::program(progs::TC_REVNAT, "attach (TCX egress)", e));
+                return Err(e);
             }
         };
         let mut added = Vec::new();

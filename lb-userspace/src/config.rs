@@ -61,7 +61,7 @@ impl Default for MaglevConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataplaneConfig {
     pub capacities: Capacities,
@@ -72,6 +72,9 @@ pub struct DataplaneConfig {
     /// TCP RSTs and ICMP port unreachables sent for services without a usable endpoint, per
     /// CPU and second; beyond that such packets are dropped (and counted).
     pub refusals_per_sec_per_cpu: u32,
+    /// Pin maps and links here so the data path outlives the process (see [`crate::pins`]);
+    /// `None`: nothing is pinned and the data path goes away with the process.
+    pub pin: Option<crate::pins::PinConfig>,
 }
 
 impl Default for DataplaneConfig {
@@ -81,6 +84,7 @@ impl Default for DataplaneConfig {
             maglev: MaglevConfig::default(),
             hash_seed: 0x5eed_1b00,
             refusals_per_sec_per_cpu: 1000,
+            pin: None,
         }
     }
 }

@@ -35,8 +35,9 @@ use crate::{
     ids::IdAllocator,
     maglev,
     maps::{self, Maps},
+    pins,
     slots::SlotRanges,
-    spec::{BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec},
+    spec::{AddressFamily, BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec},
 };
 
 pub(crate) struct BackendState {
@@ -150,6 +151,15 @@ impl From<TrafficStats> for Stats {
     }
 }
 
+pub(crate) fn ip_of(a: NetAddr) -> IpAddr {
+    let o = a.octets();
+    if a.is_v4() {
+        IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::from(o))
+    }
+}
+
 pub(crate) fn net_addr(ip: IpAddr) -> NetAddr {
     match ip {
         IpAddr::V4(v4) => NetAddr::from_v4_octets(v4.octets()),
@@ -157,10 +167,16 @@ pub(crate) fn net_addr(ip: IpAddr) -> NetAddr {
     }
 }
 
-fn frontend_key(f: &Frontend, proto: Protocol) -> ServiceKey {
+/// The `SERVICES` key of a frontend. A NodePort key holds the unspecified address of the
+/// service's family (`::ffff:0.0.0.0` for IPv4, `::` for IPv6): the XDP program looks up the
+/// wildcard of the packet's family, so an IPv4 NodePort never catches IPv6 packets.
+fn frontend_key(f: &Frontend, proto: Protocol, family: AddressFamily) -> ServiceKey {
     match f {
         Frontend::NodePort(p) => ServiceKey {
-            addr: NetAddr::UNSPECIFIED,
+            addr: match family {
+                AddressFamily::Ipv4 => NetAddr::V4_UNSPECIFIED,
+                AddressFamily::Ipv6 => NetAddr::UNSPECIFIED,
+            },
             port: NetPort::new(*p),
             proto: proto.number(),
             scope: scope::NODE_PORT,
@@ -174,12 +190,49 @@ fn frontend_key(f: &Frontend, proto: Protocol) -> ServiceKey {
     }
 }
 
-fn backend_value(addr: SocketAddr, eligible: bool) -> Backend {
+/// Families of services, as their frontend keys record them (NodePort keys are per family).
+impl Dataplane {
+    /// The key under which service `name` holds frontend `f`: for a NodePort, the key of
+    /// whichever family it was written with.
+    fn owned_key(&self, name: &str, f: &Frontend, proto: Protocol) -> ServiceKey {
+        let v6 = frontend_key(f, proto, AddressFamily::Ipv6);
+        if self.frontend_owner.get(&v6).is_some_and(|o| o == name) {
+            v6
+        } else {
+            frontend_key(f, proto, AddressFamily::Ipv4)
+        }
+    }
+
+    /// The family of the existing service `name`, from its frontends and backends, or, for
+    /// one with NodePorts only and no backends, from its NodePort keys.
+    fn current_family(&self, name: &str) -> Option<AddressFamily> {
+        let svc = self.services.get(name)?;
+        AddressFamily::of_service(&svc.frontends, svc.backends.keys()).or_else(|| {
+            let key = self.owned_key(name, svc.frontends.first()?, svc.protocol);
+            Some(if key.addr == NetAddr::UNSPECIFIED {
+                AddressFamily::Ipv6
+            } else {
+                AddressFamily::Ipv4
+            })
+        })
+    }
+
+    /// The family `spec` is written with: its own (see [`ServiceSpec`]), else the family the
+    /// service already has, else IPv4.
+    fn family_of(&self, spec: &ServiceSpec) -> AddressFamily {
+        spec.family()
+            .or_else(|| self.current_family(&spec.name))
+            .unwrap_or(AddressFamily::Ipv4)
+    }
+}
+
+fn backend_value(service_id: u32, addr: SocketAddr, eligible: bool) -> Backend {
     Backend {
         addr: net_addr(addr.ip()),
         port: NetPort::new(addr.port()),
         flags: backend_flags::PRESENT | if eligible { backend_flags::ELIGIBLE } else { 0 },
         _pad: 0,
+        service_id,
     }
 }
 
@@ -215,6 +268,7 @@ impl Dataplane {
             ("capacities.conntrack", caps.conntrack),
             ("capacities.node_addresses", caps.node_addresses),
             ("capacities.redirect_ports", caps.redirect_ports),
+            ("capacities.affinity", caps.affinity),
         ] {
             if v == 0 || v >= u32::MAX / 2 {
                 return Err(Error::InvalidSpec {
@@ -227,6 +281,23 @@ impl Dataplane {
         for (name, n) in maps::max_entries(&caps) {
             loader.map_max_entries(name, n);
         }
+        let adopt = match &cfg.pin {
+            None => false,
+            Some(pin) => {
+                pins::check_layout(pin)?;
+                // The expected definitions: the same object and capacities, nothing pinned.
+                let fresh = loader
+                    .load(crate::object::OBJECT)
+                    .map_err(|e| Error::Load { source: e.into() })?;
+                let adopt = pins::verify(pin, &fresh)?;
+                drop(fresh);
+                pins::ensure_dir(&pin.layout_dir().join("links"))?;
+                for &name in names::ALL {
+                    loader.map_pin_path(name, pin.map_path(name));
+                }
+                adopt
+            }
+        };
         let mut ebpf = loader
             .load(crate::object::OBJECT)
             .map_err(|e| Error::Load { source: e.into() })?;
@@ -242,7 +313,7 @@ impl Dataplane {
                 0,
             )
             .map_err(|e| Error::map(names::CONFIG, "write", e))?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             ebpf,
             maps,
             cfg,
@@ -254,7 +325,155 @@ impl Dataplane {
             stale_services: BTreeSet::new(),
             stale_backends: BTreeSet::new(),
             attachments: Attachments::default(),
-        })
+        };
+        if adopt {
+            dp.restore()?;
+        }
+        Ok(dp)
+    }
+
+    /// Rebuilds the bookkeeping from adopted maps: services (frontends, table range, name),
+    /// their backends and ids. Ids that conntrack still names but no live service or backend
+    /// owns are held back until [`Dataplane::purge_stale`]. Nothing is removed here: pruning
+    /// what the sources no longer list is the caller's decision, after its first full sync.
+    fn restore(&mut self) -> Result<(), Error> {
+        let caps = self.cfg.capacities;
+        let mut by_id: BTreeMap<u32, (Vec<ServiceKey>, ServiceValue)> = BTreeMap::new();
+        for item in self.maps.services.iter() {
+            let (k, v) = item.map_err(|e| Error::map(names::SERVICES, "iterate", e))?;
+            by_id
+                .entry(v.id)
+                .or_insert_with(|| (Vec::new(), v))
+                .0
+                .push(k);
+        }
+        let mut backends: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for id in 1..=caps.backends {
+            let b = self
+                .maps
+                .backends
+                .get(&id, 0)
+                .map_err(|e| Error::map(names::BACKENDS, "read", e))?;
+            if b.flags & backend_flags::PRESENT != 0 {
+                backends.entry(b.service_id).or_default().push((id, b));
+            }
+        }
+        for (sid, (keys, v)) in by_id {
+            let raw = self
+                .maps
+                .service_names
+                .get(&sid, 0)
+                .map_err(|e| Error::map(names::SERVICE_NAMES, "read", e))?;
+            let len = (raw.len as usize).min(raw.bytes.len());
+            let mut name = String::from_utf8_lossy(&raw.bytes[..len]).into_owned();
+            if name.is_empty() || self.services.contains_key(&name) {
+                name = format!("restored-service-{sid}");
+            }
+            let protocol = if keys[0].proto == lb_common::IPPROTO_UDP {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
+            let mut slots = Vec::with_capacity(v.slot_count as usize);
+            for i in 0..v.slot_count {
+                slots.push(
+                    self.maps
+                        .slots
+                        .get(&(v.slot_offset + i), 0)
+                        .map_err(|e| Error::map(names::SLOTS, "read", e))?,
+                );
+            }
+            let mut svc_backends = BTreeMap::new();
+            for (bid, b) in backends.remove(&sid).unwrap_or_default() {
+                let eligible = b.flags & backend_flags::ELIGIBLE != 0;
+                svc_backends.insert(
+                    SocketAddr::new(ip_of(b.addr), b.port.get()),
+                    BackendState {
+                        id: bid,
+                        state: if eligible {
+                            EndpointState::Ready
+                        } else {
+                            EndpointState::NotServing
+                        },
+                        eligible,
+                    },
+                );
+                self.backend_ids.reserve(bid);
+            }
+            let frontends: Vec<Frontend> = keys
+                .iter()
+                .map(|k| {
+                    if k.scope == scope::NODE_PORT {
+                        Frontend::NodePort(k.port.get())
+                    } else {
+                        Frontend::Address(SocketAddr::new(ip_of(k.addr), k.port.get()))
+                    }
+                })
+                .collect();
+            for k in &keys {
+                self.frontend_owner.insert(*k, name.clone());
+            }
+            self.service_ids.reserve(sid);
+            self.slot_ranges.reserve(v.slot_offset, v.slot_count);
+            self.services.insert(
+                name,
+                ServiceState {
+                    id: sid,
+                    protocol,
+                    frontends,
+                    backends: svc_backends,
+                    slot_offset: v.slot_offset,
+                    slots,
+                    affinity: (v.flags & service_flags::CLIENT_IP_AFFINITY != 0)
+                        .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
+                },
+            );
+        }
+        // Backends of services that no longer have a frontend (a removal cut short).
+        for (_, orphans) in backends {
+            for (bid, _) in orphans {
+                self.maps
+                    .backends
+                    .set(bid, Backend::default(), 0)
+                    .map_err(|e| Error::map(names::BACKENDS, "delete", e))?;
+                self.backend_ids.reserve(bid);
+                self.stale_backends.insert(bid);
+            }
+        }
+        // Ids that tracked flows still name must not be handed out before a purge.
+        let live_services: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
+        let live_backends: BTreeSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.backends.values().map(|b| b.id))
+            .collect();
+        for item in self.maps.conntrack.iter() {
+            let Ok((_, v)) = item else { continue };
+            if v.service_id != 0
+                && !live_services.contains(&v.service_id)
+                && self.service_ids.reserve(v.service_id)
+            {
+                self.stale_services.insert(v.service_id);
+            }
+            if v.backend_id != 0
+                && !live_backends.contains(&v.backend_id)
+                && self.backend_ids.reserve(v.backend_id)
+            {
+                self.stale_backends.insert(v.backend_id);
+            }
+        }
+        tracing::info!(
+            services = self.services.len(),
+            stale_backends = self.stale_backends.len(),
+            "adopted the pinned data path"
+        );
+        Ok(())
+    }
+
+    /// Services restored from pinned maps or written since, by name (a restarted agent
+    /// compares these with its sources once they are fully synced, then removes the rest).
+    pub fn service_names(&self) -> Vec<String> {
+        self.services.keys().cloned().collect()
     }
 
     pub fn config(&self) -> &DataplaneConfig {
@@ -272,6 +491,33 @@ impl Dataplane {
         if spec.frontends.is_empty() {
             return Err(invalid("no frontend (NodePort or address)".into()));
         }
+        // One family per service: the first address frontend's, else the first backend's
+        // (ServiceSpec), and it cannot change.
+        let family = self.family_of(spec);
+        // What made it that family (for the error messages).
+        let by = || match spec.frontends.iter().find_map(|f| match f {
+            Frontend::Address(a) => Some(a),
+            Frontend::NodePort(_) => None,
+        }) {
+            Some(a) => format!("its frontend {a}"),
+            None => match spec.backends.first() {
+                Some(b) => format!("its backend {}", b.addr),
+                None => "its current family".into(),
+            },
+        };
+        if let (Some(current), Some(wanted)) = (self.current_family(&spec.name), spec.family())
+            && current != wanted
+        {
+            return Err(invalid(format!(
+                "the address family cannot change ({current} -> {wanted}); remove the \
+                 service and add it again"
+            )));
+        }
+        let family_mismatch = |ip: IpAddr| AddressFamily::of(ip) != family;
+        let is_v4_mapped = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            IpAddr::V4(_) => false,
+        };
         let mut seen = BTreeSet::new();
         for f in &spec.frontends {
             match f {
@@ -284,9 +530,17 @@ impl Dataplane {
                         "frontend {sa}: the unspecified address cannot be a frontend; use a NodePort"
                     )));
                 }
-                Frontend::Address(sa) if sa.is_ipv6() => {
+                Frontend::Address(sa) if family_mismatch(sa.ip()) => {
                     return Err(invalid(format!(
-                        "frontend {sa}: IPv6 is not supported by the data path yet"
+                        "frontend {sa} is {}, but the service is {family} (by {}); one \
+                         service has one address family: add one service per family",
+                        AddressFamily::of(sa.ip()),
+                        by()
+                    )));
+                }
+                Frontend::Address(sa) if is_v4_mapped(sa.ip()) => {
+                    return Err(invalid(format!(
+                        "frontend {sa}: an IPv4-mapped IPv6 address; use the IPv4 address"
                     )));
                 }
                 _ => {}
@@ -294,7 +548,7 @@ impl Dataplane {
             if !seen.insert(*f) {
                 return Err(invalid(format!("frontend {f} is listed twice")));
             }
-            let key = frontend_key(f, spec.protocol);
+            let key = frontend_key(f, spec.protocol, family);
             if let Some(owner) = self.frontend_owner.get(&key)
                 && owner != &spec.name
             {
@@ -307,9 +561,18 @@ impl Dataplane {
         }
         let mut addrs = BTreeSet::new();
         for b in &spec.backends {
-            if b.addr.is_ipv6() {
+            if family_mismatch(b.addr.ip()) {
                 return Err(invalid(format!(
-                    "backend {}: IPv6 is not supported by the data path yet",
+                    "backend {} is {}, but the service is {family} (by {}); one service has \
+                     one address family: add one service per family",
+                    b.addr,
+                    AddressFamily::of(b.addr.ip()),
+                    by()
+                )));
+            }
+            if is_v4_mapped(b.addr.ip()) {
+                return Err(invalid(format!(
+                    "backend {}: an IPv4-mapped IPv6 address; use the IPv4 address",
                     b.addr
                 )));
             }
@@ -431,7 +694,17 @@ impl Dataplane {
             Some(s) => s.id,
             None => {
                 let id = self.service_ids.allocate().expect("checked above");
-                if let Err(e) = self.zero_stats(true, id) {
+                let mut stored = lb_common::ServiceName::default();
+                let bytes = spec.name.as_bytes();
+                let n = bytes.len().min(lb_common::SERVICE_NAME_MAX);
+                stored.bytes[..n].copy_from_slice(&bytes[..n]);
+                stored.len = n as u32;
+                let named = self
+                    .maps
+                    .service_names
+                    .set(id, stored, 0)
+                    .map_err(|e| Error::map(names::SERVICE_NAMES, "write", e));
+                if let Err(e) = named.and_then(|()| self.zero_stats(true, id)) {
                     self.service_ids.release(id);
                     if !in_place {
                         self.slot_ranges.release(new_offset, size);
@@ -488,7 +761,7 @@ impl Dataplane {
             let written = self.zero_stats(false, bid).and_then(|()| {
                 self.maps
                     .backends
-                    .set(bid, backend_value(b.addr, false), 0)
+                    .set(bid, backend_value(id, b.addr, false), 0)
                     .map_err(|e| Error::map(names::BACKENDS, "write", e))
             });
             if let Err(e) = written {
@@ -515,7 +788,7 @@ impl Dataplane {
         for (addr, bid) in leaving {
             self.maps
                 .backends
-                .set(bid, backend_value(addr, false), 0)
+                .set(bid, backend_value(id, addr, false), 0)
                 .map_err(|e| Error::map(names::BACKENDS, "write", e))?;
             let svc = self.services.get_mut(&spec.name).expect("present");
             svc.backends.get_mut(&addr).expect("listed").eligible = false;
@@ -563,7 +836,7 @@ impl Dataplane {
         for (addr, bid) in joining {
             self.maps
                 .backends
-                .set(bid, backend_value(addr, true), 0)
+                .set(bid, backend_value(id, addr, true), 0)
                 .map_err(|e| Error::map(names::BACKENDS, "write", e))?;
             let svc = self.services.get_mut(&spec.name).expect("present");
             svc.backends.get_mut(&addr).expect("listed").eligible = true;
@@ -582,7 +855,7 @@ impl Dataplane {
             affinity_timeout_s: spec.affinity.map_or(0, |t| t.as_secs() as u32),
         };
         for f in &spec.frontends {
-            let key = frontend_key(f, spec.protocol);
+            let key = frontend_key(f, spec.protocol, self.family_of(spec));
             self.maps.services.insert(key, value, 0).map_err(|e| {
                 full_or(
                     e,
@@ -642,7 +915,7 @@ impl Dataplane {
     }
 
     fn remove_frontend(&mut self, name: &str, f: Frontend, proto: Protocol) -> Result<(), Error> {
-        let key = frontend_key(&f, proto);
+        let key = self.owned_key(name, &f, proto);
         match self.maps.services.remove(&key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(Error::map(names::SERVICES, "delete", e)),
@@ -778,7 +1051,7 @@ impl Dataplane {
                 Ok((k, v))
                     if services.contains(&k.service_id) || backends.contains(&v.backend_id) =>
                 {
-                    stale.push(k)
+                    stale.push(k);
                 }
                 Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => return Err(Error::map(names::AFFINITY, "iterate", e)),

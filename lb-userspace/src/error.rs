@@ -41,6 +41,11 @@ pub enum Error {
     },
     #[error("no service named `{0}`")]
     UnknownService(String),
+    #[error("pinned data path at {}: {reason}", path.display())]
+    Pin {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("interface `{ifname}`: {reason}")]
     Interface { ifname: String, reason: String },
 }

@@ -6,7 +6,7 @@ use aya::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, ServiceKey,
-    ServiceValue, TrafficStats, map_names as names,
+    ServiceName, ServiceValue, TrafficStats, map_names as names,
 };
 
 use crate::{config::Capacities, error::Error};
@@ -23,6 +23,7 @@ pub(crate) struct Maps {
     pub tx_ports: DevMapHash<MapData>,
     pub config: Array<MapData, GlobalConfig>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
+    pub service_names: Array<MapData, ServiceName>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -47,12 +48,13 @@ impl Maps {
             tx_ports: take(ebpf, names::TX_PORTS)?,
             config: take(ebpf, names::CONFIG)?,
             affinity: take(ebpf, names::AFFINITY)?,
+            service_names: take(ebpf, names::SERVICE_NAMES)?,
         })
     }
 }
 
 /// Max entries of every map from the capacities (ids are 1-based, so arrays get one more).
-pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 11] {
+pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 12] {
     [
         (names::SERVICES, c.frontends),
         (names::BACKENDS, c.backends + 1),
@@ -65,6 +67,7 @@ pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 11] {
         (names::CONFIG, 1),
         (names::AFFINITY, c.affinity),
         (names::REFUSALS, 1),
+        (names::SERVICE_NAMES, c.services + 1),
     ]
 }
 

@@ -32,7 +32,7 @@ impl PassProgram {
             .ok_or_else(|| Error::program(XDP_PASS, "find", "not in the object"))?
             .try_into()
             .map_err(|e| Error::program(XDP_PASS, "open", e))?;
-        prog.load()
+        crate::attach::with_retry(|| prog.load())
             .map_err(|e| Error::program(XDP_PASS, "load", e))?;
         prog.attach(ifname, XdpMode::Driver)
             .map_err(|e| Error::program(XDP_PASS, "attach", e))?;

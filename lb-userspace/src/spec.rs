@@ -1,7 +1,11 @@
 //! What callers ask the data path for: one L4 service (one port, one protocol) with its
 //! frontends and backends. A Kubernetes Service with several ports is several of these.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +36,7 @@ impl fmt::Display for Protocol {
 /// Where clients reach a service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Frontend {
-    /// This port on every address of every attached interface.
+    /// This port on every address of every attached interface, of the service's family.
     NodePort(u16),
     /// An exact address and port: LoadBalancer ingress IP, external IP, cluster IP.
     Address(SocketAddr),
@@ -74,6 +78,58 @@ impl BackendSpec {
     }
 }
 
+/// The IP family of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AddressFamily {
+    Ipv4,
+    Ipv6,
+}
+
+impl AddressFamily {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => AddressFamily::Ipv4,
+            IpAddr::V6(_) => AddressFamily::Ipv6,
+        }
+    }
+
+    /// The family these frontends and backends say: that of the first address frontend,
+    /// else of the first backend; `None` when neither says (see [`ServiceSpec`]).
+    pub fn of_service<'a>(
+        frontends: impl IntoIterator<Item = &'a Frontend>,
+        backends: impl IntoIterator<Item = &'a SocketAddr>,
+    ) -> Option<Self> {
+        frontends
+            .into_iter()
+            .find_map(|f| match f {
+                Frontend::Address(a) => Some(a.ip()),
+                Frontend::NodePort(_) => None,
+            })
+            .or_else(|| backends.into_iter().next().map(SocketAddr::ip))
+            .map(AddressFamily::of)
+    }
+}
+
+impl fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AddressFamily::Ipv4 => "IPv4",
+            AddressFamily::Ipv6 => "IPv6",
+        })
+    }
+}
+
+/// One L4 service (one port, one protocol) of one IP family.
+///
+/// The family is that of the first [`Frontend::Address`], else of the first backend, else
+/// IPv4 (for an update that names neither, NodePorts only and no backends: the family the
+/// service already has). Every address frontend and every backend must be of that family (a
+/// dual-stack Kubernetes Service is two specs, one per family), and a
+/// [`Frontend::NodePort`] serves that family only: the port on the node's addresses of the
+/// service's family, so an IPv4 and an IPv6 service may share a NodePort. The family of an
+/// existing service cannot change (remove it and add it again), so a NodePort-only IPv6
+/// service needs its backends (or an address frontend) when it is first added.
+/// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are rejected: use the IPv4 form.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique name, e.g. `default/web:http/TCP`.
@@ -83,4 +139,44 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     /// ClientIP session affinity with this timeout.
     pub affinity: Option<Duration>,
+}
+
+impl ServiceSpec {
+    /// The family the spec says: that of its first address frontend, else of its first
+    /// backend; `None` when it has neither (see the type's docs for what applies then).
+    pub fn family(&self) -> Option<AddressFamily> {
+        AddressFamily::of_service(&self.frontends, self.backends.iter().map(|b| &b.addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_service_family_is_the_first_address_frontend_else_the_first_backend() {
+        let v4: SocketAddr = "203.0.113.10:80".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8:203::10]:80".parse().unwrap();
+        let b6: SocketAddr = "[2001:db8:100::2]:8080".parse().unwrap();
+        let spec = |frontends: Vec<Frontend>, backends: Vec<SocketAddr>| ServiceSpec {
+            name: "s".into(),
+            protocol: Protocol::Tcp,
+            frontends,
+            backends: backends.into_iter().map(BackendSpec::ready).collect(),
+            affinity: None,
+        };
+        let np = Frontend::NodePort(30080);
+        assert_eq!(
+            spec(vec![np, Frontend::Address(v6)], vec![]).family(),
+            Some(AddressFamily::Ipv6)
+        );
+        assert_eq!(
+            spec(vec![Frontend::Address(v4), Frontend::Address(v6)], vec![b6]).family(),
+            Some(AddressFamily::Ipv4),
+            "the first address frontend decides (validation rejects the mix)"
+        );
+        assert_eq!(spec(vec![np], vec![b6]).family(), Some(AddressFamily::Ipv6));
+        assert_eq!(spec(vec![np], vec![]).family(), None);
+        assert_eq!(AddressFamily::Ipv6.to_string(), "IPv6");
+    }
 }

@@ -218,7 +218,7 @@ fn passthrough_not_ours_and_malformed_are_untouched_and_counted() {
                 "xdp_pass_not_ip",
             ),
             (
-                "ipv6 (not yet balanced)",
+                "ipv6 to a port without an ipv6 service",
                 PacketBuilder::new()
                     .ipv6(
                         "2001:db8:1::2".parse().unwrap(),
@@ -226,7 +226,7 @@ fn passthrough_not_ours_and_malformed_are_untouched_and_counted() {
                     )
                     .tcp(1, 2)
                     .build(),
-                "xdp_pass_not_ip",
+                "xdp_pass_not_ours",
             ),
             (
                 "first fragment",

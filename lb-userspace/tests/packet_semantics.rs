@@ -168,8 +168,10 @@ fn refusal_udp_without_endpoint_gets_exact_icmp_port_unreachable() {
 
 #[test]
 fn refusal_is_rate_limited_per_cpu() {
-    let mut cfg = lb_userspace::DataplaneConfig::default();
-    cfg.refusals_per_sec_per_cpu = 3;
+    let cfg = lb_userspace::DataplaneConfig {
+        refusals_per_sec_per_cpu: 3,
+        ..Default::default()
+    };
     in_node_with(0, cfg, |env, dp| {
         // One CPU, so one budget.
         let mut set = nix::sched::CpuSet::new();

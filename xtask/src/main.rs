@@ -2,8 +2,10 @@
 //!
 //! - `setup`: installs (idempotently) what building and testing need;
 //! - `build`: builds the workspace (the eBPF object is built by lb-userspace/build.rs);
-//! - `test`: setup, build, then every test tier in order (unit, packet, netns).
+//! - `test`: setup, build, then every test tier in order (unit, packet, netns);
+//! - `bench <what>`: setup, then a benchmark (`datapath`: per-packet cost of the XDP paths).
 
+mod bench;
 mod setup;
 mod test;
 
@@ -29,6 +31,14 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         tiers: Vec<test::Tier>,
     },
+    /// Setup, then run a benchmark in release mode (needs root).
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        what: bench::What,
+        #[command(flatten)]
+        options: bench::Options,
+    },
 }
 
 fn main() -> Result<()> {
@@ -43,6 +53,10 @@ fn main() -> Result<()> {
             setup::run()?;
             test::build()?;
             test::run(&tiers)
+        }
+        Command::Bench { what, options } => {
+            setup::run()?;
+            bench::run(what, &options)
         }
     }
 }

@@ -8,11 +8,13 @@ use crate::setup::sh;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tier {
-    /// Pure tests: ABI, checksums, Maglev, ids, load generator, packet builder.
+    /// Pure tests: ABI, checksums, Maglev, ids, load generator, packet builder, the agent's
+    /// golden, API and health-check tests.
     Unit,
-    /// BPF_PROG_TEST_RUN tables inside a prepared namespace (root).
+    /// BPF_PROG_TEST_RUN tables inside a prepared namespace, pinning (root).
     Packet,
-    /// Real TCP/UDP through namespaces and veth (root).
+    /// Real TCP/UDP through namespaces and veth: data path, semantics under load, IPv6,
+    /// restart/replace, the agent end to end (root).
     Netns,
 }
 
@@ -47,9 +49,11 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
     for tier in tiers {
         println!("\n=== tier: {tier:?} ===");
         let r = match tier {
-            Tier::Unit => cargo_test(&["--workspace", "--lib", "--bins"], &[])
-                .and_then(|()| cargo_test(&["-p", "bench", "--tests"], &[]))
-                .and_then(|()| cargo_test(&["-p", "lab", "--lib"], &[])),
+            // Unprivileged: every crate's unit tests, the load generator against loopback
+            // servers, and the agent's golden / HTTP API / health-check tests.
+            Tier::Unit => cargo_test(&["--workspace", "--lib", "--bins"], &[]).and_then(|()| {
+                cargo_test(&["-p", "bench", "-p", "controller", "--test", "*"], &[])
+            }),
             Tier::Packet => cargo_test(
                 &[
                     "-p",
@@ -58,6 +62,10 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
                     "packet",
                     "--test",
                     "packet_semantics",
+                    "--test",
+                    "packet_ipv6",
+                    "--test",
+                    "pins",
                 ],
                 &[],
             ),

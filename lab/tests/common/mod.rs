@@ -59,6 +59,34 @@ pub fn server(lab: &Lab, i: usize) -> Process {
     p
 }
 
+/// One lab-server per backend namespace listening on `bind` (e.g. `::`, which takes IPv6
+/// and IPv4-mapped connections), answering with its pod name.
+pub fn servers_on(lab: &Lab, bind: &str) -> Vec<Process> {
+    (0..lab.backends().len())
+        .map(|i| server_on(lab, i, bind))
+        .collect()
+}
+
+/// The lab-server of pod `i` (name `pod<i>`) listening on `bind`, started and ready.
+pub fn server_on(lab: &Lab, i: usize, bind: &str) -> Process {
+    let mut cmd = Command::new(bench_bin("lab-server"));
+    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
+    cmd.args([
+        "--name",
+        &format!("pod{i}"),
+        "--http",
+        &HTTP_PORT.to_string(),
+        "--udp",
+        &UDP_PORT.to_string(),
+        "--bind",
+        bind,
+    ]);
+    let mut p = lab.backend(i).spawn(&cmd).expect("spawn lab-server");
+    p.wait_for_line("ready", Duration::from_secs(10))
+        .expect("lab-server ready");
+    p
+}
+
 /// A lab-server's counters (it prints them as a JSON line on SIGUSR1).
 pub fn server_counters(p: &mut Process) -> bench::server::ServerCounters {
     p.signal(lab::Signal::SIGUSR1).expect("SIGUSR1");

@@ -2,7 +2,7 @@
 //! builders for the standard client/frontend/backend addresses, counter deltas.
 #![allow(dead_code)] // each test crate uses a different subset
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use lab::{
     Lab,
@@ -18,6 +18,9 @@ pub const TC_ACT_OK: u32 = 0;
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 pub const NODE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x203, 0, 0, 0, 0, 0x10);
 pub const NODE_PORT: u16 = 30080;
 pub const VIP_PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
@@ -27,6 +30,8 @@ pub struct Env {
     pub uplink: String,
     pub uplink_ifindex: u32,
     pub backends: Vec<Ipv4Addr>,
+    /// The pods' IPv6 addresses (`2001:db8:100:<i>::2`).
+    pub backends6: Vec<Ipv6Addr>,
     pub pod_links: Vec<String>,
     /// (node-side MAC, pod-side MAC) of each pod link.
     pub pod_macs: Vec<(MacAddr, MacAddr)>,
@@ -49,6 +54,7 @@ pub fn in_node_with<R: Send>(
         uplink: lab.node_uplink().to_string(),
         uplink_ifindex: lab.node_uplink_ifindex().expect("ifindex"),
         backends: (0..n).map(|i| lab.backend_addr(i)).collect(),
+        backends6: (0..n).map(|i| lab.backend_addr6(i)).collect(),
         pod_links: (0..n).map(|i| lab.node_pod_link(i)).collect(),
         pod_macs: (0..n)
             .map(|i| (lab.node_pod_mac(i), lab.pod_mac(i)))
@@ -79,6 +85,41 @@ pub fn service(name: &str, proto: Protocol, backends: &[Ipv4Addr]) -> ServiceSpe
             .collect(),
         affinity: None,
     }
+}
+
+/// [`service`] over IPv6: NodePort and `[VIP6]:80` to IPv6 backends.
+pub fn service6(name: &str, proto: Protocol, backends: &[Ipv6Addr]) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        protocol: proto,
+        frontends: vec![
+            Frontend::NodePort(NODE_PORT),
+            Frontend::Address(SocketAddr::V6(SocketAddrV6::new(VIP6, VIP_PORT, 0, 0))),
+        ],
+        backends: backends
+            .iter()
+            .map(|b| BackendSpec::ready(SocketAddr::V6(SocketAddrV6::new(*b, TARGET_PORT, 0, 0))))
+            .collect(),
+        affinity: None,
+    }
+}
+
+/// [`tcp`] over IPv6, from [`CLIENT6`].
+pub fn tcp6(dst: Ipv6Addr, dport: u16, sport: u16, flags: TcpFlags) -> PacketBuilder {
+    PacketBuilder::new()
+        .ipv6(CLIENT6, dst)
+        .tcp(sport, dport)
+        .seq(1000)
+        .tcp_flags(flags)
+        .payload(b"GET / HTTP/1.1\r\n\r\n")
+}
+
+/// [`udp`] over IPv6, from [`CLIENT6`].
+pub fn udp6(dst: Ipv6Addr, dport: u16, sport: u16) -> PacketBuilder {
+    PacketBuilder::new()
+        .ipv6(CLIENT6, dst)
+        .udp(sport, dport)
+        .payload(b"ping over udp")
 }
 
 pub fn tcp(dst: Ipv4Addr, dport: u16, sport: u16, flags: TcpFlags) -> PacketBuilder {

@@ -1,0 +1,284 @@
+//! The CLI's client subcommands: they ask a running agent's API and print kubectl-like
+//! tables (or the JSON with `-o json`).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// GET `path` from the agent; the JSON body.
+pub fn get_json(api: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(3)).with_context(|| {
+        format!("connecting to the sluice agent at {api} (is `sluice run` running? --api ADDR)")
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .context("reading the agent's answer")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let v: Value = serde_json::from_str(&body)
+        .with_context(|| format!("the agent answered {status} with: {body}"))?;
+    if status >= 400 {
+        bail!(
+            "{path}: HTTP {status}: {}",
+            v.get("error").and_then(Value::as_str).unwrap_or(&body)
+        );
+    }
+    Ok(v)
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Renders rows as an aligned table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("   ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.to_vec()) + "\n";
+    for r in rows {
+        out += &(line(r.iter().map(String::as_str).collect()) + "\n");
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn items(v: &Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) => a.clone(),
+        Value::Object(o) => o
+            .get("items")
+            .or_else(|| o.get("services"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+pub fn services(api: SocketAddr, json: bool) -> anyhow::Result<String> {
+    let v = get_json(api, "/sluice/v1/dataplane/services")?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let rows: Vec<Vec<String>> = items(&v)
+        .iter()
+        .map(|svc| {
+            let fronts: Vec<String> = svc["frontends"]
+                .as_array()
+                .map(|a| a.iter().map(frontend).collect())
+                .unwrap_or_default();
+            let backends = svc["backends"].as_array().map(|a| a.len()).unwrap_or(0);
+            let ready = svc["backends"]
+                .as_array()
+                .map(|a| a.iter().filter(|b| b["state"] == "Ready").count())
+                .unwrap_or(0);
+            vec![
+                s(&svc["name"]),
+                s(&svc["protocol"]),
+                fronts.join(","),
+                format!("{ready}/{backends}"),
+                s(&svc["table_size"]),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["NAME", "PROTOCOL", "FRONTENDS", "READY", "SLOTS"],
+        &rows,
+    ))
+}
+
+fn frontend(f: &Value) -> String {
+    if let Some(p) = f.get("NodePort") {
+        format!("<node>:{}", s(p))
+    } else if let Some(a) = f.get("Address") {
+        s(a)
+    } else {
+        s(f)
+    }
+}
+
+pub fn backends(api: SocketAddr, service: Option<&str>, json: bool) -> anyhow::Result<String> {
+    let names: Vec<String> = match service {
+        Some(n) => vec![n.to_string()],
+        None => items(&get_json(api, "/sluice/v1/dataplane/services")?)
+            .iter()
+            .map(|v| s(&v["name"]))
+            .collect(),
+    };
+    let mut all = Vec::new();
+    let mut rows = Vec::new();
+    for name in names {
+        let v = get_json(
+            api,
+            &format!("/sluice/v1/dataplane/services/{}/backends", encode(&name)),
+        )?;
+        for b in items(&v).iter().chain(
+            v.get("backends")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        ) {
+            rows.push(vec![
+                name.clone(),
+                s(&b["addr"]),
+                s(&b["state"]),
+                s(&b["packets"]),
+                s(&b["bytes"]),
+                s(&b["new_flows"]),
+            ]);
+        }
+        all.push(v);
+    }
+    if json {
+        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+    }
+    Ok(table(
+        &[
+            "SERVICE",
+            "BACKEND",
+            "STATE",
+            "PACKETS",
+            "BYTES",
+            "NEW FLOWS",
+        ],
+        &rows,
+    ))
+}
+
+pub fn rollouts(api: SocketAddr, json: bool) -> anyhow::Result<String> {
+    let v = get_json(api, "/sluice/v1/rollouts")?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let rows: Vec<Vec<String>> = items(&v)
+        .iter()
+        .map(|r| {
+            let w = r.get("workload").unwrap_or(r);
+            let key = &w["key"];
+            vec![
+                format!("{}/{}", s(&key["namespace"]), s(&key["name"])),
+                format!("{}/{}", s(&w["ready"]), s(&w["desired"])),
+                s(&w["updated"]),
+                s(&w["available"]),
+                s(&w["revision"]),
+                s(r.get("status").unwrap_or(&Value::Null)),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &[
+            "DEPLOYMENT",
+            "READY",
+            "UP-TO-DATE",
+            "AVAILABLE",
+            "REVISION",
+            "STATUS",
+        ],
+        &rows,
+    ))
+}
+
+fn encode(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The drain handshake as a command: returns once the agent no longer selects `addr` for new
+/// flows (and, with `flows`, once it tracks none); fails at the timeout.
+pub fn drain_wait(
+    api: SocketAddr,
+    addr: IpAddr,
+    timeout: Duration,
+    flows: bool,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = get_json(api, &format!("/sluice/v1/dataplane/endpoints/{addr}"))?;
+        let entries = items(&v);
+        let selectable = entries
+            .iter()
+            .filter(|e| e["selectable"].as_bool().unwrap_or(true))
+            .count();
+        let tracked: u64 = entries
+            .iter()
+            .map(|e| e["flows"].as_u64().unwrap_or(0))
+            .sum();
+        if selectable == 0 && (!flows || tracked == 0) {
+            return Ok(format!(
+                "{addr}: not selected for new flows by {} service(s); {tracked} tracked flows\n",
+                entries.len()
+            ));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{addr}: still selected by {selectable} service(s), {tracked} tracked flows after {timeout:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

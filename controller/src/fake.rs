@@ -1,0 +1,172 @@
+//! An in-memory [`DataPath`] for tests and golden files: it keeps the specs it was given,
+//! hands out ids like the real one (lowest free, never 0) and dumps a readable text.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+
+use lb_userspace::{
+    BackendDump, Capacities, DataPath, EndpointState, EndpointStatus, Error, MapOccupancy, Reason,
+    ServiceDump, ServiceSpec, ServiceStats,
+};
+
+#[derive(Debug, Default)]
+pub struct FakeDataPath {
+    services: BTreeMap<String, (u32, ServiceSpec)>,
+    /// Every call, in order ("upsert NAME" / "remove NAME"), for ordering assertions.
+    pub calls: Vec<String>,
+    /// Fail upserts of this service (error-path tests).
+    pub fail_on: Option<String>,
+}
+
+impl FakeDataPath {
+    /// The names held (the trait's `service_names`, without importing the trait).
+    pub fn service_names_for_test(&self) -> Vec<String> {
+        self.services.keys().cloned().collect()
+    }
+
+    /// Services, frontends and backends with their states, one line each, sorted.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, (_, spec)) in &self.services {
+            let mut fronts: Vec<String> = spec.frontends.iter().map(|f| f.to_string()).collect();
+            fronts.sort();
+            let _ = writeln!(
+                out,
+                "service {name} {} frontends=[{}]{}",
+                spec.protocol,
+                fronts.join(", "),
+                spec.affinity
+                    .map(|t| format!(" affinity=ClientIP/{}s", t.as_secs()))
+                    .unwrap_or_default()
+            );
+            let mut backends: Vec<_> = spec.backends.iter().collect();
+            backends.sort_by_key(|b| b.addr);
+            for b in backends {
+                let state = match b.state {
+                    EndpointState::Ready => "ready",
+                    EndpointState::ServingTerminating => "serving-terminating",
+                    EndpointState::NotServing => "not-serving",
+                };
+                let _ = writeln!(out, "  backend {} {state}", b.addr);
+            }
+        }
+        out
+    }
+}
+
+impl DataPath for FakeDataPath {
+    fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<u32, Error> {
+        if self.fail_on.as_deref() == Some(spec.name.as_str()) {
+            return Err(Error::InvalidSpec {
+                service: spec.name.clone(),
+                reason: "injected failure".into(),
+            });
+        }
+        self.calls.push(format!("upsert {}", spec.name));
+        let id = match self.services.get(&spec.name) {
+            Some((id, _)) => *id,
+            None => (1..)
+                .find(|i| !self.services.values().any(|(x, _)| x == i))
+                .expect("ids"),
+        };
+        self.services.insert(spec.name.clone(), (id, spec.clone()));
+        Ok(id)
+    }
+
+    fn remove_service(&mut self, name: &str) -> Result<(), Error> {
+        self.calls.push(format!("remove {name}"));
+        self.services
+            .remove(name)
+            .map(drop)
+            .ok_or_else(|| Error::UnknownService(name.into()))
+    }
+
+    fn service_names(&self) -> Vec<String> {
+        self.services.keys().cloned().collect()
+    }
+
+    fn dump(&self) -> Vec<ServiceDump> {
+        self.services
+            .iter()
+            .map(|(name, (id, s))| ServiceDump {
+                name: name.clone(),
+                id: *id,
+                protocol: s.protocol,
+                frontends: s.frontends.clone(),
+                table_size: 0,
+                backends: s
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BackendDump {
+                        addr: b.addr,
+                        id: i as u32 + 1,
+                        state: b.state,
+                        slots: 0,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    fn purge_stale(&mut self) -> Result<u64, Error> {
+        Ok(0)
+    }
+
+    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
+        let mut out = Vec::new();
+        for (name, (_, s)) in &self.services {
+            let ready = s.backends.iter().any(|b| b.state == EndpointState::Ready);
+            for b in s.backends.iter().filter(|b| b.addr.ip() == addr) {
+                let selectable = b.state == EndpointState::Ready
+                    || (!ready && b.state == EndpointState::ServingTerminating);
+                out.push(EndpointStatus {
+                    service: name.clone(),
+                    backend: b.addr,
+                    state: b.state,
+                    selectable,
+                    flows: 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
+        let (_, s) = self
+            .services
+            .get(name)
+            .ok_or_else(|| Error::UnknownService(name.into()))?;
+        Ok(ServiceStats {
+            service: Default::default(),
+            backends: s
+                .backends
+                .iter()
+                .map(|b| (b.addr, Default::default()))
+                .collect(),
+        })
+    }
+
+    fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error> {
+        Ok(Reason::ALL.iter().map(|r| (*r, 0)).collect())
+    }
+
+    fn occupancy(&self) -> Result<MapOccupancy, Error> {
+        Ok(MapOccupancy {
+            frontends: self
+                .services
+                .values()
+                .map(|(_, s)| s.frontends.len() as u64)
+                .sum(),
+            backends: self
+                .services
+                .values()
+                .map(|(_, s)| s.backends.len() as u64)
+                .sum(),
+            ..Default::default()
+        })
+    }
+
+    fn capacities(&self) -> Capacities {
+        Capacities::default()
+    }
+}

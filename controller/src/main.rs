@@ -1,0 +1,184 @@
+//! `sluice`: the node agent and its CLI. Thin: parse, validate, hand over.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use controller::{agent::AgentConfig, client};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "eBPF service load balancer: node agent and CLI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (root): attach the data path and keep it in step with the sources.
+    Run(RunArgs),
+    /// Remove the pinned data path (links and maps) of an instance.
+    Uninstall {
+        #[arg(long, default_value = "/sys/fs/bpf/sluice")]
+        pin_root: PathBuf,
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// Services the data path holds.
+    Services(ClientArgs),
+    /// Backends of one service (or all) with their state and counters.
+    Backends {
+        service: Option<String>,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+    /// Deployments and their rollout status.
+    Rollouts(ClientArgs),
+    /// Wait until the agent no longer selects ADDRESS for new flows (a preStop hook).
+    DrainWait {
+        address: IpAddr,
+        /// Give up (exit 1) after this many seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Also wait until no tracked flow names the endpoint.
+        #[arg(long)]
+        flows: bool,
+        #[command(flatten)]
+        c: ClientArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The agent's API address.
+    #[arg(long, default_value = "127.0.0.1:10260")]
+    api: SocketAddr,
+    /// Output format: table (default) or json.
+    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
+    output: String,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// YAML configuration file (see README); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "interface")]
+    interfaces: Vec<String>,
+    /// Device translated frames may be redirected to (repeat).
+    #[arg(long = "redirect")]
+    redirect: Vec<String>,
+    /// Directory of Kubernetes YAML manifests to watch.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// File with the bearer token for API writes.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    #[arg(long)]
+    instance: Option<String>,
+    /// Directory keeping the API's objects across restarts (default /var/lib/sluice).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+fn run_config(a: RunArgs) -> anyhow::Result<AgentConfig> {
+    let mut cfg: AgentConfig = match &a.config {
+        Some(p) => serde_yaml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("config file {}", p.display()))?,
+        )
+        .with_context(|| format!("config file {}", p.display()))?,
+        None => AgentConfig::default(),
+    };
+    if !a.interfaces.is_empty() {
+        cfg.interfaces = a.interfaces;
+    }
+    if !a.redirect.is_empty() {
+        cfg.redirect_interfaces = a.redirect;
+    }
+    cfg.manifests = a.manifests.or(cfg.manifests);
+    cfg.api_listen = a.api_listen.unwrap_or(cfg.api_listen);
+    cfg.metrics_listen = a.metrics_listen.unwrap_or(cfg.metrics_listen);
+    cfg.token_file = a.token_file.or(cfg.token_file);
+    if let Some(d) = a.state_dir {
+        cfg.state_dir = d;
+    }
+    if let Some(pin) = cfg.dataplane.pin.as_mut() {
+        if let Some(r) = a.pin_root {
+            pin.root = r;
+        }
+        if let Some(i) = a.instance {
+            pin.instance = i;
+        }
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: anyhow::Result<String> = match cli.command {
+        Command::Run(a) => run_config(a).and_then(|cfg| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(controller::agent::run(cfg))
+                .map(|()| String::new())
+        }),
+        Command::Uninstall { pin_root, instance } => {
+            let pin = lb_userspace::PinConfig {
+                root: pin_root,
+                instance,
+            };
+            lb_userspace::pins::uninstall(&pin)
+                .map(|removed| {
+                    if removed {
+                        format!("removed {}\n", pin.instance_dir().display())
+                    } else {
+                        "nothing to remove\n".into()
+                    }
+                })
+                .map_err(Into::into)
+        }
+        Command::Services(c) => client::services(c.api, c.output == "json"),
+        Command::Backends { service, c } => {
+            client::backends(c.api, service.as_deref(), c.output == "json")
+        }
+        Command::Rollouts(c) => client::rollouts(c.api, c.output == "json"),
+        Command::DrainWait {
+            address,
+            timeout,
+            flows,
+            c,
+        } => client::drain_wait(c.api, address, Duration::from_secs_f64(timeout), flows),
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics. kube-proxy's names where the meaning is the same, so existing
+//! dashboards work (`kubeproxy_sync_proxy_rules_duration_seconds`,
+//! `kubeproxy_network_programming_duration_seconds`,
+//! `kubeproxy_sync_proxy_rules_last_timestamp_seconds`), `sluice_` otherwise. Labels are
+//! bounded: service and backend labels come from configured services (bounded by the
+//! capacities), reasons and maps are fixed sets.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lb_userspace::{DataPath, EndpointState};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const SYNC_DURATION: &str = "kubeproxy_sync_proxy_rules_duration_seconds";
+pub const PROGRAMMING_DURATION: &str = "kubeproxy_network_programming_duration_seconds";
+pub const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
+
+/// Installs the global recorder (once per process) and returns the handle that renders it.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let buckets = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(SYNC_DURATION.into()), &buckets)?
+        .set_buckets_for_metric(Matcher::Full(PROGRAMMING_DURATION.into()), &buckets)?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+pub fn reconcile_error(op: &'static str) {
+    counter!("sluice_reconcile_errors_total", "op" => op).increment(1);
+}
+
+/// A reconcile round ended after `took`; `programmed`: time from the oldest change it
+/// carried to now (only rounds that wrote something).
+pub fn sync_done(took: Duration, programmed: Option<Duration>) {
+    histogram!(SYNC_DURATION).record(took.as_secs_f64());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    gauge!(LAST_SYNC).set(now.as_secs_f64());
+    if let Some(p) = programmed {
+        histogram!(PROGRAMMING_DURATION).record(p.as_secs_f64());
+    }
+}
+
+pub fn file_errors(n: usize) {
+    gauge!("sluice_manifest_files_invalid").set(n as f64);
+}
+
+/// Copies the data path's counters into the registry (called before each scrape).
+pub fn export_datapath(dp: &dyn DataPath) {
+    for s in dp.dump() {
+        let svc = s.name.clone();
+        if let Ok(st) = dp.service_stats(&s.name) {
+            counter!("sluice_service_packets_total", "service" => svc.clone())
+                .absolute(st.service.packets);
+            counter!("sluice_service_bytes_total", "service" => svc.clone())
+                .absolute(st.service.bytes);
+            counter!("sluice_service_new_flows_total", "service" => svc.clone())
+                .absolute(st.service.new_flows);
+            for (addr, b) in st.backends {
+                let backend = addr.to_string();
+                counter!("sluice_backend_packets_total", "service" => svc.clone(), "backend" => backend.clone()).absolute(b.packets);
+                counter!("sluice_backend_bytes_total", "service" => svc.clone(), "backend" => backend.clone()).absolute(b.bytes);
+                counter!("sluice_backend_new_flows_total", "service" => svc.clone(), "backend" => backend).absolute(b.new_flows);
+            }
+        }
+        for (state, label) in [
+            (EndpointState::Ready, "ready"),
+            (EndpointState::ServingTerminating, "serving_terminating"),
+            (EndpointState::NotServing, "not_serving"),
+        ] {
+            let n = s.backends.iter().filter(|b| b.state == state).count();
+            gauge!("sluice_backends", "service" => svc.clone(), "state" => label).set(n as f64);
+        }
+    }
+    if let Ok(reasons) = dp.reasons() {
+        for (r, v) in reasons {
+            counter!("sluice_datapath_events_total", "reason" => r.label()).absolute(v);
+        }
+    }
+    let caps = dp.capacities();
+    if let Ok(o) = dp.occupancy() {
+        for (map, used, cap) in [
+            ("frontends", o.frontends, caps.frontends),
+            ("backends", o.backends, caps.backends),
+            ("slots", o.slots, caps.slots),
+            ("conntrack", o.conntrack, caps.conntrack),
+            ("node_addresses", o.node_addresses, caps.node_addresses),
+        ] {
+            gauge!("sluice_map_entries", "map" => map).set(used as f64);
+            gauge!("sluice_map_capacity", "map" => map).set(cap as f64);
+        }
+    }
+}

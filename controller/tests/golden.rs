@@ -1,0 +1,163 @@
+//! Golden tests: Kubernetes YAML in -> readable dump of the data path out, through the model,
+//! the desired state, the reconciler and the in-memory fake data path. Set UPDATE_GOLDEN=1 to
+//! rewrite the `.golden` files after an intended change (and review the diff).
+
+use std::{collections::BTreeMap, path::Path};
+
+use controller::{desired, fake::FakeDataPath, files, reconcile::Reconciler, store::Store};
+
+fn golden_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"))
+}
+
+fn load(store: &mut Store, name: &str, text: &str) {
+    let path = golden_dir().join(name);
+    let objs = files::parse_file(&path, text).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(store.replace_file(&path, objs).is_empty());
+}
+
+fn reconcile(store: &Store, rec: &mut Reconciler<FakeDataPath>) -> controller::reconcile::Round {
+    let (services, slices, _) = store.models();
+    let want = desired::desired(&services, &slices, &Default::default());
+    rec.reconcile(&want, true, false, None)
+}
+
+fn check(name: &str, actual: &str) {
+    let path = golden_dir().join(format!("{name}.golden"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(
+        actual,
+        expected,
+        "{name}: dump differs from {}",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_service_types_multiport_and_tcp_udp_on_one_port() {
+    let mut store = Store::default();
+    load(
+        &mut store,
+        "types.yaml",
+        &std::fs::read_to_string(golden_dir().join("types.yaml")).unwrap(),
+    );
+    let mut rec = Reconciler::new(FakeDataPath::default());
+    reconcile(&store, &mut rec);
+    check("types", &rec.data_path().render());
+}
+
+#[test]
+fn golden_terminating_fallback_ready_flip_and_delete() {
+    let text = std::fs::read_to_string(golden_dir().join("fallback.yaml")).unwrap();
+    let mut store = Store::default();
+    load(&mut store, "fallback.yaml", &text);
+    let mut rec = Reconciler::new(FakeDataPath::default());
+    reconcile(&store, &mut rec);
+    let mut out = String::from("# no ready endpoint: serving-terminating is the fallback\n");
+    out += &rec.data_path().render();
+
+    load(
+        &mut store,
+        "fallback.yaml",
+        &text.replace(
+            "conditions: {ready: false, serving: false, terminating: false}",
+            "conditions: {ready: true}",
+        ),
+    );
+    let round = reconcile(&store, &mut rec);
+    out += "# 198.51.100.6 became ready\n";
+    out += &rec.data_path().render();
+    assert_eq!(round.upserted.len(), 1);
+
+    // Idempotent: the same state again writes nothing.
+    assert!(reconcile(&store, &mut rec).upserted.is_empty());
+
+    load(&mut store, "fallback.yaml", "");
+    let round = reconcile(&store, &mut rec);
+    out += "# file emptied: service removed\n";
+    out += &rec.data_path().render();
+    assert_eq!(round.removed, vec!["default/app:8080/TCP".to_string()]);
+    check("fallback", &out);
+}
+
+#[test]
+fn reconcile_never_prunes_before_every_source_synced() {
+    let mut fake = FakeDataPath::default();
+    // A service adopted from pins, unknown to the (not yet synced) sources.
+    lb_userspace::DataPath::upsert_service(
+        &mut fake,
+        &lb_userspace::ServiceSpec {
+            name: "default/old:80/TCP".into(),
+            protocol: lb_userspace::Protocol::Tcp,
+            frontends: vec![lb_userspace::Frontend::NodePort(30000)],
+            backends: vec![],
+            affinity: None,
+        },
+    )
+    .unwrap();
+    let mut rec = Reconciler::new(fake);
+    let empty = BTreeMap::new();
+    let round = rec.reconcile(&empty, false, false, None);
+    assert_eq!(round.kept_unsynced, vec!["default/old:80/TCP".to_string()]);
+    assert_eq!(
+        rec.data_path().service_names_for_test(),
+        vec!["default/old:80/TCP".to_string()]
+    );
+    let round = rec.reconcile(&empty, true, false, None);
+    assert_eq!(round.removed, vec!["default/old:80/TCP".to_string()]);
+}
+
+#[test]
+fn reconcile_applies_new_before_removing_and_reports_errors_without_stopping() {
+    let mut store = Store::default();
+    load(
+        &mut store,
+        "types.yaml",
+        &std::fs::read_to_string(golden_dir().join("types.yaml")).unwrap(),
+    );
+    let mut fake = FakeDataPath::default();
+    fake.fail_on = Some("shop/web:metrics/TCP".into());
+    let mut rec = Reconciler::new(fake);
+    let round = reconcile(&store, &mut rec);
+    assert_eq!(round.errors.len(), 1, "{round:?}");
+    assert!(
+        round.upserted.len() >= 4,
+        "the other services were still applied: {round:?}"
+    );
+    // Replace the file: new services are upserted before the old ones are removed.
+    load(
+        &mut store,
+        "types.yaml",
+        &std::fs::read_to_string(golden_dir().join("fallback.yaml")).unwrap(),
+    );
+    rec.data_path_mut().calls.clear();
+    reconcile(&store, &mut rec);
+    let calls = &rec.data_path().calls;
+    let first_remove = calls.iter().position(|c| c.starts_with("remove")).unwrap();
+    let last_upsert = calls.iter().rposition(|c| c.starts_with("upsert")).unwrap();
+    assert!(last_upsert < first_remove, "{calls:?}");
+}
+
+#[test]
+fn invalid_yaml_is_reported_with_file_and_line() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  ports: [{port: 80}]\n  externalTrafficPolicy: Local\n---\nnot: [valid\n";
+    let errs = files::parse_file(Path::new("x.yaml"), text).unwrap_err();
+    let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("externalTrafficPolicy") && m.contains("not enforced")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.starts_with("x.yaml:")
+            && m.split(':')
+                .nth(1)
+                .and_then(|l| l.parse::<usize>().ok())
+                .is_some_and(|l| l >= 14)),
+        "{msgs:?}"
+    );
+}
