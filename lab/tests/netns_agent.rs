@@ -229,6 +229,45 @@ fn agent_yaml_and_api_move_traffic_survive_kill9_and_export_metrics() {
             == vec!["pod1".to_string()]
     });
 
+    // The CLI against the running agent (inside the node namespace).
+    let cli = |args: &[&str]| {
+        let out = lab
+            .node()
+            .command(sluice_bin())
+            .args(args)
+            .args(["--api", API])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["services"]);
+    assert!(
+        ok && out.starts_with("NAME")
+            && out.contains("default/web:80/TCP")
+            && out.contains("default/api:80/TCP"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = cli(&["backends", "default/web:80/TCP"]);
+    let pod0 = lab.backend_addr(0).to_string();
+    assert!(
+        ok && out.contains(&pod0) && out.contains("Ready"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = cli(&["services", "-o", "json"]);
+    assert!(
+        ok && serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["rollouts"]);
+    assert!(ok && out.starts_with("DEPLOYMENT"), "{out}{err}");
+    // pod0 is ready and selected: drain-wait times out and says why.
+    let (ok, _, err) = cli(&["drain-wait", &pod0, "--timeout", "0.5"]);
+    assert!(!ok && err.contains("still selected"), "{err}");
+
     // kill -9 under a bounded request loop, then restart: no request lost.
     let mut cfg = load::Config::new(
         SocketAddr::new(lab.node_addr().into(), 30080),

@@ -123,17 +123,7 @@ fn loads(lab: &Lab, secs: u64) -> Vec<std::thread::JoinHandle<anyhow::Result<loa
         ),
     ]
     .into_iter()
-    .map(|(target, mode, concurrency)| {
-        let mut cfg = load::Config::new(target, LoadProtocol::http("/"));
-        cfg.mode = mode;
-        cfg.concurrency = concurrency;
-        cfg.rate = Some(300.0);
-        cfg.max_requests = 100_000;
-        cfg.max_duration = Duration::from_secs(secs);
-        lab.client()
-            .thread(move || load::run_blocking(cfg).expect("load"))
-            .expect("client thread")
-    })
+    .map(|(target, mode, concurrency)| background_load(lab, target, mode, concurrency, secs))
     .collect()
 }
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bench::load::{self, ConnectionMode, Protocol as LoadProtocol};
+use bench::load::{ConnectionMode, Protocol as LoadProtocol};
 use common::*;
 use lab::Lab;
 use lb_userspace::{BackendSpec, Dataplane, EndpointState, Frontend, Protocol, ServiceSpec};
@@ -49,24 +49,6 @@ fn wait_not_selectable(dp: &Dataplane, addr: Ipv4Addr) {
         assert!(Instant::now() < deadline, "{addr} still selectable: {st:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn background_load(
-    lab: &Lab,
-    target: SocketAddr,
-    mode: ConnectionMode,
-    concurrency: usize,
-    secs: u64,
-) -> std::thread::JoinHandle<anyhow::Result<load::Report>> {
-    let mut cfg = load::Config::new(target, LoadProtocol::http("/"));
-    cfg.mode = mode;
-    cfg.concurrency = concurrency;
-    cfg.rate = Some(300.0);
-    cfg.max_requests = 100_000;
-    cfg.max_duration = Duration::from_secs(secs);
-    lab.client()
-        .thread(move || load::run_blocking(cfg).expect("load run"))
-        .expect("client thread")
 }
 
 #[test]

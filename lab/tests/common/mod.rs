@@ -41,22 +41,9 @@ pub fn servers(lab: &Lab) -> Vec<Process> {
     (0..lab.backends().len()).map(|i| server(lab, i)).collect()
 }
 
-/// The lab-server of pod `i` (name `pod<i>`), started and ready.
+/// The lab-server of pod `i` (name `pod<i>`), started and ready (IPv4 wildcard).
 pub fn server(lab: &Lab, i: usize) -> Process {
-    let mut cmd = Command::new(bench_bin("lab-server"));
-    cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
-    cmd.args([
-        "--name",
-        &format!("pod{i}"),
-        "--http",
-        &HTTP_PORT.to_string(),
-        "--udp",
-        &UDP_PORT.to_string(),
-    ]);
-    let mut p = lab.backend(i).spawn(&cmd).expect("spawn lab-server");
-    p.wait_for_line("ready", Duration::from_secs(10))
-        .expect("lab-server ready");
-    p
+    server_on(lab, i, "0.0.0.0")
 }
 
 /// One lab-server per backend namespace listening on `bind` (e.g. `::`, which takes IPv6
@@ -131,4 +118,24 @@ pub fn load_from_client(
         .enter(|| load::run_blocking(cfg))
         .expect("enter client")
         .expect("load run")
+}
+
+/// HTTP load from the client namespace on a thread of its own: 300 requests/s, bounded by
+/// `secs` (and 100 000 requests); join the handle for the report.
+pub fn background_load(
+    lab: &Lab,
+    target: SocketAddr,
+    mode: ConnectionMode,
+    concurrency: usize,
+    secs: u64,
+) -> std::thread::JoinHandle<anyhow::Result<load::Report>> {
+    let mut cfg = load::Config::new(target, LoadProtocol::http("/"));
+    cfg.mode = mode;
+    cfg.concurrency = concurrency;
+    cfg.rate = Some(300.0);
+    cfg.max_requests = 100_000;
+    cfg.max_duration = Duration::from_secs(secs);
+    lab.client()
+        .thread(move || load::run_blocking(cfg).expect("load run"))
+        .expect("client thread")
 }
