@@ -836,7 +836,7 @@ async fn dataplane_counters(State(state): State<Shared>) -> ApiResult {
             .reasons()
             .map_err(|e| data_path_error("reading the reason counters", e))?;
         let occupancy = dp
-            .occupancy()
+            .usage()
             .map_err(|e| data_path_error("reading the map occupancy", e))?;
         Ok(CountersJson {
             reasons: reasons

@@ -166,6 +166,10 @@ impl DataPath for FakeDataPath {
         })
     }
 
+    fn usage(&self) -> Result<MapOccupancy, Error> {
+        self.occupancy()
+    }
+
     fn capacities(&self) -> Capacities {
         Capacities::default()
     }

@@ -81,7 +81,7 @@ pub fn export_datapath(dp: &dyn DataPath) {
         }
     }
     let caps = dp.capacities();
-    if let Ok(o) = dp.occupancy() {
+    if let Ok(o) = dp.usage() {
         for (map, used, cap) in [
             ("frontends", o.frontends, caps.frontends),
             ("backends", o.backends, caps.backends),

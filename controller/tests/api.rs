@@ -628,6 +628,9 @@ impl DataPath for BrokenDataPath {
     fn occupancy(&self) -> Result<MapOccupancy, Error> {
         Err(broken())
     }
+    fn usage(&self) -> Result<MapOccupancy, Error> {
+        Err(broken())
+    }
     fn capacities(&self) -> Capacities {
         Capacities::default()
     }

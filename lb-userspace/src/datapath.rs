@@ -23,6 +23,8 @@ pub trait DataPath: Send {
     fn service_stats(&self, name: &str) -> Result<ServiceStats, Error>;
     fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error>;
     fn occupancy(&self) -> Result<MapOccupancy, Error>;
+    /// Like `occupancy`, cheap enough for every metrics scrape.
+    fn usage(&self) -> Result<MapOccupancy, Error>;
     /// The configured capacities (for occupancy-vs-capacity metrics).
     fn capacities(&self) -> crate::Capacities;
 }
@@ -54,6 +56,9 @@ impl DataPath for Dataplane {
     }
     fn occupancy(&self) -> Result<MapOccupancy, Error> {
         Dataplane::occupancy(self)
+    }
+    fn usage(&self) -> Result<MapOccupancy, Error> {
+        Dataplane::usage(self)
     }
     fn capacities(&self) -> crate::Capacities {
         self.config().capacities
@@ -87,6 +92,9 @@ impl<T: DataPath + ?Sized> DataPath for Box<T> {
     }
     fn occupancy(&self) -> Result<MapOccupancy, Error> {
         (**self).occupancy()
+    }
+    fn usage(&self) -> Result<MapOccupancy, Error> {
+        (**self).usage()
     }
     fn capacities(&self) -> crate::Capacities {
         (**self).capacities()

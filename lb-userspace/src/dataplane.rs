@@ -1172,6 +1172,32 @@ impl Dataplane {
         })
     }
 
+    /// Map usage for metrics, cheap enough to read on every scrape: frontends, backends and
+    /// slots from the bookkeeping (which mirrors every successful write), conntrack and node
+    /// addresses counted in the kernel. [`Dataplane::occupancy`] counts everything in the
+    /// kernel (the selection array entry by entry).
+    pub fn usage(&self) -> Result<MapOccupancy, Error> {
+        let mut conntrack = 0;
+        for k in self.maps.conntrack.keys() {
+            match k {
+                Ok(_) => conntrack += 1,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(Error::map(names::CONNTRACK, "iterate", e)),
+            }
+        }
+        Ok(MapOccupancy {
+            frontends: self.frontend_owner.len() as u64,
+            backends: self
+                .services
+                .values()
+                .map(|s| s.backends.len() as u64)
+                .sum(),
+            slots: u64::from(self.slot_ranges.capacity()) - self.slot_ranges.available(),
+            conntrack,
+            node_addresses: self.maps.node_addrs.keys().filter(Result::is_ok).count() as u64,
+        })
+    }
+
     /// Packets, bytes and new flows of a service and of each of its backends.
     pub fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
         let svc = self
