@@ -236,7 +236,7 @@ impl ServiceModel {
                         &mut errs,
                     ),
                     (None, None) => {
-                        errs.push(format!("status.loadBalancer.ingress[{i}]: needs an ip"))
+                        errs.push(format!("status.loadBalancer.ingress[{i}]: needs an ip"));
                     }
                 }
             }
