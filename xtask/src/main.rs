@@ -3,9 +3,11 @@
 //! - `setup`: installs (idempotently) what building and testing need;
 //! - `build`: builds the workspace (the eBPF object is built by lb-userspace/build.rs);
 //! - `test`: setup, build, then every test tier in order (unit, packet, netns);
-//! - `bench <what>`: setup, then a benchmark (`datapath`: per-packet cost of the XDP paths).
+//! - `bench <what>`: setup, then a benchmark (`datapath`: per-packet cost of the XDP paths);
+//! - `demo [--keep]`: setup, build, then the tutorial walkthrough in a local lab, under load.
 
 mod bench;
+mod demo;
 mod setup;
 mod test;
 
@@ -39,6 +41,13 @@ enum Command {
         #[command(flatten)]
         options: bench::Options,
     },
+    /// Setup, build, then the tutorial walkthrough in a local lab under load (needs root);
+    /// writes target/demo/report.json.
+    Demo {
+        /// Leave the lab running afterwards (until Ctrl-C) and print how to reach it.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -57,6 +66,10 @@ fn main() -> Result<()> {
         Command::Bench { what, options } => {
             setup::run()?;
             bench::run(what, &options)
+        }
+        Command::Demo { keep } => {
+            setup::run()?;
+            demo::run(keep)
         }
     }
 }

@@ -1,0 +1,626 @@
+//! The pod server of the walkthrough: what the tutorial's `kubernetes-bootcamp` image serves,
+//! plus the probe and counter endpoints the lab's workload driver needs.
+//!
+//! HTTP/1.1 with keep-alive on one port:
+//! - `GET /`: `200`, `Hello Kubernetes bootcamp! | Running on: <pod-name> | v=<N>\n`;
+//! - `GET /ready`: `200` once started (after the configured startup delay), `503` before and
+//!   while terminating: the readiness probe;
+//! - `GET /stats`: `200`, [`Stats`] as JSON: connections accepted and requests answered
+//!   since the start (the connection carrying this request included);
+//! - `HEAD` of these: the same heads without bodies; other paths `404`, other methods `405`.
+//!
+//! Shutdown ([`Server::run`]'s future completes, e.g. on SIGTERM) drains gracefully: the
+//! connections the kernel already completed are accepted and the listener closes (new
+//! connections are refused from then on), every open connection answers its in-flight or next
+//! request with `Connection: close`, and the server waits up to the drain timeout (5 s by
+//! default) for connections to finish before closing the rest.
+//!
+//! Image versions: the tutorial's images `v1` and `v2` exist; any other version (the
+//! tutorial's `v10`) is an image that cannot start ([`image_exists`]).
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// The first words of every `GET /` answer.
+pub const GREETING: &str = "Hello Kubernetes bootcamp!";
+
+/// Default longest wait for open connections once draining.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The image versions that exist (the tutorial's `v1` and `v2`).
+pub const EXISTING_VERSIONS: [u32; 2] = [1, 2];
+
+/// Largest request head accepted (`431` above).
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest request body accepted and discarded (`413` above).
+const MAX_BODY: usize = 1024 * 1024;
+/// After a final answer, how long the server keeps reading what the client still sends, so
+/// that closing does not reset the connection under the answer.
+const LINGER: Duration = Duration::from_secs(1);
+/// After the drain, how long connection tasks get to notice the stop.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Parses an image tag `vN` (e.g. `v2`) into `N`.
+pub fn parse_version(tag: &str) -> Result<u32, String> {
+    tag.strip_prefix('v')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("image version {tag:?} is not of the form vN (e.g. v1)"))
+}
+
+/// Whether the image of this version exists, i.e. whether a pod running it can start.
+pub fn image_exists(version: u32) -> bool {
+    EXISTING_VERSIONS.contains(&version)
+}
+
+/// The body of a `GET /` answer (with its final newline).
+pub fn greeting(name: &str, version: u32) -> String {
+    format!("{GREETING} | Running on: {name} | v={version}\n")
+}
+
+/// A `GET /` answer body (trimmed or not) split into (pod name, version), if it is one.
+pub fn parse_greeting(body: &str) -> Option<(&str, u32)> {
+    let rest = body.trim().strip_prefix(GREETING)?;
+    let rest = rest.strip_prefix(" | Running on: ")?;
+    let (name, version) = rest.rsplit_once(" | v=")?;
+    Some((name, version.parse().ok()?))
+}
+
+/// What the server answers and how it shuts down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The pod name put in every greeting.
+    pub name: String,
+    /// The image version (`N` of `vN`).
+    pub version: u32,
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// `/ready` answers `503` for this long after the start.
+    pub startup_delay: Duration,
+    /// Longest wait for open connections once draining.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// Listens on `0.0.0.0:port`, ready at once, [`DEFAULT_DRAIN_TIMEOUT`].
+    pub fn new(name: impl Into<String>, version: u32, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            version,
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+            startup_delay: Duration::ZERO,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+/// The counters `GET /stats` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The pod name.
+    pub name: String,
+    /// The image version tag (`v1`).
+    pub version: String,
+    /// TCP connections accepted since the start.
+    pub connections_accepted: u64,
+    /// Requests answered since the start (every path and status).
+    pub requests: u64,
+    /// Whether `/ready` answers `200` now.
+    pub ready: bool,
+    /// Whether the server is draining.
+    pub terminating: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    connections: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// Lifecycle, broadcast to every task; phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    /// The listener is closed; connections close after their next answer.
+    Draining,
+    /// Everything still open closes now.
+    Stopped,
+}
+
+/// Completes once `phase` (or a later one) is reached, or when the server is gone.
+async fn reached(receiver: &mut watch::Receiver<Phase>, phase: Phase) {
+    let _ = receiver.wait_for(|p| *p >= phase).await;
+}
+
+/// What connection tasks share.
+#[derive(Debug)]
+struct Shared {
+    name: String,
+    version: u32,
+    greeting: String,
+    ready_at: Instant,
+    counts: Counts,
+}
+
+impl Shared {
+    fn stats(&self, phase: Phase) -> Stats {
+        Stats {
+            name: self.name.clone(),
+            version: format!("v{}", self.version),
+            connections_accepted: self.counts.connections.load(Ordering::Relaxed),
+            requests: self.counts.requests.load(Ordering::Relaxed),
+            ready: self.is_ready(phase),
+            terminating: phase != Phase::Serving,
+        }
+    }
+
+    fn is_ready(&self, phase: Phase) -> bool {
+        phase == Phase::Serving && Instant::now() >= self.ready_at
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    drain_timeout: Duration,
+}
+
+impl Server {
+    /// Binds the listener; the startup delay counts from here.
+    pub async fn bind(cfg: &Config) -> io::Result<Self> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                name: cfg.name.clone(),
+                version: cfg.version,
+                greeting: greeting(&cfg.name, cfg.version),
+                ready_at: Instant::now() + cfg.startup_delay,
+                counts: Counts::default(),
+            }),
+            drain_timeout: cfg.drain_timeout,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains (see the module docs) and returns the
+    /// final counters.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stats {
+        let (phase_tx, phase) = watch::channel(Phase::Serving);
+        // Every connection task holds a clone of `open`: `recv` on `all_closed` returns once
+        // all of them are gone.
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        let acceptor = tokio::spawn(accept_loop(
+            self.listener,
+            Arc::clone(&self.shared),
+            phase.clone(),
+            open,
+        ));
+        shutdown.await;
+        phase_tx.send_replace(Phase::Draining);
+        if let Err(e) = acceptor.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+        let _ = tokio::time::timeout(self.drain_timeout, all_closed.recv()).await;
+        phase_tx.send_replace(Phase::Stopped);
+        let _ = tokio::time::timeout(STOP_GRACE, all_closed.recv()).await;
+        self.shared.stats(Phase::Stopped)
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+    open: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            () = reached(&mut phase, Phase::Draining) => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_connection(stream, &shared, &phase, &open),
+                Err(e) => {
+                    // Out of descriptors or memory, or an aborted handshake: keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    // Connections whose handshake the kernel completed before the drain began are in the
+    // accept queue: closing the listener would reset them. Accept and serve them (each
+    // answers once, with `Connection: close`), then close the listener.
+    loop {
+        tokio::select! {
+            biased;
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => spawn_connection(stream, &shared, &phase, &open),
+                Err(_) => break,
+            },
+            () = std::future::ready(()) => break,
+        }
+    }
+}
+
+fn spawn_connection(
+    stream: TcpStream,
+    shared: &Arc<Shared>,
+    phase: &watch::Receiver<Phase>,
+    open: &mpsc::Sender<()>,
+) {
+    shared.counts.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(serve_connection(
+        stream,
+        Arc::clone(shared),
+        phase.clone(),
+        open.clone(),
+    ));
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request {
+    method: Method,
+    path: String,
+    /// The client allows the connection to stay open after the answer.
+    persistent: bool,
+    /// Length of head and body.
+    consumed: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Head,
+    Other,
+}
+
+/// What the buffered bytes of a connection hold.
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    Request(Request),
+    NeedMore,
+    /// An unacceptable request: answer with this status and close.
+    Reject(&'static str),
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+fn parse_request(buf: &[u8]) -> Parsed {
+    let Some(end) = head_end(buf) else {
+        return if buf.len() > MAX_HEAD {
+            Parsed::Reject("431 Request Header Fields Too Large")
+        } else {
+            Parsed::NeedMore
+        };
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Parsed::Reject("400 Bad Request");
+    };
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or_default().split(' ');
+    let (Some(method), Some(path), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parsed::Reject("400 Bad Request");
+    };
+    let http11 = match version {
+        "HTTP/1.1" => true,
+        "HTTP/1.0" => false,
+        _ => return Parsed::Reject("505 HTTP Version Not Supported"),
+    };
+    let mut persistent = http11;
+    let mut body = 0;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else {
+            return Parsed::Reject("400 Bad Request");
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    persistent = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
+                    persistent = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match value.parse::<usize>() {
+                Ok(n) if n <= MAX_BODY => body = n,
+                Ok(_) => return Parsed::Reject("413 Content Too Large"),
+                Err(_) => return Parsed::Reject("400 Bad Request"),
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Reject("501 Not Implemented");
+        }
+    }
+    if buf.len() < end + body {
+        return Parsed::NeedMore;
+    }
+    let method = match method {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        _ => Method::Other,
+    };
+    Parsed::Request(Request {
+        method,
+        path: path.to_owned(),
+        persistent,
+        consumed: end + body,
+    })
+}
+
+fn response(
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    with_body: bool,
+    close: bool,
+) -> Vec<u8> {
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         {connection}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// The answer to one request.
+fn answer(shared: &Shared, phase: Phase, request: &Request, close: bool) -> Vec<u8> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let with_body = request.method == Method::Get;
+    if request.method == Method::Other {
+        return response(
+            "405 Method Not Allowed",
+            TEXT,
+            b"method not allowed\n",
+            true,
+            close,
+        );
+    }
+    let path = request.path.split('?').next().unwrap_or_default();
+    match path {
+        "/" => response("200 OK", TEXT, shared.greeting.as_bytes(), with_body, close),
+        "/ready" => {
+            if shared.is_ready(phase) {
+                response("200 OK", TEXT, b"ready\n", with_body, close)
+            } else if phase == Phase::Serving {
+                response(
+                    "503 Service Unavailable",
+                    TEXT,
+                    b"starting\n",
+                    with_body,
+                    close,
+                )
+            } else {
+                response(
+                    "503 Service Unavailable",
+                    TEXT,
+                    b"terminating\n",
+                    with_body,
+                    close,
+                )
+            }
+        }
+        "/stats" => {
+            let mut body = serde_json::to_vec(&shared.stats(phase)).unwrap_or_default();
+            body.push(b'\n');
+            response("200 OK", "application/json", &body, with_body, close)
+        }
+        _ => response("404 Not Found", TEXT, b"not found\n", with_body, close),
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    mut phase: watch::Receiver<Phase>,
+    _open: mpsc::Sender<()>,
+) {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        match parse_request(&buf) {
+            Parsed::Request(request) => {
+                shared.counts.requests.fetch_add(1, Ordering::Relaxed);
+                let now = *phase.borrow();
+                let close = !request.persistent || now != Phase::Serving;
+                let out = answer(&shared, now, &request, close);
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                if close {
+                    linger_close(&mut stream, &mut phase).await;
+                    return;
+                }
+                buf.drain(..request.consumed);
+            }
+            Parsed::Reject(status) => {
+                let out = response(status, "text/plain; charset=utf-8", b"", false, true);
+                if stream.write_all(&out).await.is_ok() {
+                    linger_close(&mut stream, &mut phase).await;
+                }
+                return;
+            }
+            Parsed::NeedMore => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(4096);
+                }
+                tokio::select! {
+                    read = stream.read_buf(&mut buf) => match read {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                    () = reached(&mut phase, Phase::Stopped) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Closes our side after a final answer, then reads and discards what the peer still sends
+/// until it closes too (bounded by [`LINGER`] and the stop), so the answer is not lost to a
+/// reset.
+async fn linger_close(stream: &mut TcpStream, phase: &mut watch::Receiver<Phase>) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0; 1024];
+    let drain = async { while let Ok(1..) = stream.read(&mut sink).await {} };
+    tokio::select! {
+        () = drain => {}
+        () = tokio::time::sleep(LINGER) => {}
+        () = reached(phase, Phase::Stopped) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_greetings() {
+        assert_eq!(parse_version("v10"), Ok(10));
+        assert!(parse_version("10").is_err() && parse_version("vx").is_err());
+        assert!(image_exists(1) && image_exists(2) && !image_exists(10));
+        let body = greeting("kubernetes-bootcamp-9bc58d867-j7852", 1);
+        assert_eq!(
+            body,
+            "Hello Kubernetes bootcamp! | Running on: kubernetes-bootcamp-9bc58d867-j7852 | v=1\n"
+        );
+        assert_eq!(
+            parse_greeting(&body),
+            Some(("kubernetes-bootcamp-9bc58d867-j7852", 1))
+        );
+        assert_eq!(parse_greeting("pod0"), None);
+    }
+
+    #[test]
+    fn requests_are_framed() {
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n"), Parsed::NeedMore);
+        let Parsed::Request(r) = parse_request(b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\nGET") else {
+            panic!("a request")
+        };
+        assert_eq!(
+            (r.method, r.path.as_str(), r.persistent, r.consumed),
+            (Method::Get, "/ready", true, 32)
+        );
+        let Parsed::Request(r) = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        else {
+            panic!("a request")
+        };
+        assert!(!r.persistent);
+        let Parsed::Request(r) = parse_request(b"GET / HTTP/1.0\r\n\r\n") else {
+            panic!("a request")
+        };
+        assert!(!r.persistent);
+        let Parsed::Request(r) = parse_request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        else {
+            panic!("a request")
+        };
+        assert!(r.persistent);
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
+            Parsed::NeedMore
+        );
+        assert!(matches!(
+            parse_request(b"nonsense\r\n\r\n"),
+            Parsed::Reject(_)
+        ));
+        assert!(matches!(
+            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Reject(_)
+        ));
+    }
+
+    /// One blocking request on a fresh connection; returns the raw answer.
+    async fn ask(addr: SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_probes_counts_and_drains() {
+        let mut cfg = Config::new("pod-a", 2, 0);
+        cfg.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        cfg.startup_delay = Duration::from_millis(200);
+        let server = Server::bind(&cfg).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+
+        let close = "Connection: close\r\n\r\n";
+        let starting = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
+        assert!(starting.starts_with("HTTP/1.1 503"), "{starting}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let ready = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        let hello = ask(addr, &format!("GET / HTTP/1.1\r\n{close}")).await;
+        assert!(hello.ends_with("Running on: pod-a | v=2\n"), "{hello}");
+
+        // A keep-alive connection answers, then gets `Connection: close` once draining.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = vec![0; 4096];
+        let n = kept.read(&mut buf).await.unwrap();
+        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(!first.contains("Connection: close"), "{first}");
+
+        let stats = ask(addr, &format!("GET /stats HTTP/1.1\r\n{close}")).await;
+        let body = stats.split_once("\r\n\r\n").unwrap().1;
+        let stats: Stats = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (stats.connections_accepted, stats.requests),
+            (5, 5),
+            "{stats:?}"
+        );
+        assert!(stats.ready && !stats.terminating);
+
+        stop_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "new connections are refused"
+        );
+        kept.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = String::new();
+        kept.read_to_string(&mut rest).await.unwrap();
+        assert!(
+            rest.contains("Connection: close") && rest.ends_with("v=2\n"),
+            "{rest}"
+        );
+        let last = run.await.unwrap();
+        assert_eq!((last.connections_accepted, last.requests), (5, 6));
+        assert!(last.terminating);
+    }
+}

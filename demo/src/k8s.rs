@@ -1,0 +1,354 @@
+//! The Kubernetes side of the walkthrough: names as Kubernetes makes them, and the objects
+//! (Service, EndpointSlice, Deployment) in the JSON shapes the agent's API takes.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+/// The namespace of every object.
+pub const NAMESPACE: &str = "default";
+/// The Deployment, its Service, container and `app` label.
+pub const APP: &str = "kubernetes-bootcamp";
+/// The node name put in EndpointSlice endpoints.
+pub const NODE_NAME: &str = "sluice-lab-node";
+/// The container port every pod serves on.
+pub const CONTAINER_PORT: u16 = 8080;
+
+/// The characters Kubernetes uses in generated names (no vowels, no look-alikes).
+const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// The image of a version, as the tutorial names them.
+pub fn image(version: u32) -> String {
+    match version {
+        2 => "jocatalin/kubernetes-bootcamp:v2".to_owned(),
+        v => format!("gcr.io/google-samples/kubernetes-bootcamp:v{v}"),
+    }
+}
+
+/// The pod-template-hash of a pod template running `image`: FNV-1a (32 bit) of the template,
+/// its decimal form encoded as Kubernetes' `rand.SafeEncodeString` does (`9bc58d867`).
+pub fn template_hash(image: &str) -> String {
+    let template = format!("{APP}/{APP}={image}");
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in template.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash.to_string()
+        .bytes()
+        .map(|b| char::from(SAFE_ALPHABET[usize::from(b) % SAFE_ALPHABET.len()]))
+        .collect()
+}
+
+/// A small deterministic generator for name suffixes (xorshift64*), seeded per run.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from the clock and the process id.
+    pub fn from_entropy() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self::new(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `n` characters of the safe alphabet, as in pod name suffixes (`j7852`).
+    pub fn suffix(&mut self, n: usize) -> String {
+        (0..n)
+            .map(|_| {
+                let i = (self.next_u64() % SAFE_ALPHABET.len() as u64) as usize;
+                char::from(SAFE_ALPHABET[i])
+            })
+            .collect()
+    }
+}
+
+/// API paths of the objects.
+pub fn service_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NAMESPACE}/services/{name}")
+}
+
+pub fn slice_path(name: &str) -> String {
+    format!("/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices/{name}")
+}
+
+pub fn deployment_path(name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}")
+}
+
+/// How a Service is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposure {
+    /// `type: NodePort` on this node port.
+    NodePort { node_port: u16 },
+    /// `type: LoadBalancer` with this ingress VIP (and a node port, as Kubernetes
+    /// allocates one for LoadBalancer services too).
+    LoadBalancer { node_port: u16, vip: Ipv4Addr },
+}
+
+impl Exposure {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Exposure::NodePort { .. } => "NodePort",
+            Exposure::LoadBalancer { .. } => "LoadBalancer",
+        }
+    }
+
+    pub fn node_port(&self) -> u16 {
+        match *self {
+            Exposure::NodePort { node_port } | Exposure::LoadBalancer { node_port, .. } => {
+                node_port
+            }
+        }
+    }
+
+    pub fn vip(&self) -> Option<Ipv4Addr> {
+        match *self {
+            Exposure::NodePort { .. } => None,
+            Exposure::LoadBalancer { vip, .. } => Some(vip),
+        }
+    }
+}
+
+/// `kubectl expose deployment/<APP> --type=<type> --port <port>`: a Service selecting
+/// `app=<APP>`, with the LoadBalancer VIP in `status.loadBalancer.ingress`.
+pub fn service(name: &str, port: u16, exposure: Exposure) -> Value {
+    let mut svc = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": APP}},
+        "spec": {
+            "type": exposure.type_name(),
+            "selector": {"app": APP},
+            "ports": [{
+                "protocol": "TCP",
+                "port": port,
+                "targetPort": CONTAINER_PORT,
+                "nodePort": exposure.node_port(),
+            }],
+            "sessionAffinity": "None",
+            "externalTrafficPolicy": "Cluster",
+        },
+    });
+    if let Some(vip) = exposure.vip() {
+        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": vip.to_string()}]}});
+    }
+    svc
+}
+
+/// One endpoint of a slice: a pod's address and conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointEntry {
+    pub pod: String,
+    pub ip: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+/// The EndpointSlice of `service` listing `endpoints` on the container port.
+pub fn endpoint_slice(name: &str, service: &str, endpoints: &[EndpointEntry]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "addresses": [e.ip.to_string()],
+                "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
+                "nodeName": NODE_NAME,
+                "targetRef": {"kind": "Pod", "name": e.pod, "namespace": NAMESPACE},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "sluice-demo",
+            },
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "", "protocol": "TCP", "port": CONTAINER_PORT}],
+        "endpoints": endpoints,
+    })
+}
+
+/// A Deployment condition: (type, status, reason, message).
+pub type Condition = (&'static str, &'static str, &'static str, String);
+
+/// What a Deployment object says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentView {
+    pub name: String,
+    pub replicas: u32,
+    pub image: String,
+    pub revision: u64,
+    pub generation: i64,
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    pub progress_deadline_s: u64,
+    /// Pods that are not terminating.
+    pub status_replicas: u32,
+    pub updated: u32,
+    pub ready: u32,
+    pub available: u32,
+    pub conditions: Vec<Condition>,
+}
+
+/// The Deployment in its Kubernetes shape, spec and status.
+pub fn deployment(d: &DeploymentView) -> Value {
+    let labels: BTreeMap<&str, &str> = BTreeMap::from([("app", APP)]);
+    let conditions: Vec<Value> = d
+        .conditions
+        .iter()
+        .map(|(t, s, r, m)| json!({"type": t, "status": s, "reason": r, "message": m}))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": d.name,
+            "namespace": NAMESPACE,
+            "labels": labels,
+            "annotations": {"deployment.kubernetes.io/revision": d.revision.to_string()},
+            "generation": d.generation,
+        },
+        "spec": {
+            "replicas": d.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{
+                    "name": APP,
+                    "image": d.image,
+                    "ports": [{"containerPort": CONTAINER_PORT}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": CONTAINER_PORT}},
+                }]},
+            },
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": d.max_surge, "maxUnavailable": d.max_unavailable},
+            },
+            "progressDeadlineSeconds": d.progress_deadline_s,
+        },
+        "status": {
+            "observedGeneration": d.generation,
+            "replicas": d.status_replicas,
+            "updatedReplicas": d.updated,
+            "readyReplicas": d.ready,
+            "availableReplicas": d.available,
+            "unavailableReplicas": d.replicas.saturating_sub(d.available),
+            "conditions": conditions,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_look_like_kubernetes_names() {
+        let v1 = template_hash(&image(1));
+        assert_eq!(
+            v1,
+            template_hash(&image(1)),
+            "derived from the template only"
+        );
+        assert_ne!(v1, template_hash(&image(2)));
+        assert!(
+            v1.len() >= 6 && v1.bytes().all(|b| SAFE_ALPHABET.contains(&b)),
+            "{v1}"
+        );
+        let mut rng = Rng::new(7);
+        let s = rng.suffix(5);
+        assert!(
+            s.len() == 5 && s.bytes().all(|b| SAFE_ALPHABET.contains(&b)),
+            "{s}"
+        );
+        assert_ne!(s, rng.suffix(5));
+    }
+
+    #[test]
+    fn objects_have_kubernetes_shapes() {
+        let lb = Exposure::LoadBalancer {
+            node_port: 30080,
+            vip: Ipv4Addr::new(203, 0, 113, 10),
+        };
+        let svc = service(APP, 8080, lb);
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30080);
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "203.0.113.10"
+        );
+        let np = service(APP, 8080, Exposure::NodePort { node_port: 30080 });
+        assert!(np.get("status").is_none());
+
+        let slice = endpoint_slice(
+            "kubernetes-bootcamp-abcde",
+            APP,
+            &[EndpointEntry {
+                pod: "p".into(),
+                ip: Ipv4Addr::new(198, 51, 100, 2),
+                ready: false,
+                serving: true,
+                terminating: true,
+            }],
+        );
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            APP
+        );
+        assert_eq!(slice["endpoints"][0]["conditions"]["terminating"], true);
+        assert_eq!(slice["endpoints"][0]["targetRef"]["kind"], "Pod");
+
+        let d = deployment(&DeploymentView {
+            name: APP.into(),
+            replicas: 2,
+            image: image(2),
+            revision: 4,
+            generation: 5,
+            max_surge: 1,
+            max_unavailable: 1,
+            progress_deadline_s: 6,
+            status_replicas: 2,
+            updated: 2,
+            ready: 2,
+            available: 2,
+            conditions: vec![(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                "done".into(),
+            )],
+        });
+        assert_eq!(
+            d["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+            "4"
+        );
+        assert_eq!(d["status"]["unavailableReplicas"], 0);
+        assert_eq!(
+            d["status"]["conditions"][0]["reason"],
+            "NewReplicaSetAvailable"
+        );
+    }
+}
