@@ -269,3 +269,85 @@ fn netns_udp_flow_moves_within_a_second_when_its_backend_is_removed() {
         "the removed backend answered again: {answers:?}"
     );
 }
+
+/// Path MTU discovery through a NodePort: the node's route to the pod allows only 1280 bytes,
+/// so the node answers the client's full-size segments with ICMP "fragmentation needed"
+/// quoting client -> backend. Only if TC translates the quote to client -> NodePort does the
+/// client's TCP find the socket, lower its path MTU and get 64 KiB through; otherwise the
+/// big segments are retransmitted into a black hole and the transfer times out.
+#[test]
+fn netns_icmp_path_mtu_discovery_works_through_a_nodeport() {
+    let lab = lab(1);
+    let _servers = servers(&lab);
+    let mut dp = dataplane(&lab);
+    let route = format!("{}/32", lab.backend_addr(0));
+    lab.node()
+        .run(
+            "ip",
+            [
+                "route",
+                "replace",
+                &route,
+                "dev",
+                &lab.node_pod_link(0),
+                "mtu",
+                // Locked: the forwarding path (the kernel's and bpf_fib_lookup's) only
+                // honours a route MTU that is locked (or with ip_forward_use_pmtu).
+                "lock",
+                "1280",
+            ],
+        )
+        .expect("route mtu");
+    dp.upsert_service(&ServiceSpec {
+        name: "default/echo:tcp".into(),
+        protocol: Protocol::Tcp,
+        frontends: vec![Frontend::NodePort(30900)],
+        backends: vec![BackendSpec::ready(SocketAddr::new(
+            IpAddr::V4(lab.backend_addr(0)),
+            TCP_PORT,
+        ))],
+        affinity: None,
+    })
+    .unwrap();
+    let target = SocketAddr::new(lab.node_addr().into(), 30900);
+    let received = lab
+        .client()
+        .enter(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                .expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let payload = vec![b'x'; 64 * 1024];
+            let writer = {
+                let mut w = s.try_clone().unwrap();
+                std::thread::spawn(move || w.write_all(&payload))
+            };
+            // The server echoes every byte (with a short prefix per chunk).
+            let mut got = 0usize;
+            let mut buf = [0u8; 16384];
+            while got < 64 * 1024 {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += buf[..n].iter().filter(|&&b| b == b'x').count(),
+                    Err(e) => panic!("transfer stalled after {got} bytes: {e}"),
+                }
+            }
+            writer.join().unwrap().expect("write");
+            got
+        })
+        .unwrap();
+    assert_eq!(received, 64 * 1024);
+    let reasons: Vec<_> = dp
+        .reasons()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    assert!(
+        dp.reason(lb_userspace::Reason::TcIcmpErrorTranslated)
+            .unwrap()
+            > 0,
+        "the ICMP error was translated: {reasons:?}"
+    );
+    lab.assert_no_checksum_errors();
+}

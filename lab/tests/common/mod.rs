@@ -10,6 +10,8 @@ use lb_userspace::{Dataplane, DataplaneConfig};
 
 pub const HTTP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
+/// Raw TCP: the lab-server answers every chunk it reads with `<name>:` and the chunk.
+pub const TCP_PORT: u16 = 9000;
 
 /// A binary of the `bench` crate, built next to this test's target directory
 /// (`cargo xtask test` builds every binary first).
@@ -65,6 +67,8 @@ pub fn server_on(lab: &Lab, i: usize, bind: &str) -> Process {
         &HTTP_PORT.to_string(),
         "--udp",
         &UDP_PORT.to_string(),
+        "--tcp",
+        &TCP_PORT.to_string(),
         "--bind",
         bind,
     ]);
