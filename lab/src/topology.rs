@@ -178,6 +178,13 @@ impl LabBuilder {
 
     /// Creates the namespaces and links. Anything created is removed again if a step fails.
     pub fn build(self) -> Result<Lab> {
+        // Namespaces of lab processes that were killed (no unwinding, so no guard ran) are
+        // removed first; those of running processes are left alone.
+        match crate::netns::remove_stale() {
+            Ok(gone) if !gone.is_empty() => tracing::info!(?gone, "removed stale lab namespaces"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot remove stale lab namespaces: {e:#}"),
+        }
         ensure!(
             self.backends <= MAX_BACKENDS,
             "a lab holds at most {MAX_BACKENDS} pods (one /30 each in 198.51.100.0/24), {} \
