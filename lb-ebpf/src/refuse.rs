@@ -56,6 +56,40 @@ fn budget() -> bool {
     true
 }
 
+/// Cuts the frame (a reply built in place) to `len` bytes and sends it back out of the
+/// interface it came in on.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, frame_len: usize, len: usize) -> Result<u32, Reason> {
+    let shrink = len as i32 - frame_len as i32;
+    // SAFETY: shrinking within the frame; the caller uses no packet pointer afterwards.
+    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// Prepends `grow` bytes for the outer headers of an ICMP error and writes the reply's
+/// Ethernet header there (addresses swapped). The old Ethernet header overlaps the new IP
+/// and ICMP headers: it is read here, before the caller writes them. Returns the new
+/// `(data, data_end)`; every other packet pointer must be derived again from them.
+#[inline(always)]
+fn prepend_reply_eth(ctx: &XdpContext, grow: usize) -> Result<(usize, usize), Reason> {
+    // SAFETY: adjusting the head by a constant; no pointer from before survives.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
+    let old_eth: *mut EthHdr = ptr_at(data, data_end, grow).ok_or(Reason::DropNoBackend)?;
+    // SAFETY: both headers were bounds checked just above.
+    unsafe {
+        (*eth).dst = (*old_eth).src;
+        (*eth).src = (*old_eth).dst;
+        (*eth).proto = (*old_eth).proto;
+    }
+    Ok((data, data_end))
+}
+
 /// Sum of `N` raw 16-bit words at `p` (bounds already checked by the caller).
 #[inline(always)]
 unsafe fn sum_words<const N: usize>(p: *const u16) -> u32 {
@@ -186,12 +220,7 @@ fn tcp_rst(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
             + 20u16.to_be() as u32;
         t.check = !csum::fold(pseudo + sum_words::<10>((tcp as *const TcpHdr).cast()));
     }
-    let shrink = (ETH_HLEN + 40) as i32 - (data_end - data) as i32;
-    // SAFETY: shrinking within the frame; pointers are not used afterwards.
-    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    Ok(xdp_action::XDP_TX)
+    transmit(ctx, data_end - data, ETH_HLEN + 40)
 }
 
 /// RFC 792 destination unreachable (port): outer IPv4 + ICMP + the original IPv4 header and
@@ -199,16 +228,8 @@ fn tcp_rst(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
 /// are prepended, so nothing is copied but the Ethernet header.
 #[inline(always)]
 fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
-    let grow = (IPV4_HLEN_MIN + 8) as i32;
-    // SAFETY: adjusting the head by a constant; pointers are re-derived below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let (data, data_end) = prepend_reply_eth(ctx, IPV4_HLEN_MIN + 8)?;
     let new_len = ETH_HLEN + IPV4_HLEN_MIN + ICMP_QUOTE;
-    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
-    let old_eth: *mut EthHdr =
-        ptr_at(data, data_end, grow as usize).ok_or(Reason::DropNoBackend)?;
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
     let quoted: *mut Ipv4Hdr =
         ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN + 8).ok_or(Reason::DropNoBackend)?;
@@ -216,9 +237,6 @@ fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
         ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN).ok_or(Reason::DropNoBackend)?;
     // SAFETY: every pointer was bounds checked after the head adjustment.
     unsafe {
-        (*eth).dst = (*old_eth).src;
-        (*eth).src = (*old_eth).dst;
-        (*eth).proto = (*old_eth).proto;
         let (saddr, daddr) = ((*quoted).saddr, (*quoted).daddr);
         outer_ip(
             &mut *ip,
@@ -234,12 +252,7 @@ fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
         words[3] = 0;
         words[1] = !csum::fold(sum_words::<{ ICMP_QUOTE / 2 }>(icmp.cast()));
     }
-    let shrink = new_len as i32 - (data_end - data) as i32;
-    // SAFETY: shrinking within the frame; pointers are not used afterwards.
-    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    Ok(xdp_action::XDP_TX)
+    transmit(ctx, data_end - data, new_len)
 }
 
 /// [`refuse`] for IPv6: a TCP RST or an ICMPv6 port unreachable, for packets without
@@ -306,12 +319,7 @@ fn tcp_rst6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
         let pseudo = pseudo_ipv6(&daddr, &saddr, lb_common::IPPROTO_TCP, 20);
         t.check = !csum::fold(pseudo + sum_words::<10>((tcp as *const TcpHdr).cast()));
     }
-    let shrink = (ETH_HLEN + IPV6_HLEN + 20) as i32 - (data_end - data) as i32;
-    // SAFETY: shrinking within the frame; pointers are not used afterwards.
-    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    Ok(xdp_action::XDP_TX)
+    transmit(ctx, data_end - data, ETH_HLEN + IPV6_HLEN + 20)
 }
 
 /// RFC 4443 destination unreachable, code 4 (port unreachable): outer IPv6 + ICMPv6 + the
@@ -319,16 +327,8 @@ fn tcp_rst6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
 /// already sit where the quote goes once 48 bytes are prepended.
 #[inline(always)]
 fn icmp6_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
-    let grow = (IPV6_HLEN + 8) as i32;
-    // SAFETY: adjusting the head by a constant; pointers are re-derived below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let (data, data_end) = prepend_reply_eth(ctx, IPV6_HLEN + 8)?;
     let new_len = ETH_HLEN + IPV6_HLEN + ICMPV6_QUOTE;
-    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
-    let old_eth: *mut EthHdr =
-        ptr_at(data, data_end, grow as usize).ok_or(Reason::DropNoBackend)?;
     let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
     let quoted: *mut Ipv6Hdr =
         ptr_at(data, data_end, ETH_HLEN + IPV6_HLEN + 8).ok_or(Reason::DropNoBackend)?;
@@ -337,9 +337,6 @@ fn icmp6_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
     // SAFETY: every pointer was bounds checked after the head adjustment. The old Ethernet
     // header overlaps the new IPv6 and ICMPv6 headers: it is read before they are written.
     unsafe {
-        (*eth).dst = (*old_eth).src;
-        (*eth).src = (*old_eth).dst;
-        (*eth).proto = (*old_eth).proto;
         let (saddr, daddr) = ((*quoted).saddr, (*quoted).daddr);
         outer_ipv6(
             &mut *ip,
@@ -361,10 +358,5 @@ fn icmp6_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
         );
         words[1] = !csum::fold(pseudo + sum_words::<{ ICMPV6_QUOTE / 2 }>(icmp.cast()));
     }
-    let shrink = new_len as i32 - (data_end - data) as i32;
-    // SAFETY: shrinking within the frame; pointers are not used afterwards.
-    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    Ok(xdp_action::XDP_TX)
+    transmit(ctx, data_end - data, new_len)
 }
