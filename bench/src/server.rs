@@ -12,6 +12,7 @@
 //! to the drain timeout for connections to finish before closing the rest. UDP is answered
 //! until the end of the drain.
 
+use crate::lifecycle::{Phase, linger_close, reached};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -33,7 +34,6 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// After answering with `Connection: close`, how long the server keeps reading (and
 /// discarding) what the client still sends, so that closing does not reset the connection
 /// under the response.
-const LINGER: Duration = Duration::from_secs(1);
 /// After the drain, how long connection tasks get to notice the stop.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// Largest request body (discarded) the HTTP server accepts.
@@ -210,22 +210,6 @@ enum Method {
     Get,
     Head,
     Other,
-}
-
-/// Lifecycle, broadcast to every task; phases only move forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    Serving,
-    /// Listeners closed; connections close after their next answer.
-    Draining,
-    /// Everything still open closes now.
-    Stopped,
-}
-
-/// Completes once the server reaches `phase` (or a later one), or when the server is gone.
-async fn reached(receiver: &mut watch::Receiver<Phase>, phase: Phase) {
-    // The guard `wait_for` returns must not live across an await: drop it here.
-    let _ = receiver.wait_for(|p| *p >= phase).await;
 }
 
 /// What serving tasks share.
@@ -568,22 +552,6 @@ async fn serve_udp(socket: UdpSocket, ctx: Arc<Context>, mut phase: watch::Recei
         if let Err(e) = socket.send_to(&answer, peer).await {
             tracing::debug!(error = %e, %peer, "UDP send failed");
         }
-    }
-}
-
-/// Closes our side after a final answer, then reads and discards what the peer still sends
-/// until it closes too (bounded by [`LINGER`] and the stop), so the answer is not lost to a
-/// reset.
-async fn linger_close(stream: &mut TcpStream, phase: &mut watch::Receiver<Phase>) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut sink = [0; 1024];
-    let drain = async { while let Ok(1..) = stream.read(&mut sink).await {} };
-    tokio::select! {
-        () = drain => {}
-        () = tokio::time::sleep(LINGER) => {}
-        () = reached(phase, Phase::Stopped) => {}
     }
 }
 

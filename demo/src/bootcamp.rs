@@ -18,6 +18,7 @@
 //! Image versions: the tutorial's images `v1` and `v2` exist; any other version (the
 //! tutorial's `v10`) is an image that cannot start ([`image_exists`]).
 
+use bench::lifecycle::{Phase, linger_close, reached};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -46,7 +47,6 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 /// After a final answer, how long the server keeps reading what the client still sends, so
 /// that closing does not reset the connection under the answer.
-const LINGER: Duration = Duration::from_secs(1);
 /// After the drain, how long connection tasks get to notice the stop.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -124,21 +124,6 @@ pub struct Stats {
 struct Counts {
     connections: AtomicU64,
     requests: AtomicU64,
-}
-
-/// Lifecycle, broadcast to every task; phases only move forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Phase {
-    Serving,
-    /// The listener is closed; connections close after their next answer.
-    Draining,
-    /// Everything still open closes now.
-    Stopped,
-}
-
-/// Completes once `phase` (or a later one) is reached, or when the server is gone.
-async fn reached(receiver: &mut watch::Receiver<Phase>, phase: Phase) {
-    let _ = receiver.wait_for(|p| *p >= phase).await;
 }
 
 /// What connection tasks share.
@@ -480,22 +465,6 @@ async fn serve_connection(
                 }
             }
         }
-    }
-}
-
-/// Closes our side after a final answer, then reads and discards what the peer still sends
-/// until it closes too (bounded by [`LINGER`] and the stop), so the answer is not lost to a
-/// reset.
-async fn linger_close(stream: &mut TcpStream, phase: &mut watch::Receiver<Phase>) {
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    let mut sink = [0; 1024];
-    let drain = async { while let Ok(1..) = stream.read(&mut sink).await {} };
-    tokio::select! {
-        () = drain => {}
-        () = tokio::time::sleep(LINGER) => {}
-        () = reached(phase, Phase::Stopped) => {}
     }
 }
 
