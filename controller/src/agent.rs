@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use lb_userspace::{Dataplane, DataplaneConfig, PinConfig};
+use lb_datapath::{DataplaneConfig, PinConfig};
 use serde::Deserialize;
 use tokio::{net::TcpListener, sync::Mutex};
 
@@ -75,9 +75,6 @@ impl AgentConfig {
             bail!(
                 "no interface to attach to: pass --interface IFNAME (or `interfaces:` in the config file)"
             );
-        }
-        for i in self.interfaces.iter().chain(&self.redirect_interfaces) {
-            lb_userspace::attach::ifindex(i).with_context(|| format!("interface {i}"))?;
         }
         if let Some(d) = &self.manifests {
             std::fs::read_dir(d).with_context(|| format!("manifest directory {}", d.display()))?;
@@ -171,7 +168,10 @@ fn metrics_router(h: Health) -> Router {
 }
 
 /// Runs the agent until a shutdown signal.
-pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: AgentConfig,
+    open: impl FnOnce(&AgentConfig) -> anyhow::Result<crate::state::BoxedDataPath>,
+) -> anyhow::Result<()> {
     let token = cfg.validate()?;
     let api_listener = TcpListener::bind(cfg.api_listen)
         .await
@@ -181,15 +181,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("metrics listen address {}", cfg.metrics_listen))?;
     let prom = metrics::install()?;
 
-    let mut dp = Dataplane::load(cfg.dataplane.clone()).context("loading the data path")?;
-    for i in &cfg.interfaces {
-        let mode = dp.attach(i).with_context(|| format!("attaching to {i}"))?;
-        tracing::info!(interface = %i, ?mode, "attached");
-    }
-    for i in &cfg.redirect_interfaces {
-        dp.allow_redirect(i)
-            .with_context(|| format!("redirect device {i}"))?;
-    }
+    let dp = open(&cfg)?;
     let adopted = dp.service_names();
     if !adopted.is_empty() {
         tracing::info!(
@@ -199,7 +191,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     let store = crate::store::Store::open(cfg.state_dir.join("api-objects.json"))
         .map_err(|e| anyhow::anyhow!("restoring API objects: {e}"))?;
-    let shared = Shared::new(Box::new(dp), token);
+    let shared = Shared::new(dp, token);
     *shared.store.lock().await = store;
     let health = Health {
         last_sync_unix: Arc::new(AtomicU64::new(0)),

@@ -66,7 +66,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use lb_userspace::{
+use lb_datapath::{
     Capacities, DataPath, EndpointState, EndpointStatus, MapOccupancy, Reason, ServiceDump, Stats,
 };
 use serde::{Deserialize, Serialize};
@@ -271,9 +271,9 @@ impl From<BytesRejection> for AppError {
 }
 
 /// A data-path read error: an unknown service is the client's 404, anything else is ours.
-fn data_path_error(context: &'static str, e: lb_userspace::Error) -> AppError {
+fn data_path_error(context: &'static str, e: lb_datapath::Error) -> AppError {
     match e {
-        lb_userspace::Error::UnknownService(name) => {
+        lb_datapath::Error::UnknownService(name) => {
             AppError::NotFound(format!("the data path holds no service named `{name}`"))
         }
         e => AppError::internal(context, e),
@@ -728,7 +728,7 @@ struct BackendJson {
 struct BackendsJson {
     service: String,
     id: u32,
-    protocol: lb_userspace::Protocol,
+    protocol: lb_datapath::Protocol,
     table_size: u32,
     /// The service's own counters.
     totals: Stats,
@@ -748,7 +748,7 @@ async fn dataplane_backends(
         let Some(dump) = dp.dump().into_iter().find(|d| d.name == name) else {
             return Err(data_path_error(
                 "dumping the service",
-                lb_userspace::Error::UnknownService(name),
+                lb_datapath::Error::UnknownService(name),
             ));
         };
         Ok(backends_view(dump, stats))
@@ -757,7 +757,7 @@ async fn dataplane_backends(
     Ok(Json(view).into_response())
 }
 
-fn backends_view(dump: ServiceDump, stats: lb_userspace::ServiceStats) -> BackendsJson {
+fn backends_view(dump: ServiceDump, stats: lb_datapath::ServiceStats) -> BackendsJson {
     let mut counters: BTreeMap<_, _> = stats.backends.into_iter().collect();
     let mut backends: Vec<BackendJson> = dump
         .backends

@@ -1,12 +1,12 @@
 //! The desired data-path state: what the model says each service port should look like,
-//! as `lb_userspace::ServiceSpec`s (one per service port, protocol and address family).
+//! as `lb_datapath::ServiceSpec`s (one per service port, protocol and address family).
 
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
 };
 
-use lb_userspace::{BackendSpec, EndpointState, Frontend, ServiceSpec};
+use lb_datapath::{BackendSpec, EndpointState, Frontend, ServiceSpec};
 
 use crate::model::{Key, ServiceModel, ServiceType, SliceModel, slice_port, slices_by_service};
 
@@ -20,7 +20,7 @@ pub fn spec_name(
     svc: &Key,
     port_name: &str,
     port: u16,
-    proto: lb_userspace::Protocol,
+    proto: lb_datapath::Protocol,
     v6: bool,
 ) -> String {
     let p = if port_name.is_empty() {

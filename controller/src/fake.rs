@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
-use lb_userspace::{
+use lb_datapath::{
     BackendDump, Capacities, DataPath, EndpointState, EndpointStatus, Error, MapOccupancy, Reason,
     ServiceDump, ServiceSpec, ServiceStats,
 };

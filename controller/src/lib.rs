@@ -1,5 +1,5 @@
 //! sluice's node agent. Sources only translate into the model; the reconciler is the only
-//! writer of the data path, which it reaches through `lb_userspace::DataPath` (never aya).
+//! writer of the data path, which it reaches through `lb_datapath::DataPath` (never aya).
 //!
 //! - [`objects`]: the Kubernetes-shaped objects (Service, EndpointSlice, Deployment);
 //! - [`model`]: validated domain types; what the data path does not enforce is rejected;

@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use lb_userspace::Protocol;
+use lb_datapath::Protocol;
 use serde::Serialize;
 
 use crate::{

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::{DataPath, ServiceSpec};
+use lb_datapath::{DataPath, ServiceSpec};
 
 use crate::metrics;
 
@@ -106,7 +106,7 @@ impl<D: DataPath> Reconciler<D> {
                 continue;
             }
             match self.dp.remove_service(&name) {
-                Ok(()) | Err(lb_userspace::Error::UnknownService(_)) => {
+                Ok(()) | Err(lb_datapath::Error::UnknownService(_)) => {
                     self.applied.remove(&name);
                     round.removed.push(name);
                 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use lb_userspace::DataPath;
+use lb_datapath::DataPath;
 use tokio::sync::{Mutex, Notify};
 
 use crate::{desired::ProbeResults, reconcile::Reconciler, store::Store};

@@ -9,7 +9,7 @@ use axum::{
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
 use controller::{api, desired, fake::FakeDataPath, objects::Object, state::Shared};
-use lb_userspace::{
+use lb_datapath::{
     Capacities, DataPath, EndpointStatus, Error, MapOccupancy, Reason, ServiceDump, ServiceSpec,
     ServiceStats,
 };

@@ -88,12 +88,12 @@ fn golden_terminating_fallback_ready_flip_and_delete() {
 fn reconcile_never_prunes_before_every_source_synced() {
     let mut fake = FakeDataPath::default();
     // A service adopted from pins, unknown to the (not yet synced) sources.
-    lb_userspace::DataPath::upsert_service(
+    lb_datapath::DataPath::upsert_service(
         &mut fake,
-        &lb_userspace::ServiceSpec {
+        &lb_datapath::ServiceSpec {
             name: "default/old:80/TCP".into(),
-            protocol: lb_userspace::Protocol::Tcp,
-            frontends: vec![lb_userspace::Frontend::NodePort(30000)],
+            protocol: lb_datapath::Protocol::Tcp,
+            frontends: vec![lb_datapath::Frontend::NodePort(30000)],
             backends: vec![],
             affinity: None,
         },

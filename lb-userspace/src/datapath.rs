@@ -1,33 +1,14 @@
-//! The data path as the agent sees it: a trait, so the controller can be tested against an
-//! in-memory fake and never touches aya. [`Dataplane`] implements it.
+//! [`Dataplane`] behind the aya-free [`DataPath`] contract of `lb-datapath`.
 
 use std::net::IpAddr;
 
-use crate::{
-    Reason,
-    dataplane::{Dataplane, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats},
-    error::Error,
-    spec::ServiceSpec,
+use lb_common::Reason;
+use lb_datapath::{
+    Capacities, DataPath, EndpointStatus, Error, MapOccupancy, ServiceDump, ServiceSpec,
+    ServiceStats,
 };
 
-pub trait DataPath: Send {
-    /// Creates or updates a service (make before break).
-    fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<u32, Error>;
-    fn remove_service(&mut self, name: &str) -> Result<(), Error>;
-    /// Names of the services held, including ones adopted from pins.
-    fn service_names(&self) -> Vec<String>;
-    fn dump(&self) -> Vec<ServiceDump>;
-    /// Deletes flows of removed services/backends and releases their ids.
-    fn purge_stale(&mut self) -> Result<u64, Error>;
-    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error>;
-    fn service_stats(&self, name: &str) -> Result<ServiceStats, Error>;
-    fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error>;
-    fn occupancy(&self) -> Result<MapOccupancy, Error>;
-    /// Like `occupancy`, cheap enough for every metrics scrape.
-    fn usage(&self) -> Result<MapOccupancy, Error>;
-    /// The configured capacities (for occupancy-vs-capacity metrics).
-    fn capacities(&self) -> crate::Capacities;
-}
+use crate::dataplane::Dataplane;
 
 impl DataPath for Dataplane {
     fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<u32, Error> {
@@ -60,43 +41,7 @@ impl DataPath for Dataplane {
     fn usage(&self) -> Result<MapOccupancy, Error> {
         Dataplane::usage(self)
     }
-    fn capacities(&self) -> crate::Capacities {
+    fn capacities(&self) -> Capacities {
         self.config().capacities
-    }
-}
-
-impl<T: DataPath + ?Sized> DataPath for Box<T> {
-    fn upsert_service(&mut self, spec: &ServiceSpec) -> Result<u32, Error> {
-        (**self).upsert_service(spec)
-    }
-    fn remove_service(&mut self, name: &str) -> Result<(), Error> {
-        (**self).remove_service(name)
-    }
-    fn service_names(&self) -> Vec<String> {
-        (**self).service_names()
-    }
-    fn dump(&self) -> Vec<ServiceDump> {
-        (**self).dump()
-    }
-    fn purge_stale(&mut self) -> Result<u64, Error> {
-        (**self).purge_stale()
-    }
-    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
-        (**self).endpoint_status(addr)
-    }
-    fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
-        (**self).service_stats(name)
-    }
-    fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error> {
-        (**self).reasons()
-    }
-    fn occupancy(&self) -> Result<MapOccupancy, Error> {
-        (**self).occupancy()
-    }
-    fn usage(&self) -> Result<MapOccupancy, Error> {
-        (**self).usage()
-    }
-    fn capacities(&self) -> crate::Capacities {
-        (**self).capacities()
     }
 }

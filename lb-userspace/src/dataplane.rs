@@ -26,9 +26,9 @@ use lb_common::{
     Backend, GlobalConfig, NetAddr, NetPort, Reason, ServiceKey, ServiceValue, TrafficStats,
     backend_flags, map_names as names, scope, service_flags,
 };
-use serde::Serialize;
 
 use crate::{
+    BackendDump, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats,
     attach::Attachments,
     config::DataplaneConfig,
     error::Error,
@@ -82,72 +82,6 @@ impl std::fmt::Debug for Dataplane {
             .field("services", &self.services.len())
             .field("config", &self.cfg)
             .finish_non_exhaustive()
-    }
-}
-
-/// A service as the data path holds it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ServiceDump {
-    pub name: String,
-    pub id: u32,
-    pub protocol: Protocol,
-    pub frontends: Vec<Frontend>,
-    pub table_size: u32,
-    pub backends: Vec<BackendDump>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BackendDump {
-    pub addr: SocketAddr,
-    pub id: u32,
-    pub state: EndpointState,
-    /// Slots of the selection table in force that name this backend.
-    pub slots: u32,
-}
-
-/// The drain handshake's answer for one backend.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EndpointStatus {
-    pub service: String,
-    pub backend: SocketAddr,
-    pub state: EndpointState,
-    /// Whether the data path still picks this backend for new flows.
-    pub selectable: bool,
-    /// Tracked flows (client -> backend) that still name it.
-    pub flows: u64,
-}
-
-/// Entries held by each map, read from the kernel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MapOccupancy {
-    pub frontends: u64,
-    pub backends: u64,
-    pub slots: u64,
-    pub conntrack: u64,
-    pub node_addresses: u64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ServiceStats {
-    pub service: Stats,
-    pub backends: Vec<(SocketAddr, Stats)>,
-}
-
-/// Counters summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-}
-
-impl From<TrafficStats> for Stats {
-    fn from(t: TrafficStats) -> Self {
-        Stats {
-            packets: t.packets,
-            bytes: t.bytes,
-            new_flows: t.new_flows,
-        }
     }
 }
 
@@ -604,24 +538,6 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The backends that get new flows: the ready ones, or, when none is ready, the serving
-    /// and terminating ones (Kubernetes' terminating-endpoint fallback).
-    fn eligible(backends: &[BackendSpec]) -> Vec<SocketAddr> {
-        let pick = |s: EndpointState| -> Vec<SocketAddr> {
-            backends
-                .iter()
-                .filter(|b| b.state == s)
-                .map(|b| b.addr)
-                .collect()
-        };
-        let ready = pick(EndpointState::Ready);
-        if ready.is_empty() {
-            pick(EndpointState::ServingTerminating)
-        } else {
-            ready
-        }
-    }
-
     /// Creates or updates a service, in make-before-break order (see the module docs).
     /// On error nothing the caller can observe has changed, except for a kernel write that
     /// failed midway, which is reported and leaves the previous state in force.
@@ -672,7 +588,7 @@ impl Dataplane {
             });
         }
         let _ = old_frontends;
-        let eligible = Self::eligible(&spec.backends);
+        let eligible = lb_datapath::eligible(&spec.backends);
         let current_size = existing.map_or(0, |s| s.slots.len() as u32);
         let size = maglev::resize(&self.cfg.maglev, current_size, eligible.len());
         let in_place = size == current_size;

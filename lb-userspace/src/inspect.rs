@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::map_names as names;
 use lb_common::{Backend, CtEntry, FlowKey, NetAddr, ServiceKey, ServiceValue, backend_flags};
 
-use crate::{dataplane::MapOccupancy, error::Error, pins::PinConfig};
+use crate::{MapOccupancy, error::Error, pins::PinConfig};
 
 /// Entries held by the pinned maps of `pin`'s instance, counted in the kernel's maps:
 /// `SERVICES`, `CONNTRACK` and `NODE_ADDRS` by their keys, `BACKENDS` by the elements that

@@ -6,62 +6,14 @@
 //! so before adopting, every pinned map is compared with a freshly created map of the same
 //! definition and capacities: type, key size, value size, max entries and flags must match.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::maps::MapInfo;
 use lb_common::{LAYOUT_VERSION, map_names as names};
-use serde::{Deserialize, Serialize};
+
+pub use lb_datapath::PinConfig;
 
 use crate::error::Error;
-
-/// Where an instance pins its state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PinConfig {
-    /// A directory on bpffs, normally `/sys/fs/bpf/sluice`.
-    pub root: PathBuf,
-    /// Name of this data path instance (one per node, normally `default`).
-    pub instance: String,
-}
-
-impl Default for PinConfig {
-    fn default() -> Self {
-        PinConfig {
-            root: PathBuf::from("/sys/fs/bpf/sluice"),
-            instance: "default".into(),
-        }
-    }
-}
-
-impl PinConfig {
-    pub fn instance_dir(&self) -> PathBuf {
-        self.root.join(&self.instance)
-    }
-
-    /// The folder of the current layout version.
-    pub fn layout_dir(&self) -> PathBuf {
-        self.instance_dir().join(format!("v{LAYOUT_VERSION}"))
-    }
-
-    pub fn map_path(&self, map: &str) -> PathBuf {
-        self.layout_dir().join(map)
-    }
-
-    /// A link's pin (bpffs refuses names with dots, which interface names may hold).
-    pub fn link_path(&self, kind: &str, ifname: &str) -> PathBuf {
-        self.layout_dir()
-            .join("links")
-            .join(format!("{kind}-{}", ifname.replace('.', "_")))
-    }
-
-    fn uninstall_hint(&self) -> String {
-        format!(
-            "sluice uninstall --pin-root {} --instance {}",
-            self.root.display(),
-            self.instance
-        )
-    }
-}
 
 /// The setting that sizes each map (named when a pinned map's size differs).
 fn setting_of(map: &str) -> &'static str {

@@ -16,7 +16,8 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub(crate) fn number(self) -> u8 {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
         match self {
             Protocol::Tcp => lb_common::IPPROTO_TCP,
             Protocol::Udp => lb_common::IPPROTO_UDP,
@@ -146,6 +147,24 @@ impl ServiceSpec {
     /// backend; `None` when it has neither (see the type's docs for what applies then).
     pub fn family(&self) -> Option<AddressFamily> {
         AddressFamily::of_service(&self.frontends, self.backends.iter().map(|b| &b.addr))
+    }
+}
+
+/// The backends that get new flows: the ready ones, or, when none is ready, the serving
+/// and terminating ones (Kubernetes' terminating-endpoint fallback).
+pub fn eligible(backends: &[BackendSpec]) -> Vec<SocketAddr> {
+    let pick = |s: EndpointState| -> Vec<SocketAddr> {
+        backends
+            .iter()
+            .filter(|b| b.state == s)
+            .map(|b| b.addr)
+            .collect()
+    };
+    let ready = pick(EndpointState::Ready);
+    if ready.is_empty() {
+        pick(EndpointState::ServingTerminating)
+    } else {
+        ready
     }
 }
 

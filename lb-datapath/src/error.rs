@@ -51,7 +51,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn map(map: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
+    pub fn map(map: &'static str, op: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Map {
             map,
             op,
@@ -59,7 +59,7 @@ impl Error {
         }
     }
 
-    pub(crate) fn program(
+    pub fn program(
         program: &'static str,
         action: &'static str,
         source: impl Into<BoxError>,

@@ -1,5 +1,8 @@
 //! Configuration of the data path: every capacity is a setting, named in capacity errors.
 
+use std::path::PathBuf;
+
+use lb_common::LAYOUT_VERSION;
 use serde::{Deserialize, Serialize};
 
 /// Map capacities. The names of the fields are the settings that capacity errors name
@@ -72,9 +75,9 @@ pub struct DataplaneConfig {
     /// TCP RSTs and ICMP port unreachables sent for services without a usable endpoint, per
     /// CPU and second; beyond that such packets are dropped (and counted).
     pub refusals_per_sec_per_cpu: u32,
-    /// Pin maps and links here so the data path outlives the process (see [`crate::pins`]);
+    /// Pin maps and links here so the data path outlives the process (see `lb_userspace::pins`);
     /// `None`: nothing is pinned and the data path goes away with the process.
-    pub pin: Option<crate::pins::PinConfig>,
+    pub pin: Option<PinConfig>,
 }
 
 impl Default for DataplaneConfig {
@@ -86,5 +89,55 @@ impl Default for DataplaneConfig {
             refusals_per_sec_per_cpu: 1000,
             pin: None,
         }
+    }
+}
+
+/// Where an instance pins its state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinConfig {
+    /// A directory on bpffs, normally `/sys/fs/bpf/sluice`.
+    pub root: PathBuf,
+    /// Name of this data path instance (one per node, normally `default`).
+    pub instance: String,
+}
+
+impl Default for PinConfig {
+    fn default() -> Self {
+        PinConfig {
+            root: PathBuf::from("/sys/fs/bpf/sluice"),
+            instance: "default".into(),
+        }
+    }
+}
+
+impl PinConfig {
+    pub fn instance_dir(&self) -> PathBuf {
+        self.root.join(&self.instance)
+    }
+
+    /// The folder of the current layout version.
+    pub fn layout_dir(&self) -> PathBuf {
+        self.instance_dir().join(format!("v{LAYOUT_VERSION}"))
+    }
+
+    pub fn map_path(&self, map: &str) -> PathBuf {
+        self.layout_dir().join(map)
+    }
+
+    /// A link's pin (bpffs refuses names with dots, which interface names may hold).
+    pub fn link_path(&self, kind: &str, ifname: &str) -> PathBuf {
+        self.layout_dir()
+            .join("links")
+            .join(format!("{kind}-{}", ifname.replace('.', "_")))
+    }
+
+    /// The command that removes this instance.
+    pub fn uninstall_hint(&self) -> String {
+        format!(
+            "sluice uninstall --pin-root {} --instance {}",
+            self.root.display(),
+            self.instance
+        )
     }
 }

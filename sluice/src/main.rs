@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use controller::{agent::AgentConfig, client};
 
+mod datapath;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
@@ -142,7 +144,7 @@ fn main() -> std::process::ExitCode {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(controller::agent::run(cfg))
+            rt.block_on(controller::agent::run(cfg, datapath::open))
                 .map(|()| String::new())
         }),
         Command::Uninstall { pin_root, instance } => {

@@ -1,0 +1,20 @@
+//! The data path as its callers see it, without aya: what a service is ([`spec`]), which
+//! backends get new flows ([`eligible`]), what can be configured ([`config`]), what the data
+//! path reports ([`dump`]), its errors ([`error`]) and the [`DataPath`] trait the agent
+//! programs against. `lb-userspace` implements the trait on the real maps; the controller
+//! only ever sees this crate, so it builds and tests on stable Rust without bpf-linker or root.
+
+pub mod config;
+pub mod datapath;
+pub mod dump;
+pub mod error;
+pub mod spec;
+
+pub use config::{Capacities, DataplaneConfig, MaglevConfig, PinConfig};
+pub use datapath::DataPath;
+pub use dump::{BackendDump, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats};
+pub use error::Error;
+pub use lb_common::{Reason, TrafficStats};
+pub use spec::{
+    AddressFamily, BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec, eligible,
+};
