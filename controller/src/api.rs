@@ -73,7 +73,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     model::{Key, WorkloadModel},
-    objects::{Kind, Object, ObjectMeta},
+    objects::{Kind, Object, Parsed},
     state::Shared,
     store::StoreError,
 };
@@ -238,7 +238,9 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::OwnedByFile { .. } => AppError::Conflict(message),
+            StoreError::OwnedByFile { .. } | StoreError::OwnedByCluster { .. } => {
+                AppError::Conflict(message)
+            }
             StoreError::NotFound { .. } => AppError::NotFound(message),
             StoreError::Invalid { .. } => AppError::Unprocessable(message),
             StoreError::Persist { .. } => AppError::Internal {
@@ -358,7 +360,7 @@ struct Resource {
     list_kind: &'static str,
 }
 
-const RESOURCES: [Resource; 3] = [
+const RESOURCES: [Resource; 4] = [
     Resource {
         kind: Kind::Service,
         prefix: "/api/v1",
@@ -376,6 +378,12 @@ const RESOURCES: [Resource; 3] = [
         prefix: "/apis/apps/v1",
         plural: "deployments",
         list_kind: "DeploymentList",
+    },
+    Resource {
+        kind: Kind::ReplicaSet,
+        prefix: "/apis/apps/v1",
+        plural: "replicasets",
+        list_kind: "ReplicaSetList",
     },
 ];
 
@@ -469,6 +477,8 @@ impl Serialize for ObjectJson<'_> {
             Object::Service(o) => o.serialize(s),
             Object::EndpointSlice(o) => o.serialize(s),
             Object::Deployment(o) => o.serialize(s),
+            Object::ReplicaSet(o) => o.serialize(s),
+            Object::Node(o) => o.serialize(s),
         }
     }
 }
@@ -519,7 +529,7 @@ async fn list_objects(r: Resource, state: Shared, ns: Option<String>) -> ApiResu
         api_version: r.kind.api_version(),
         kind: r.list_kind,
         metadata: ListMeta {
-            resource_version: store.generation.to_string(),
+            resource_version: store.generation().to_string(),
         },
         items,
     };
@@ -546,7 +556,10 @@ async fn put_object(r: Resource, state: Shared, path: ObjPathResult, req: Reques
     let key = route_key(path)?;
     require_json(req.headers())?;
     let body = Bytes::from_request(req, &()).await?;
-    let obj = parse_object(r.kind, &key, &body)?;
+    let Parsed {
+        object: obj,
+        unknown_fields,
+    } = parse_object(r.kind, &key, &body)?;
     // Serialized before the store takes it, so the answer is exactly what was stored.
     let json = serde_json::to_vec(&ObjectJson(&obj))
         .map_err(|e| AppError::internal("serializing the object", e))?;
@@ -568,6 +581,12 @@ async fn put_object(r: Resource, state: Shared, path: ObjPathResult, req: Reques
         .into_response();
     if created && let Ok(location) = HeaderValue::try_from(r.location(&key)) {
         response.headers_mut().insert(header::LOCATION, location);
+    }
+    // As an API server with fieldValidation=Warn: unknown fields are dropped, and said so.
+    for f in unknown_fields {
+        if let Ok(v) = HeaderValue::try_from(format!("299 - \"unknown field \\\"{f}\\\"\"")) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
     Ok(response)
 }
@@ -613,7 +632,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
 }
 
 /// Parses a PUT body into the route's kind, stored under the route's key.
-fn parse_object(kind: Kind, key: &Key, body: &[u8]) -> Result<Object, AppError> {
+fn parse_object(kind: Kind, key: &Key, body: &[u8]) -> Result<Parsed, AppError> {
     // Syntax first, for messages with line and column.
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| AppError::BadRequest(format!("request body is not valid JSON: {e}")))?;
@@ -635,25 +654,25 @@ fn parse_object(kind: Kind, key: &Key, body: &[u8]) -> Result<Object, AppError> 
             body_kind.unwrap_or("<missing>"),
         )));
     }
-    // The typed parse reads the bytes again, rather than the value, so that errors (an unknown
-    // field, a wrong type) carry their line and column. The types are the ones the manifest
-    // files use (`Object::from_value`), with the same strict field sets.
-    let mut obj = match kind {
-        Kind::Service => Object::Service(Box::new(typed(body)?)),
-        Kind::EndpointSlice => Object::EndpointSlice(Box::new(typed(body)?)),
-        Kind::Deployment => Object::Deployment(Box::new(typed(body)?)),
-    };
-    let meta = metadata_mut(&mut obj);
-    if meta.name.is_empty() {
+    let name = value
+        .pointer("/metadata/name")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    if name.is_empty() {
         return Err(AppError::BadRequest(format!(
             "metadata.name is required (and must equal the name in the URL {:?})",
             key.name
         )));
     }
-    if meta.name != key.name {
+    // The same types and parser as the manifest files (k8s-openapi): a wrong type is 422.
+    let mut parsed =
+        Object::from_value(value).map_err(|e| AppError::Unprocessable(e.message.clone()))?;
+    let meta = parsed.object.metadata_mut();
+    if meta.name.as_deref() != Some(key.name.as_str()) {
         return Err(AppError::BadRequest(format!(
             "metadata.name {:?} does not match the name in the URL {:?}",
-            meta.name, key.name
+            meta.name.as_deref().unwrap_or_default(),
+            key.name
         )));
     }
     match &meta.namespace {
@@ -665,24 +684,7 @@ fn parse_object(kind: Kind, key: &Key, body: &[u8]) -> Result<Object, AppError> 
         }
         _ => meta.namespace = Some(key.namespace.clone()),
     }
-    Ok(obj)
-}
-
-fn typed<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            AppError::Unprocessable(format!("invalid object: {e}"))
-        }
-        _ => AppError::BadRequest(format!("request body is not valid JSON: {e}")),
-    })
-}
-
-fn metadata_mut(obj: &mut Object) -> &mut ObjectMeta {
-    match obj {
-        Object::Service(o) => &mut o.metadata,
-        Object::EndpointSlice(o) => &mut o.metadata,
-        Object::Deployment(o) => &mut o.metadata,
-    }
+    Ok(parsed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -859,12 +861,13 @@ struct RolloutJson {
 }
 
 async fn rollouts(State(state): State<Shared>) -> ApiResult {
-    let (_, _, workloads) = state.store.lock().await.models();
-    let items = workloads
-        .into_iter()
+    let store = state.store.lock().await;
+    let items = store
+        .tables
+        .workloads()
         .map(|w| RolloutJson {
             status: w.rollout_status(),
-            workload: w,
+            workload: w.clone(),
         })
         .collect();
     Ok(Json(Items::<RolloutJson> { items }).into_response())

@@ -10,7 +10,8 @@ use std::{
 };
 
 use crate::{
-    objects::Object,
+    model::Key,
+    objects::{Object, Parsed},
     store::{self, Store},
 };
 
@@ -31,24 +32,33 @@ impl std::fmt::Display for FileError {
     }
 }
 
-/// Parses one file's text into objects, or every error in it.
+/// Parses one file's text into objects, or every error in it. Fields the Kubernetes types
+/// do not know are logged as warnings (an API server's default `fieldValidation=Warn`).
 pub fn parse_file(path: &Path, text: &str) -> Result<Vec<Object>, Vec<FileError>> {
     let (mut objs, mut errs) = (Vec::new(), Vec::new());
     for r in Object::parse_documents(text) {
         match r {
-            Ok(o) => match store::validate(&o) {
-                Ok(()) => objs.push(o),
-                Err(invalid) => errs.push(FileError {
-                    path: path.to_path_buf(),
-                    line: None,
-                    message: format!(
-                        "{} {}/{}: {invalid}",
-                        o.kind().name(),
-                        o.metadata().namespace(),
-                        o.metadata().name
-                    ),
-                }),
-            },
+            Ok(Parsed {
+                object,
+                unknown_fields,
+            }) => {
+                let what = format!(
+                    "{} {}",
+                    object.kind(),
+                    Key::of(object.kind(), object.metadata())
+                );
+                for f in &unknown_fields {
+                    tracing::warn!(file = %path.display(), object = %what, field = %f, "unknown field, ignored");
+                }
+                match store::validate(&object) {
+                    Ok(()) => objs.push(object),
+                    Err(invalid) => errs.push(FileError {
+                        path: path.to_path_buf(),
+                        line: None,
+                        message: format!("{what}: {invalid}"),
+                    }),
+                }
+            }
             Err(e) => errs.push(FileError {
                 path: path.to_path_buf(),
                 line: e.line,

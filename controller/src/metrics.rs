@@ -44,6 +44,22 @@ pub fn sync_done(took: Duration, programmed: Option<Duration>) {
     }
 }
 
+/// A watch of `kind` failed (it is retried with backoff).
+pub fn watch_error(kind: &'static str) {
+    counter!("sluice_kubernetes_watch_errors_total", "kind" => kind).increment(1);
+}
+
+/// A watch of `kind` completed a full list (the first one, or a relist after 410 or a
+/// reconnect).
+pub fn relist(kind: &'static str) {
+    counter!("sluice_kubernetes_lists_total", "kind" => kind).increment(1);
+}
+
+/// An object of `kind` was rejected by the model.
+pub fn object_rejected(kind: &'static str) {
+    counter!("sluice_objects_rejected_total", "kind" => kind).increment(1);
+}
+
 pub fn file_errors(n: usize) {
     gauge!("sluice_manifest_files_invalid").set(n as f64);
 }

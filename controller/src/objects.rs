@@ -1,278 +1,35 @@
-//! The Kubernetes-shaped objects the standalone sources accept (YAML files and the HTTP API):
-//! `v1/Service`, `discovery.k8s.io/v1/EndpointSlice`, `apps/v1/Deployment`, in the same
-//! JSON/YAML shapes as the Kubernetes API. Fields that decide what the data path does are
-//! parsed strictly (an unknown field is an error, never silently ignored); metadata and
-//! informational parts accept and ignore what we do not use.
+//! The Kubernetes objects every source hands over, as k8s-openapi types: `v1/Service`,
+//! `discovery.k8s.io/v1/EndpointSlice`, `apps/v1/Deployment`, `apps/v1/ReplicaSet` and
+//! `v1/Node`. The YAML directory, the HTTP API and the Kubernetes watch all parse into the
+//! same types, so anything an API server prints is accepted; what the fields *mean* is
+//! checked by the model ([`crate::model`]), which rejects by name what the data path does not
+//! enforce.
+//!
+//! Fields the types do not know (a typo, or a field newer than k8s-openapi's newest API
+//! version) are not errors, as with an API server's default `fieldValidation=Warn`: they are
+//! reported as warnings ([`Parsed::unknown_fields`]) that the files source logs and the API
+//! answers in `Warning` headers.
 
-use std::collections::BTreeMap;
+use k8s_openapi::{
+    Resource,
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
 
-use serde::{Deserialize, Serialize};
-
-/// `metadata`: only what we use; everything else (uid, managedFields, ...) is ignored.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectMeta {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<i64>,
-}
-
-impl ObjectMeta {
-    pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or("default")
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Service {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub spec: ServiceSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<ServiceStatus>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServiceSpec {
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub type_: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub selector: BTreeMap<String, String>,
-    #[serde(default)]
-    pub ports: Vec<ServicePort>,
-    #[serde(default, rename = "clusterIP", skip_serializing_if = "Option::is_none")]
-    pub cluster_ip: Option<String>,
-    #[serde(default, rename = "clusterIPs", skip_serializing_if = "Vec::is_empty")]
-    pub cluster_ips: Vec<String>,
-    #[serde(default, rename = "externalIPs", skip_serializing_if = "Vec::is_empty")]
-    pub external_ips: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_traffic_policy: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub internal_traffic_policy: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_affinity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_affinity_config: Option<SessionAffinityConfig>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub load_balancer_source_ranges: Vec<String>,
-    #[serde(
-        default,
-        rename = "loadBalancerIP",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub load_balancer_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ip_families: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_family_policy: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocate_load_balancer_node_ports: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish_not_ready_addresses: Option<bool>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServicePort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    pub port: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_port: Option<IntOrString>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_port: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum IntOrString {
-    Int(i64),
-    String(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SessionAffinityConfig {
-    #[serde(default, rename = "clientIP")]
-    pub client_ip: Option<ClientIpConfig>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ClientIpConfig {
-    #[serde(default)]
-    pub timeout_seconds: Option<i64>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<LoadBalancerStatus>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LoadBalancerStatus {
-    #[serde(default)]
-    pub ingress: Vec<LoadBalancerIngress>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LoadBalancerIngress {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_mode: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EndpointSlice {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    pub address_type: String,
-    #[serde(default)]
-    pub endpoints: Vec<Endpoint>,
-    #[serde(default)]
-    pub ports: Vec<EndpointPort>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Endpoint {
-    pub addresses: Vec<String>,
-    #[serde(default)]
-    pub conditions: EndpointConditions,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ref: Option<ObjectReference>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-}
-
-/// As in Kubernetes, an unset condition means: ready = true, serving = ready,
-/// terminating = false.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EndpointConditions {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminating: Option<bool>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ObjectReference {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EndpointPort {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    pub port: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_protocol: Option<String>,
-}
-
-/// `apps/v1` Deployment, for rollout tracking: spec and status are informational here, so
-/// fields of the pod template we do not read are accepted and ignored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Deployment {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: DeploymentSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<DeploymentStatus>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub strategy: Option<serde_json::Value>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated_replicas: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_replicas: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub available_replicas: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unavailable_replicas: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<DeploymentCondition>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentCondition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-/// Any of the objects, as one YAML document or API body.
+/// Any of the objects, as one YAML document, API body or watch event.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Object {
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Deployment(Box<Deployment>),
+    ReplicaSet(Box<ReplicaSet>),
+    Node(Box<Node>),
 }
 
 /// The kinds, for keys and routes.
@@ -281,23 +38,54 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Deployment,
+    ReplicaSet,
+    Node,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Deployment,
+        Kind::ReplicaSet,
+        Kind::Node,
+    ];
+
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Service => "v1",
-            Kind::EndpointSlice => "discovery.k8s.io/v1",
-            Kind::Deployment => "apps/v1",
+            Kind::Service => Service::API_VERSION,
+            Kind::EndpointSlice => EndpointSlice::API_VERSION,
+            Kind::Deployment => Deployment::API_VERSION,
+            Kind::ReplicaSet => ReplicaSet::API_VERSION,
+            Kind::Node => Node::API_VERSION,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Kind::Service => "Service",
-            Kind::EndpointSlice => "EndpointSlice",
-            Kind::Deployment => "Deployment",
+            Kind::Service => Service::KIND,
+            Kind::EndpointSlice => EndpointSlice::KIND,
+            Kind::Deployment => Deployment::KIND,
+            Kind::ReplicaSet => ReplicaSet::KIND,
+            Kind::Node => Node::KIND,
         }
+    }
+
+    /// Nodes have no namespace.
+    pub fn namespaced(self) -> bool {
+        self != Kind::Node
+    }
+
+    fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.api_version() == api_version && k.name() == kind)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -310,10 +98,66 @@ pub struct ParseError {
     pub line: Option<usize>,
 }
 
-fn yaml_err(e: serde_yaml::Error) -> ParseError {
-    ParseError {
-        line: e.location().map(|l| l.line()),
-        message: e.to_string(),
+impl ParseError {
+    fn new(message: impl Into<String>) -> Self {
+        ParseError {
+            message: message.into(),
+            line: None,
+        }
+    }
+}
+
+/// One parsed document: the object and the fields its type does not know.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub object: Object,
+    /// Paths such as `spec.ports[0].nodePortt`: accepted and ignored, reported as warnings.
+    pub unknown_fields: Vec<String>,
+}
+
+fn typed<T: DeserializeOwned + Serialize>(value: Value) -> Result<(T, Vec<String>), ParseError> {
+    let obj: T = serde_json::from_value(value.clone())
+        .map_err(|e| ParseError::new(format!("invalid object: {e}")))?;
+    let known = serde_json::to_value(&obj).map_err(|e| ParseError::new(e.to_string()))?;
+    let mut unknown = Vec::new();
+    unknown_paths(&value, &known, "", &mut unknown);
+    Ok((obj, unknown))
+}
+
+/// Every path present in `input` but absent from `known` (the typed object serialized
+/// back). Values that are not objects or arrays are not compared: only field names matter.
+fn unknown_paths(input: &Value, known: &Value, at: &str, out: &mut Vec<String>) {
+    match (input, known) {
+        (Value::Object(i), Value::Object(k)) => {
+            for (name, v) in i {
+                let path = if at.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{at}.{name}")
+                };
+                match k.get(name) {
+                    Some(kv) => unknown_paths(v, kv, &path, out),
+                    // `null` and empty values are dropped by serialization, not unknown.
+                    None if is_empty(v) => {}
+                    None => out.push(path),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(k)) => {
+            for (n, (iv, kv)) in i.iter().zip(k).enumerate() {
+                unknown_paths(iv, kv, &format!("{at}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.values().all(is_empty),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
     }
 }
 
@@ -323,56 +167,94 @@ impl Object {
             Object::Service(_) => Kind::Service,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Deployment(_) => Kind::Deployment,
+            Object::ReplicaSet(_) => Kind::ReplicaSet,
+            Object::Node(_) => Kind::Node,
         }
     }
 
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
-            Object::Service(s) => &s.metadata,
-            Object::EndpointSlice(s) => &s.metadata,
-            Object::Deployment(d) => &d.metadata,
+            Object::Service(o) => &o.metadata,
+            Object::EndpointSlice(o) => &o.metadata,
+            Object::Deployment(o) => &o.metadata,
+            Object::ReplicaSet(o) => &o.metadata,
+            Object::Node(o) => &o.metadata,
         }
     }
 
-    /// Parses one document (JSON is YAML) by its `apiVersion` and `kind`.
-    pub fn from_value(value: serde_yaml::Value) -> Result<Object, ParseError> {
-        let field = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    pub fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Object::Service(o) => &mut o.metadata,
+            Object::EndpointSlice(o) => &mut o.metadata,
+            Object::Deployment(o) => &mut o.metadata,
+            Object::ReplicaSet(o) => &mut o.metadata,
+            Object::Node(o) => &mut o.metadata,
+        }
+    }
+
+    /// `metadata.name` ("" when unset).
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    /// `metadata.namespace`, `default` when unset ("" for a Node).
+    pub fn namespace(&self) -> &str {
+        namespace_of(self.kind(), self.metadata())
+    }
+
+    /// The object as the API server would print it (apiVersion and kind set).
+    pub fn to_value(&self) -> Result<Value, serde_json::Error> {
+        match self {
+            Object::Service(o) => serde_json::to_value(o),
+            Object::EndpointSlice(o) => serde_json::to_value(o),
+            Object::Deployment(o) => serde_json::to_value(o),
+            Object::ReplicaSet(o) => serde_json::to_value(o),
+            Object::Node(o) => serde_json::to_value(o),
+        }
+    }
+
+    /// Parses one document by its `apiVersion` and `kind`. `metadata.name` is required.
+    pub fn from_value(value: Value) -> Result<Parsed, ParseError> {
+        let field = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_string);
         let (api, kind) = (field("apiVersion"), field("kind"));
-        let obj = match (api.as_deref(), kind.as_deref()) {
-            (Some("v1"), Some("Service")) => {
-                Object::Service(Box::new(serde_yaml::from_value(value).map_err(yaml_err)?))
-            }
-            (Some("discovery.k8s.io/v1"), Some("EndpointSlice")) => {
-                Object::EndpointSlice(Box::new(serde_yaml::from_value(value).map_err(yaml_err)?))
-            }
-            (Some("apps/v1"), Some("Deployment")) => {
-                Object::Deployment(Box::new(serde_yaml::from_value(value).map_err(yaml_err)?))
-            }
-            (a, k) => {
-                return Err(ParseError {
-                    line: None,
-                    message: format!(
-                        "unsupported object apiVersion={} kind={}: expected v1/Service, \
-                         discovery.k8s.io/v1/EndpointSlice or apps/v1/Deployment",
-                        a.unwrap_or("<missing>"),
-                        k.unwrap_or("<missing>")
-                    ),
-                });
-            }
+        let Some(k) = Kind::of(
+            api.as_deref().unwrap_or_default(),
+            kind.as_deref().unwrap_or_default(),
+        ) else {
+            return Err(ParseError::new(format!(
+                "unsupported object apiVersion={} kind={}: expected v1/Service, \
+                 discovery.k8s.io/v1/EndpointSlice, apps/v1/Deployment, apps/v1/ReplicaSet or \
+                 v1/Node",
+                api.as_deref().unwrap_or("<missing>"),
+                kind.as_deref().unwrap_or("<missing>")
+            )));
         };
-        if obj.metadata().name.is_empty() {
-            return Err(ParseError {
-                line: None,
-                message: format!("{}: metadata.name is required", obj.kind().name()),
-            });
+        let (object, unknown_fields) = match k {
+            Kind::Service => typed(value).map(|(o, u)| (Object::Service(Box::new(o)), u))?,
+            Kind::EndpointSlice => {
+                typed(value).map(|(o, u)| (Object::EndpointSlice(Box::new(o)), u))?
+            }
+            Kind::Deployment => typed(value).map(|(o, u)| (Object::Deployment(Box::new(o)), u))?,
+            Kind::ReplicaSet => typed(value).map(|(o, u)| (Object::ReplicaSet(Box::new(o)), u))?,
+            Kind::Node => typed(value).map(|(o, u)| (Object::Node(Box::new(o)), u))?,
+        };
+        if object.name().is_empty() {
+            return Err(ParseError::new(format!(
+                "{}: metadata.name is required",
+                object.kind()
+            )));
         }
-        Ok(obj)
+        Ok(Parsed {
+            object,
+            unknown_fields,
+        })
     }
 
-    /// Parses a multi-document YAML text; each error carries its line in `text`.
-    pub fn parse_documents(text: &str) -> Vec<Result<Object, ParseError>> {
+    /// Parses a multi-document YAML text (a `kind: List` document holds its `items`); each
+    /// error carries its line in `text`.
+    pub fn parse_documents(text: &str) -> Vec<Result<Parsed, ParseError>> {
         let mut out = Vec::new();
-        // Track where each document starts so errors point at lines of the whole file.
+        // Where each document starts, so errors point at lines of the whole file.
         let starts: Vec<usize> = std::iter::once(0)
             .chain(
                 text.lines()
@@ -383,21 +265,95 @@ impl Object {
             .collect();
         for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let offset = starts.get(i).copied().unwrap_or(0);
-            let value = match serde_yaml::Value::deserialize(doc) {
-                Ok(serde_yaml::Value::Null) => continue,
+            let at_line = |mut e: ParseError| {
+                e.line = Some(e.line.map_or(offset + 1, |l| l + offset));
+                e
+            };
+            let value = match Value::deserialize(doc) {
+                Ok(Value::Null) => continue,
                 Ok(v) => v,
                 Err(e) => {
-                    let mut pe = yaml_err(e);
-                    pe.line = pe.line.map(|l| l + offset);
-                    out.push(Err(pe));
+                    out.push(Err(at_line(ParseError {
+                        line: e.location().map(|l| l.line()),
+                        message: e.to_string(),
+                    })));
                     break;
                 }
             };
-            out.push(Object::from_value(value).map_err(|mut e| {
-                e.line = Some(e.line.map_or(offset + 1, |l| l + offset));
-                e
-            }));
+            if value.get("kind").and_then(Value::as_str) == Some("List") {
+                let items = value
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                out.extend(
+                    items
+                        .into_iter()
+                        .map(|v| Object::from_value(v).map_err(at_line)),
+                );
+                continue;
+            }
+            out.push(Object::from_value(value).map_err(at_line));
         }
         out
+    }
+}
+
+/// `metadata.namespace` of an object of `kind`: `default` when unset, "" for cluster-scoped
+/// kinds.
+pub fn namespace_of(kind: Kind, meta: &ObjectMeta) -> &str {
+    if kind.namespaced() {
+        meta.namespace.as_deref().unwrap_or("default")
+    } else {
+        ""
+    }
+}
+
+macro_rules! from_typed {
+    ($($t:ident),*) => {$(
+        impl From<$t> for Object {
+            fn from(o: $t) -> Self {
+                Object::$t(Box::new(o))
+            }
+        }
+    )*};
+}
+from_typed!(Service, EndpointSlice, Deployment, ReplicaSet, Node);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_reported_by_path_and_known_ones_are_not() {
+        let v = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"type": "NodePort", "trafficDistribution": "PreferClose",
+                     "ports": [{"port": 80, "nodePortt": 30080}], "bogus": {"a": 1}},
+            "status": {"loadBalancer": {}}
+        });
+        let p = Object::from_value(v).unwrap();
+        assert_eq!(
+            p.unknown_fields,
+            vec!["spec.bogus", "spec.ports[0].nodePortt"]
+        );
+        assert_eq!(p.object.kind(), Kind::Service);
+        assert_eq!(p.object.namespace(), "default");
+    }
+
+    #[test]
+    fn lists_and_errors_carry_lines() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: n1}\n---\napiVersion: v2\nkind: Service\n";
+        let r = Object::parse_documents(text);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].as_ref().unwrap().object.name(), "n1");
+        assert_eq!(r[0].as_ref().unwrap().object.namespace(), "");
+        let e = r[1].as_ref().unwrap_err();
+        assert_eq!(e.line, Some(8));
+        assert!(
+            e.message.contains("unsupported object apiVersion=v2"),
+            "{e}"
+        );
     }
 }

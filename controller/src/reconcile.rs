@@ -1,18 +1,21 @@
-//! The reconciler: the only writer of the data path. It compares the desired specs with what
-//! it wrote and applies the difference, new and changed services first (each update is make
-//! before break inside the data path), removals last; it never removes anything before every
-//! source finished its first full sync (a restarted agent adopts the pinned state and must not
-//! prune services its sources have not listed yet). Idempotent: the same desired state twice
-//! writes nothing the second time; a periodic resync re-applies everything to heal drift.
+//! The reconciler: the only writer of the data path. It is handed the desired specs of the
+//! services that changed, compares them with what it applied for those services, and applies
+//! the difference: new and changed specs first (each update is make before break inside the
+//! data path), removals last. Work is proportional to the services handed over, never to all
+//! of them. Idempotent: the same desired state twice writes nothing the second time.
+//!
+//! Restarts: the data path may hold services adopted from pins that no source has named yet.
+//! They are never removed before every source finished its first full list
+//! ([`Reconciler::prune_unowned`] refuses until [`Reconciler::allow_pruning`]).
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::{Duration, Instant},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    time::Instant,
 };
 
-use lb_datapath::{DataPath, ServiceSpec};
+use lb_datapath::{DataPath, Error, ServiceSpec};
 
-use crate::metrics;
+use crate::{desired::Specs, metrics, model::Key};
 
 /// What one reconcile round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -25,16 +28,37 @@ pub struct Round {
     pub kept_unsynced: Vec<String>,
 }
 
+impl Round {
+    pub fn wrote(&self) -> bool {
+        !self.upserted.is_empty() || !self.removed.is_empty()
+    }
+
+    fn absorb(&mut self, other: Round) {
+        self.upserted.extend(other.upserted);
+        self.removed.extend(other.removed);
+        self.errors.extend(other.errors);
+        self.kept_unsynced.extend(other.kept_unsynced);
+    }
+}
+
 pub struct Reconciler<D: DataPath> {
     dp: D,
-    applied: BTreeMap<String, ServiceSpec>,
+    /// What was applied, per service (only specs whose write succeeded).
+    applied: HashMap<Key, Specs>,
+    /// The service that applied each data-path name.
+    owners: HashMap<String, Key>,
+    /// Services whose last write failed (retried by the loop), with the error.
+    failed: BTreeMap<Key, String>,
+    /// Services that failed in the round under way.
+    failed_now: BTreeSet<Key>,
     pruning_allowed: bool,
 }
 
 impl<D: DataPath> std::fmt::Debug for Reconciler<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reconciler")
-            .field("applied", &self.applied.len())
+            .field("services", &self.applied.len())
+            .field("failed", &self.failed.len())
             .field("pruning_allowed", &self.pruning_allowed)
             .finish_non_exhaustive()
     }
@@ -44,7 +68,10 @@ impl<D: DataPath> Reconciler<D> {
     pub fn new(dp: D) -> Self {
         Reconciler {
             dp,
-            applied: BTreeMap::new(),
+            applied: HashMap::new(),
+            owners: HashMap::new(),
+            failed: BTreeMap::new(),
+            failed_now: BTreeSet::new(),
             pruning_allowed: false,
         }
     }
@@ -57,79 +84,182 @@ impl<D: DataPath> Reconciler<D> {
         &mut self.dp
     }
 
-    /// Whether removals are allowed (every source has completed a full sync once).
+    /// Whether removals of unowned services are allowed (every source has listed once).
     pub fn pruning_allowed(&self) -> bool {
         self.pruning_allowed
     }
 
-    /// Applies `desired`. `all_synced`: every source has delivered its full state at least
-    /// once (from then on, services that are not desired are removed). `resync`: re-apply
-    /// every desired service even if unchanged. `changed_at`: when the oldest change this
-    /// round carries was seen by a source (network-programming latency).
-    pub fn reconcile(
-        &mut self,
-        desired: &BTreeMap<String, ServiceSpec>,
-        all_synced: bool,
-        resync: bool,
-        changed_at: Option<Instant>,
-    ) -> Round {
+    /// Every source has delivered its full state once: from now on, services the data path
+    /// holds that no source names are removed by [`Reconciler::prune_unowned`].
+    pub fn allow_pruning(&mut self) {
+        self.pruning_allowed = true;
+    }
+
+    /// Services whose last write failed, to be retried.
+    pub fn failed(&self) -> impl Iterator<Item = (&Key, &str)> {
+        self.failed.iter().map(|(k, e)| (k, e.as_str()))
+    }
+
+    /// Applies the desired specs of the services in `changes` (an empty map: the service is
+    /// gone). `changed_at`: when the oldest change this round carries was seen by a source
+    /// (network-programming latency).
+    pub fn reconcile(&mut self, changes: Vec<(Key, Specs)>, changed_at: Option<Instant>) -> Round {
         let started = Instant::now();
         let mut round = Round::default();
-        if all_synced {
-            self.pruning_allowed = true;
+        let mut retry = Vec::new();
+        let mut removals = Vec::new();
+        for (key, want) in &changes {
+            for (name, spec) in want {
+                if self.applied.get(key).and_then(|h| h.get(name)) == Some(spec) {
+                    continue;
+                }
+                match self.upsert(key, spec) {
+                    Ok(()) => round.upserted.push(name.clone()),
+                    // A frontend may be moving from a service handled later in this round.
+                    Err(Error::FrontendConflict { .. }) => retry.push((key, spec)),
+                    Err(e) => self.fail(key, name, e, &mut round),
+                }
+            }
+            if let Some(have) = self.applied.get(key) {
+                removals.extend(
+                    have.keys()
+                        .filter(|n| !want.contains_key(*n))
+                        .map(|n| (key.clone(), n.clone())),
+                );
+            }
         }
-        for (name, spec) in desired {
-            if !resync && self.applied.get(name) == Some(spec) {
+        for (key, name) in removals {
+            self.remove(&key, &name, &mut round);
+        }
+        for (key, spec) in retry {
+            match self.upsert(key, spec) {
+                Ok(()) => round.upserted.push(spec.name.clone()),
+                Err(e) => self.fail(key, &spec.name, e, &mut round),
+            }
+        }
+        for (key, _) in &changes {
+            if !self.failed_now.contains(key) {
+                self.failed.remove(key);
+            }
+        }
+        self.failed_now.clear();
+        metrics::sync_done(
+            started.elapsed(),
+            round
+                .wrote()
+                .then_some(changed_at)
+                .flatten()
+                .map(|t| t.elapsed()),
+        );
+        round
+    }
+
+    fn upsert(&mut self, key: &Key, spec: &ServiceSpec) -> Result<(), Error> {
+        self.dp.upsert_service(spec)?;
+        self.applied
+            .entry(key.clone())
+            .or_default()
+            .insert(spec.name.clone(), spec.clone());
+        self.owners.insert(spec.name.clone(), key.clone());
+        Ok(())
+    }
+
+    fn fail(&mut self, key: &Key, name: &str, e: Error, round: &mut Round) {
+        metrics::reconcile_error("upsert");
+        let msg = e.to_string();
+        // Logged once per distinct error, not on every retry.
+        if self.failed.get(key) != Some(&msg) {
+            tracing::warn!(service = %name, error = %msg, "applying a service failed; its previous state stays in force (retried)");
+        }
+        self.failed.insert(key.clone(), msg.clone());
+        self.failed_now.insert(key.clone());
+        round.errors.push((name.to_string(), msg));
+    }
+
+    fn remove(&mut self, key: &Key, name: &str, round: &mut Round) {
+        match self.dp.remove_service(name) {
+            Ok(()) | Err(Error::UnknownService(_)) => {
+                if let Some(h) = self.applied.get_mut(key) {
+                    h.remove(name);
+                    if h.is_empty() {
+                        self.applied.remove(key);
+                    }
+                }
+                self.owners.remove(name);
+                round.removed.push(name.to_string());
+            }
+            Err(e) => {
+                metrics::reconcile_error("remove");
+                round.errors.push((name.to_string(), e.to_string()));
+            }
+        }
+    }
+
+    /// Removes the services the data path holds that no source named (adopted from pins and
+    /// since deleted), once pruning is allowed. One pass over the names the data path holds:
+    /// run after the first full sync and by the rare resync, never per change.
+    pub fn prune_unowned(&mut self) -> Round {
+        let mut round = Round::default();
+        for name in self.dp.service_names() {
+            if self.owners.contains_key(&name) {
                 continue;
             }
-            match self.dp.upsert_service(spec) {
-                Ok(_) => {
-                    self.applied.insert(name.clone(), spec.clone());
-                    round.upserted.push(name.clone());
-                }
-                Err(e) => {
-                    metrics::reconcile_error("upsert");
-                    tracing::warn!(service = %name, error = %e, "applying a service failed; the previous state stays in force");
-                    round.errors.push((name.clone(), e.to_string()));
-                }
-            }
-        }
-        let held: BTreeSet<String> = self
-            .dp
-            .service_names()
-            .into_iter()
-            .chain(self.applied.keys().cloned())
-            .collect();
-        for name in held.into_iter().filter(|n| !desired.contains_key(n)) {
             if !self.pruning_allowed {
                 round.kept_unsynced.push(name);
                 continue;
             }
             match self.dp.remove_service(&name) {
-                Ok(()) | Err(lb_datapath::Error::UnknownService(_)) => {
-                    self.applied.remove(&name);
-                    round.removed.push(name);
-                }
+                Ok(()) | Err(Error::UnknownService(_)) => round.removed.push(name),
                 Err(e) => {
                     metrics::reconcile_error("remove");
                     round.errors.push((name, e.to_string()));
                 }
             }
         }
+        round
+    }
+
+    /// Housekeeping: releases the ids of removed services and backends once their flows are
+    /// purged (see `DataPath::purge_stale`). Not on the update path.
+    pub fn purge(&mut self) -> Round {
+        let mut round = Round::default();
         if let Err(e) = self.dp.purge_stale() {
             metrics::reconcile_error("purge");
             round.errors.push(("<purge>".into(), e.to_string()));
         }
-        let wrote = !round.upserted.is_empty() || !round.removed.is_empty();
-        metrics::sync_done(
-            started.elapsed(),
-            wrote.then_some(changed_at).flatten().map(|t| t.elapsed()),
-        );
         round
     }
 
-    /// Time since `t` (helper for callers that track change times).
-    pub fn since(t: Instant) -> Duration {
-        t.elapsed()
+    /// A full pass for tests and the resync: `changes` for every service, then pruning.
+    pub fn reconcile_all(&mut self, changes: Vec<(Key, Specs)>) -> Round {
+        let mut round = self.reconcile(changes, None);
+        round.absorb(self.prune_unowned());
+        round
     }
+
+    /// The services this reconciler applied, for the resync (services that vanished from
+    /// the tables must be handed back as empty changes).
+    pub fn applied_services(&self) -> impl Iterator<Item = &Key> {
+        self.applied.keys()
+    }
+}
+
+/// One round as the reconcile loop runs it, for tests and tools that hold the tables and
+/// the reconciler themselves: the services changed since the last round, their desired
+/// specs, applied.
+pub fn sync_dirty<D: DataPath>(
+    tables: &mut crate::tables::Tables,
+    probes: &crate::desired::ProbeResults,
+    rec: &mut Reconciler<D>,
+) -> Round {
+    let dirty = tables.take_dirty();
+    let work = dirty
+        .services
+        .into_iter()
+        .map(|k| {
+            let specs = crate::desired::of_service(tables, &k, probes);
+            (k, specs)
+        })
+        .collect();
+    rec.reconcile(work, dirty.since)
 }

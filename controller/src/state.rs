@@ -1,6 +1,9 @@
-//! State shared by the agent's tasks (API handlers, file watcher, prober, reconcile loop).
+//! State shared by the agent's tasks (API handlers, sources, prober, reconcile loop).
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex as SyncMutex},
+};
 
 use lb_datapath::DataPath;
 use tokio::sync::{Mutex, Notify};
@@ -10,11 +13,47 @@ use crate::{desired::ProbeResults, reconcile::Reconciler, store::Store};
 /// The data path behind the reconciler, type-erased.
 pub type BoxedDataPath = Box<dyn DataPath>;
 
+/// Which sources have delivered their full state at least once. Nothing is pruned, and
+/// `/readyz` stays 503, until every registered source has.
+#[derive(Debug, Default)]
+pub struct Sources {
+    pending: SyncMutex<BTreeSet<String>>,
+}
+
+impl Sources {
+    /// A source that will call [`Sources::synced`] after its first full list.
+    pub fn register(&self, name: &str) {
+        self.pending
+            .lock()
+            .expect("poisoned")
+            .insert(name.to_string());
+    }
+
+    pub fn synced(&self, name: &str) {
+        self.pending.lock().expect("poisoned").remove(name);
+    }
+
+    pub fn all_synced(&self) -> bool {
+        self.pending.lock().expect("poisoned").is_empty()
+    }
+
+    /// The sources still waiting for their first full list.
+    pub fn waiting(&self) -> Vec<String> {
+        self.pending
+            .lock()
+            .expect("poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 pub struct Shared {
     pub store: Arc<Mutex<Store>>,
     pub reconciler: Arc<Mutex<Reconciler<BoxedDataPath>>>,
     pub probes: Arc<Mutex<ProbeResults>>,
+    pub sources: Arc<Sources>,
     /// Wakes the reconcile loop after a change.
     pub changed: Arc<Notify>,
     /// Bearer token that API writes must carry; `None`: the API is read-only.
@@ -27,6 +66,7 @@ impl Shared {
             store: Arc::new(Mutex::new(Store::default())),
             reconciler: Arc::new(Mutex::new(Reconciler::new(dp))),
             probes: Arc::new(Mutex::new(ProbeResults::default())),
+            sources: Arc::new(Sources::default()),
             changed: Arc::new(Notify::new()),
             token: token.map(Into::into),
         }

@@ -1,14 +1,25 @@
-//! The objects the standalone sources hold: every Service, EndpointSlice and Deployment with
-//! the source it came from. Objects are validated before they get in (an invalid API request
-//! or file changes nothing). A file owns its objects: the API cannot change or delete them.
+//! The objects of the standalone sources (YAML files and the HTTP API), each with the source
+//! it came from, in front of the [`Tables`] the reconciler reads. Objects are validated (by
+//! the model) before they get in: an invalid API request or file changes nothing. A file owns
+//! its objects: the API cannot change or delete them. In Kubernetes mode the API server owns
+//! every object: the Kubernetes source writes into the tables directly and the HTTP API
+//! refuses object writes.
+//!
+//! Objects written through the API are saved one file each under the state directory
+//! (`<state_dir>/api-objects/<Kind>/<namespace>/<name>.json`, written to a temporary file
+//! and renamed), so a write costs one small file, never a rewrite of every object.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Instant};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::Serialize;
 
 use crate::{
-    model::{Invalid, Key, ServiceModel, SliceModel, WorkloadModel},
+    model::{Invalid, Key},
     objects::{Kind, Object},
+    tables::{self, Tables},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -25,50 +36,133 @@ pub struct Entry {
 
 /// Checks an object's content (the model translation) without storing it.
 pub fn validate(obj: &Object) -> Result<(), Invalid> {
-    match obj {
-        Object::Service(s) => ServiceModel::from_object(s).map(drop),
-        Object::EndpointSlice(s) => SliceModel::from_object(s).map(drop),
-        Object::Deployment(d) => WorkloadModel::from_object(d).map(drop),
-    }
+    tables::translate(obj).map(drop)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
-    #[error("{kind:?} {key} is defined by file {}; change it there", path.display())]
+    #[error("{kind} {key} is defined by file {}; change it there", path.display())]
     OwnedByFile { kind: Kind, key: Key, path: PathBuf },
-    #[error("no {kind:?} {key}")]
+    #[error(
+        "objects come from the Kubernetes API server in this mode; change {kind} {key} with kubectl"
+    )]
+    OwnedByCluster { kind: Kind, key: Key },
+    #[error("no {kind} {key}")]
     NotFound { kind: Kind, key: Key },
-    #[error("invalid {kind:?} {key}: {invalid}")]
+    #[error("invalid {kind} {key}: {invalid}")]
     Invalid {
         kind: Kind,
         key: Key,
         invalid: Invalid,
     },
     /// The change could not be saved, so it was not made.
-    #[error("cannot save API objects to {}: {reason}; the change was not applied", path.display())]
+    #[error("cannot save API object to {}: {reason}; the change was not applied", path.display())]
     Persist { path: PathBuf, reason: String },
+}
+
+/// Where API objects are saved, one file each.
+#[derive(Debug)]
+struct Persist {
+    dir: PathBuf,
+}
+
+impl Persist {
+    fn path(&self, kind: Kind, key: &Key) -> PathBuf {
+        let ns = if key.namespace.is_empty() {
+            "_cluster"
+        } else {
+            &key.namespace
+        };
+        self.dir
+            .join(kind.name())
+            .join(ns)
+            .join(format!("{}.json", key.name))
+    }
+
+    fn save(&self, obj: &Object) -> Result<(), StoreError> {
+        let path = self.path(obj.kind(), &Key::of(obj.kind(), obj.metadata()));
+        let err = |reason: String| StoreError::Persist {
+            path: path.clone(),
+            reason,
+        };
+        let bytes = obj
+            .to_value()
+            .and_then(|v| serde_json::to_vec_pretty(&v))
+            .map_err(|e| err(e.to_string()))?;
+        std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .map_err(|e| err(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+    }
+
+    fn delete(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
+        let path = self.path(kind, key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Persist {
+                path,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Every saved object, validated.
+    fn load(&self) -> Result<Vec<Object>, String> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(format!("{}: {e}", dir.display())),
+            };
+            for e in entries {
+                let path = e.map_err(|e| format!("{}: {e}", dir.display()))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "json") {
+                    out.push(read_object(&path)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn read_object(path: &Path) -> Result<Object, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
+    let value = serde_json::from_str(&text).map_err(|e| fail(&e))?;
+    let obj = Object::from_value(value).map_err(|e| fail(&e))?.object;
+    validate(&obj).map_err(|e| fail(&e))?;
+    Ok(obj)
 }
 
 #[derive(Debug, Default)]
 pub struct Store {
     objects: BTreeMap<(Kind, Key), Entry>,
-    /// Where objects written through the API are saved (so a restart loses none).
-    persist: Option<PathBuf>,
-    /// When the oldest change not yet reconciled happened.
-    pending_since: Option<Instant>,
-    /// Bumped on every change.
-    pub generation: u64,
+    /// The models, indexed for the reconciler.
+    pub tables: Tables,
+    persist: Option<Persist>,
+    /// Kubernetes mode: the API server owns every object.
+    cluster: bool,
 }
 
 impl Store {
-    fn touch(&mut self) {
-        self.generation += 1;
-        self.pending_since.get_or_insert_with(Instant::now);
+    /// Bumped on every change (API list `resourceVersion`).
+    pub fn generation(&self) -> u64 {
+        self.tables.generation
     }
 
-    /// Takes the time of the oldest unreconciled change (the reconciler calls this).
-    pub fn take_pending(&mut self) -> Option<Instant> {
-        self.pending_since.take()
+    /// Kubernetes mode: object writes through the HTTP API are refused.
+    pub fn set_cluster_mode(&mut self) {
+        self.cluster = true;
+    }
+
+    pub fn cluster_mode(&self) -> bool {
+        self.cluster
     }
 
     pub fn get(&self, kind: Kind, key: &Key) -> Option<&Entry> {
@@ -77,76 +171,56 @@ impl Store {
 
     pub fn list(&self, kind: Kind) -> impl Iterator<Item = (&Key, &Entry)> {
         self.objects
-            .iter()
-            .filter(move |((k, _), _)| *k == kind)
+            .range((kind, Key::new("", ""))..)
+            .take_while(move |((k, _), _)| *k == kind)
             .map(|((_, key), e)| (key, e))
     }
 
-    /// A store whose API objects are saved to (and restored from) `path`.
-    pub fn open(path: PathBuf) -> Result<Store, String> {
-        let mut store = Store {
-            persist: Some(path.clone()),
-            ..Default::default()
+    /// A store whose API objects are saved under (and restored from) `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Store, String> {
+        let persist = Persist {
+            dir: state_dir.join("api-objects"),
         };
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
-        let values: Vec<serde_json::Value> =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        for v in values {
-            let v = serde_yaml::to_value(v).map_err(|e| format!("{}: {e}", path.display()))?;
-            let obj = Object::from_value(v).map_err(|e| format!("{}: {e}", path.display()))?;
-            validate(&obj).map_err(|e| format!("{}: {e}", path.display()))?;
-            store.objects.insert(
-                (obj.kind(), Key::of(obj.metadata())),
-                Entry {
-                    origin: Origin::Api,
-                    object: obj,
-                },
-            );
+        let mut store = Store::default();
+        for obj in persist.load()? {
+            store.insert(Origin::Api, obj);
         }
-        if !store.objects.is_empty() {
-            store.touch();
+        // The single-file format of earlier versions: moved to one file per object.
+        let legacy = state_dir.join("api-objects.json");
+        if let Ok(text) = std::fs::read_to_string(&legacy) {
+            let values: Vec<serde_json::Value> =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", legacy.display()))?;
+            for v in values {
+                let obj = Object::from_value(v)
+                    .map_err(|e| format!("{}: {e}", legacy.display()))?
+                    .object;
+                validate(&obj).map_err(|e| format!("{}: {e}", legacy.display()))?;
+                persist.save(&obj).map_err(|e| e.to_string())?;
+                store.insert(Origin::Api, obj);
+            }
+            std::fs::remove_file(&legacy).map_err(|e| format!("{}: {e}", legacy.display()))?;
         }
+        store.persist = Some(persist);
         Ok(store)
     }
 
-    fn save(&self) -> Result<(), StoreError> {
-        let Some(path) = &self.persist else {
-            return Ok(());
-        };
-        let err = |reason: String| StoreError::Persist {
-            path: path.clone(),
-            reason,
-        };
-        let values: Vec<serde_json::Value> = self
-            .objects
-            .values()
-            .filter(|e| e.origin == Origin::Api)
-            .map(|e| match &e.object {
-                Object::Service(o) => serde_json::to_value(o),
-                Object::EndpointSlice(o) => serde_json::to_value(o),
-                Object::Deployment(o) => serde_json::to_value(o),
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|e| err(e.to_string()))?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(&values).map_err(|e| err(e.to_string()))?,
-        )
-        .map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    /// Puts a validated object into the objects and the tables.
+    fn insert(&mut self, origin: Origin, object: Object) -> Option<Entry> {
+        let kind = object.kind();
+        let key = Key::of(kind, object.metadata());
+        if let Err(e) = self.tables.apply(&object) {
+            // Callers validate first; a failure here is a bug, reported rather than hidden.
+            tracing::error!(%kind, object = %key, error = %e, "a validated object failed translation");
+        }
+        self.objects.insert((kind, key), Entry { origin, object })
     }
 
-    /// Creates or replaces an object through the API. Returns whether it was created.
-    pub fn put_api(&mut self, obj: Object) -> Result<bool, StoreError> {
-        let kind = obj.kind();
-        let key = Key::of(obj.metadata());
-        if let Err(invalid) = validate(&obj) {
-            return Err(StoreError::Invalid { kind, key, invalid });
+    fn owner_check(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
+        if self.cluster {
+            return Err(StoreError::OwnedByCluster {
+                kind,
+                key: key.clone(),
+            });
         }
         if let Some(Entry {
             origin: Origin::File(path),
@@ -155,77 +229,65 @@ impl Store {
         {
             return Err(StoreError::OwnedByFile {
                 kind,
-                key,
+                key: key.clone(),
                 path: path.clone(),
             });
         }
-        let previous = self.objects.insert(
-            (kind, key.clone()),
-            Entry {
-                origin: Origin::Api,
-                object: obj,
-            },
-        );
-        if let Err(e) = self.save() {
-            match previous {
-                Some(p) => self.objects.insert((kind, key), p),
-                None => self.objects.remove(&(kind, key)),
-            };
-            return Err(e);
+        Ok(())
+    }
+
+    /// Creates or replaces an object through the API. Returns whether it was created.
+    pub fn put_api(&mut self, obj: Object) -> Result<bool, StoreError> {
+        let kind = obj.kind();
+        let key = Key::of(kind, obj.metadata());
+        self.owner_check(kind, &key)?;
+        if let Err(invalid) = validate(&obj) {
+            return Err(StoreError::Invalid { kind, key, invalid });
         }
-        self.touch();
-        Ok(previous.is_none())
+        if let Some(p) = &self.persist {
+            p.save(&obj)?;
+        }
+        Ok(self.insert(Origin::Api, obj).is_none())
     }
 
     pub fn delete_api(&mut self, kind: Kind, key: &Key) -> Result<(), StoreError> {
-        match self.objects.get(&(kind, key.clone())) {
-            None => Err(StoreError::NotFound {
+        self.owner_check(kind, key)?;
+        if !self.objects.contains_key(&(kind, key.clone())) {
+            return Err(StoreError::NotFound {
                 kind,
                 key: key.clone(),
-            }),
-            Some(Entry {
-                origin: Origin::File(path),
-                ..
-            }) => Err(StoreError::OwnedByFile {
-                kind,
-                key: key.clone(),
-                path: path.clone(),
-            }),
-            Some(_) => {
-                let previous = self.objects.remove(&(kind, key.clone())).expect("present");
-                if let Err(e) = self.save() {
-                    self.objects.insert((kind, key.clone()), previous);
-                    return Err(e);
-                }
-                self.touch();
-                Ok(())
-            }
+            });
         }
+        if let Some(p) = &self.persist {
+            p.delete(kind, key)?;
+        }
+        self.objects.remove(&(kind, key.clone()));
+        self.tables.remove(kind, key);
+        Ok(())
     }
 
     /// Replaces every object of one file (valid objects only; the caller keeps a file's
-    /// previous objects when the file has errors). Objects the API owns are not taken over:
-    /// they are reported back as conflicts.
-    pub fn replace_file(&mut self, path: &std::path::Path, objs: Vec<Object>) -> Vec<String> {
+    /// previous objects when the file has errors). Objects the API or another file owns are
+    /// not taken over: they are reported back as conflicts. Unchanged objects cost nothing.
+    pub fn replace_file(&mut self, path: &Path, objs: Vec<Object>) -> Vec<String> {
         let mut conflicts = Vec::new();
-        let before = self.objects.len();
+        let origin = Origin::File(path.to_path_buf());
         let old: Vec<(Kind, Key)> = self
             .objects
             .iter()
-            .filter(|(_, e)| e.origin == Origin::File(path.to_path_buf()))
+            .filter(|(_, e)| e.origin == origin)
             .map(|(k, _)| k.clone())
             .collect();
-        let mut changed = false;
         let mut keep = std::collections::BTreeSet::new();
         for obj in objs {
-            let k = (obj.kind(), Key::of(obj.metadata()));
+            let k = (obj.kind(), Key::of(obj.kind(), obj.metadata()));
             match self.objects.get(&k) {
                 Some(Entry {
                     origin: Origin::Api,
                     ..
                 }) => {
                     conflicts.push(format!(
-                        "{:?} {} is already defined through the API; not taken from this file",
+                        "{} {} is already defined through the API; not taken from this file",
                         k.0, k.1
                     ));
                     continue;
@@ -235,48 +297,28 @@ impl Store {
                     ..
                 }) if p != path => {
                     conflicts.push(format!(
-                        "{:?} {} is already defined by {}",
+                        "{} {} is already defined by {}",
                         k.0,
                         k.1,
                         p.display()
                     ));
                     continue;
                 }
-                Some(e) if e.object == obj => {}
-                _ => changed = true,
+                Some(e) if e.object == obj => {
+                    keep.insert(k);
+                    continue;
+                }
+                _ => {}
             }
-            keep.insert(k.clone());
-            self.objects.insert(
-                k,
-                Entry {
-                    origin: Origin::File(path.to_path_buf()),
-                    object: obj,
-                },
-            );
+            keep.insert(k);
+            self.insert(origin.clone(), obj);
         }
         for k in old {
             if !keep.contains(&k) {
                 self.objects.remove(&k);
-                changed = true;
+                self.tables.remove(k.0, &k.1);
             }
-        }
-        if changed || self.objects.len() != before {
-            self.touch();
         }
         conflicts
-    }
-
-    /// The validated models of everything stored.
-    pub fn models(&self) -> (Vec<ServiceModel>, Vec<SliceModel>, Vec<WorkloadModel>) {
-        let (mut services, mut slices, mut workloads) = (Vec::new(), Vec::new(), Vec::new());
-        for e in self.objects.values() {
-            // Stored objects were validated on the way in.
-            match &e.object {
-                Object::Service(s) => services.extend(ServiceModel::from_object(s).ok()),
-                Object::EndpointSlice(s) => slices.extend(SliceModel::from_object(s).ok()),
-                Object::Deployment(d) => workloads.extend(WorkloadModel::from_object(d).ok()),
-            }
-        }
-        (services, slices, workloads)
     }
 }

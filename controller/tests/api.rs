@@ -8,7 +8,7 @@ use axum::{
     body::Body,
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
-use controller::{api, desired, fake::FakeDataPath, objects::Object, state::Shared};
+use controller::{api, fake::FakeDataPath, objects::Object, state::Shared};
 use lb_datapath::{
     Capacities, DataPath, EndpointStatus, Error, MapOccupancy, Reason, ServiceDump, ServiceSpec,
     ServiceStats,
@@ -196,20 +196,17 @@ async fn woken(state: &Shared) -> bool {
 
 /// One reconcile round, as the agent's loop runs it.
 async fn reconcile(state: &Shared) {
-    let (services, slices, _) = state.store.lock().await.models();
+    let mut store = state.store.lock().await;
     let probes = state.probes.lock().await.clone();
-    let want = desired::desired(&services, &slices, &probes);
-    let round = state
-        .reconciler
-        .lock()
-        .await
-        .reconcile(&want, true, false, None);
+    let mut rec = state.reconciler.lock().await;
+    rec.allow_pruning();
+    let round = controller::reconcile::sync_dirty(&mut store.tables, &probes, &mut rec);
     assert!(round.errors.is_empty(), "{round:?}");
 }
 
 /// The store's generation and every object as the API lists them.
 async fn snapshot(state: &Shared) -> (u64, Vec<Value>) {
-    let generation = state.store.lock().await.generation;
+    let generation = state.store.lock().await.generation();
     let mut lists = Vec::new();
     for path in [
         "/api/v1/services",
@@ -756,7 +753,7 @@ async fn without_a_configured_token_writes_are_disabled() {
             answer.error()
         );
     }
-    assert_eq!(state.store.lock().await.generation, 0);
+    assert_eq!(state.store.lock().await.generation(), 0);
     Call::get("/api/v1/services")
         .send(&state)
         .await
@@ -1020,12 +1017,6 @@ fn invalid_requests() -> Vec<Bad> {
             "loadBalancerSourceRanges is not enforced",
         ),
         bad(
-            "loadBalancerIP",
-            put_svc(|v| v["spec"]["loadBalancerIP"] = json!("203.0.113.1")),
-            S::UNPROCESSABLE_ENTITY,
-            "loadBalancerIP is deprecated",
-        ),
-        bad(
             "sessionAffinity Cookie",
             put_svc(|v| v["spec"]["sessionAffinity"] = json!("Cookie")),
             S::UNPROCESSABLE_ENTITY,
@@ -1055,12 +1046,6 @@ fn invalid_requests() -> Vec<Bad> {
             "only NodePort and LoadBalancer",
         ),
         bad(
-            "type ExternalName",
-            put_svc(|v| v["spec"]["type"] = json!("ExternalName")),
-            S::UNPROCESSABLE_ENTITY,
-            "ExternalName is not supported",
-        ),
-        bad(
             "duplicate ports",
             put_svc(|v| {
                 v["spec"]["ports"] = json!([{"name": "a", "port": 80, "nodePort": 30001}, {"name": "b", "port": 80, "nodePort": 30002}]);
@@ -1082,18 +1067,6 @@ fn invalid_requests() -> Vec<Bad> {
             put_svc(|v| v["spec"]["ports"] = json!([])),
             S::UNPROCESSABLE_ENTITY,
             "at least one port",
-        ),
-        bad(
-            "unknown field in spec",
-            put_svc(|v| v["spec"]["bogus"] = json!(true)),
-            S::UNPROCESSABLE_ENTITY,
-            "unknown field `bogus`",
-        ),
-        bad(
-            "unknown top-level field",
-            put_svc(|v| v["extra"] = json!({})),
-            S::UNPROCESSABLE_ENTITY,
-            "unknown field `extra`",
         ),
         bad(
             "clusterIP not an IP",
@@ -1129,18 +1102,6 @@ fn invalid_requests() -> Vec<Bad> {
             put_slice(|v| v["endpoints"][0]["addresses"] = json!(["2001:db8::10"])),
             S::UNPROCESSABLE_ENTITY,
             "does not match addressType IPv4",
-        ),
-        bad(
-            "addressType FQDN",
-            put_slice(|v| v["addressType"] = json!("FQDN")),
-            S::UNPROCESSABLE_ENTITY,
-            "addressType: FQDN is not supported",
-        ),
-        bad(
-            "unknown endpoint condition",
-            put_slice(|v| v["endpoints"][0]["conditions"]["healthy"] = json!(true)),
-            S::UNPROCESSABLE_ENTITY,
-            "unknown field `healthy`",
         ),
         bad(
             "bad probe annotation",
@@ -1253,13 +1214,11 @@ async fn invalid_requests_are_refused_and_change_nothing() {
         .send(&state)
         .await
         .expect(StatusCode::CREATED);
-    let file_owned = Object::from_value(
-        serde_yaml::to_value(with(service(), |v| {
-            v["metadata"]["name"] = json!("from-file");
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+    let file_owned = Object::from_value(with(service(), |v| {
+        v["metadata"]["name"] = json!("from-file");
+    }))
+    .unwrap()
+    .object;
     let conflicts = state
         .store
         .lock()
@@ -1302,4 +1261,46 @@ async fn invalid_requests_are_refused_and_change_nothing() {
             case.what
         );
     }
+}
+
+/// As an API server with its default `fieldValidation=Warn`: what k8s-openapi's types do not
+/// know is dropped and named in `Warning` headers; fields a real API server prints but the
+/// data path does not act on (`loadBalancerIP`, `trafficDistribution`, `hints`, ...) are
+/// accepted.
+#[tokio::test]
+async fn unknown_and_informational_fields_are_accepted_unknown_ones_with_a_warning() {
+    let state = state();
+    let answer = Call::put(
+        SVC,
+        &with(service(), |v| {
+            v["spec"]["bogus"] = json!(true);
+            v["spec"]["loadBalancerIP"] = json!("203.0.113.1");
+            v["spec"]["trafficDistribution"] = json!("PreferClose");
+            v["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Update"}]);
+        }),
+    )
+    .send(&state)
+    .await
+    .expect(StatusCode::CREATED);
+    let warnings: Vec<&str> = answer
+        .headers
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(warnings, vec![r#"299 - "unknown field \"spec.bogus\"""#]);
+    assert!(
+        answer.body["spec"].get("bogus").is_none(),
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body["spec"]["trafficDistribution"], "PreferClose");
+    let slice = with(slice(), |v| {
+        v["endpoints"][0]["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+        v["endpoints"][0]["zone"] = json!("zone-a");
+    });
+    Call::put(SLICE, &slice)
+        .send(&state)
+        .await
+        .expect(StatusCode::CREATED);
 }

@@ -2,9 +2,14 @@
 //! the desired state, the reconciler and the in-memory fake data path. Set UPDATE_GOLDEN=1 to
 //! rewrite the `.golden` files after an intended change (and review the diff).
 
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
-use controller::{desired, fake::FakeDataPath, files, reconcile::Reconciler, store::Store};
+use controller::{
+    fake::FakeDataPath,
+    files,
+    reconcile::{Reconciler, sync_dirty},
+    store::Store,
+};
 
 fn golden_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"))
@@ -16,10 +21,13 @@ fn load(store: &mut Store, name: &str, text: &str) {
     assert!(store.replace_file(&path, objs).is_empty());
 }
 
-fn reconcile(store: &Store, rec: &mut Reconciler<FakeDataPath>) -> controller::reconcile::Round {
-    let (services, slices, _) = store.models();
-    let want = desired::desired(&services, &slices, &Default::default());
-    rec.reconcile(&want, true, false, None)
+/// One round of the reconcile loop: the services changed since the last round.
+fn reconcile(
+    store: &mut Store,
+    rec: &mut Reconciler<FakeDataPath>,
+) -> controller::reconcile::Round {
+    rec.allow_pruning();
+    sync_dirty(&mut store.tables, &Default::default(), rec)
 }
 
 fn check(name: &str, actual: &str) {
@@ -46,7 +54,7 @@ fn golden_service_types_multiport_and_tcp_udp_on_one_port() {
         &std::fs::read_to_string(golden_dir().join("types.yaml")).unwrap(),
     );
     let mut rec = Reconciler::new(FakeDataPath::default());
-    reconcile(&store, &mut rec);
+    reconcile(&mut store, &mut rec);
     check("types", &rec.data_path().render());
 }
 
@@ -56,7 +64,7 @@ fn golden_terminating_fallback_ready_flip_and_delete() {
     let mut store = Store::default();
     load(&mut store, "fallback.yaml", &text);
     let mut rec = Reconciler::new(FakeDataPath::default());
-    reconcile(&store, &mut rec);
+    reconcile(&mut store, &mut rec);
     let mut out = String::from("# no ready endpoint: serving-terminating is the fallback\n");
     out += &rec.data_path().render();
 
@@ -68,16 +76,16 @@ fn golden_terminating_fallback_ready_flip_and_delete() {
             "conditions: {ready: true}",
         ),
     );
-    let round = reconcile(&store, &mut rec);
+    let round = reconcile(&mut store, &mut rec);
     out += "# 198.51.100.6 became ready\n";
     out += &rec.data_path().render();
     assert_eq!(round.upserted.len(), 1);
 
     // Idempotent: the same state again writes nothing.
-    assert!(reconcile(&store, &mut rec).upserted.is_empty());
+    assert!(reconcile(&mut store, &mut rec).upserted.is_empty());
 
     load(&mut store, "fallback.yaml", "");
-    let round = reconcile(&store, &mut rec);
+    let round = reconcile(&mut store, &mut rec);
     out += "# file emptied: service removed\n";
     out += &rec.data_path().render();
     assert_eq!(round.removed, vec!["default/app:8080/TCP".to_string()]);
@@ -100,14 +108,14 @@ fn reconcile_never_prunes_before_every_source_synced() {
     )
     .unwrap();
     let mut rec = Reconciler::new(fake);
-    let empty = BTreeMap::new();
-    let round = rec.reconcile(&empty, false, false, None);
+    let round = rec.reconcile_all(Vec::new());
     assert_eq!(round.kept_unsynced, vec!["default/old:80/TCP".to_string()]);
     assert_eq!(
         rec.data_path().service_names_for_test(),
         vec!["default/old:80/TCP".to_string()]
     );
-    let round = rec.reconcile(&empty, true, false, None);
+    rec.allow_pruning();
+    let round = rec.reconcile_all(Vec::new());
     assert_eq!(round.removed, vec!["default/old:80/TCP".to_string()]);
 }
 
@@ -122,7 +130,7 @@ fn reconcile_applies_new_before_removing_and_reports_errors_without_stopping() {
     let mut fake = FakeDataPath::default();
     fake.fail_on = Some("shop/web:metrics/TCP".into());
     let mut rec = Reconciler::new(fake);
-    let round = reconcile(&store, &mut rec);
+    let round = reconcile(&mut store, &mut rec);
     assert_eq!(round.errors.len(), 1, "{round:?}");
     assert!(
         round.upserted.len() >= 4,
@@ -135,7 +143,7 @@ fn reconcile_applies_new_before_removing_and_reports_errors_without_stopping() {
         &std::fs::read_to_string(golden_dir().join("fallback.yaml")).unwrap(),
     );
     rec.data_path_mut().calls.clear();
-    reconcile(&store, &mut rec);
+    reconcile(&mut store, &mut rec);
     let calls = &rec.data_path().calls;
     let first_remove = calls.iter().position(|c| c.starts_with("remove")).unwrap();
     let last_upsert = calls.iter().rposition(|c| c.starts_with("upsert")).unwrap();

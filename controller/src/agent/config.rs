@@ -1,0 +1,130 @@
+//! The agent's configuration file (YAML), every field optional; flags override it.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use lb_datapath::{DataplaneConfig, PinConfig};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct AgentConfig {
+    /// External interfaces to attach the load balancer to (NodePort on their addresses).
+    pub interfaces: Vec<String>,
+    /// Devices translated frames may be redirected to (NICs, or veths whose peer runs XDP).
+    pub redirect_interfaces: Vec<String>,
+    /// Directory of Kubernetes YAML (Service, EndpointSlice, Deployment, ...), watched.
+    pub manifests: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server described by this kubeconfig file.
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes mode with the in-cluster configuration (service account); on by itself
+    /// when `KUBERNETES_SERVICE_HOST` is set and no kubeconfig is given.
+    pub in_cluster: bool,
+    /// This node's name (its Node object); default: `NODE_NAME`, else the host name.
+    pub node_name: Option<String>,
+    /// The HTTP API (127.0.0.1 by default: it changes what the node forwards).
+    pub api_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_listen: SocketAddr,
+    /// File holding the bearer token API writes must carry; without it the API is read-only.
+    pub token_file: Option<PathBuf>,
+    /// Full resync period: a cheap safety net (desired state re-derived from the tables and
+    /// compared with what was applied; only differences are written).
+    pub resync_seconds: u64,
+    /// `/healthz` answers 503 when a change has waited longer than this to be applied.
+    pub healthz_max_age_seconds: u64,
+    /// Manifest directory poll period, in milliseconds.
+    pub poll_millis: u64,
+    /// Where objects written through the API are kept across restarts.
+    pub state_dir: PathBuf,
+    pub dataplane: DataplaneConfig,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            interfaces: Vec::new(),
+            redirect_interfaces: Vec::new(),
+            manifests: None,
+            kubeconfig: None,
+            in_cluster: false,
+            node_name: None,
+            api_listen: "127.0.0.1:10260".parse().expect("address"),
+            metrics_listen: "127.0.0.1:10249".parse().expect("address"),
+            token_file: None,
+            resync_seconds: 300,
+            healthz_max_age_seconds: 60,
+            poll_millis: 500,
+            state_dir: PathBuf::from("/var/lib/sluice"),
+            dataplane: DataplaneConfig {
+                pin: Some(PinConfig::default()),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Whether objects come from a Kubernetes API server.
+    pub fn kubernetes(&self) -> bool {
+        self.kubeconfig.is_some() || self.in_cluster
+    }
+
+    /// The node name: configured, else `NODE_NAME`, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks everything that can be checked before touching the node. Returns the API
+    /// token, if any.
+    pub fn validate(&self) -> anyhow::Result<Option<String>> {
+        if self.interfaces.is_empty() {
+            bail!(
+                "no interface to attach to: pass --interface IFNAME (or `interfaces:` in the config file)"
+            );
+        }
+        if let Some(d) = &self.manifests {
+            std::fs::read_dir(d).with_context(|| format!("manifest directory {}", d.display()))?;
+        }
+        if self.kubernetes() && self.manifests.is_some() {
+            bail!(
+                "--manifests and Kubernetes mode (--kubeconfig / in-cluster) exclude each other: \
+                 in Kubernetes mode every object comes from the API server"
+            );
+        }
+        if let Some(k) = &self.kubeconfig {
+            std::fs::metadata(k).with_context(|| format!("kubeconfig {}", k.display()))?;
+        }
+        if self.kubernetes() && self.node_name().is_empty() {
+            bail!("Kubernetes mode needs this node's name: pass --node-name or set NODE_NAME");
+        }
+        std::fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("state directory {}", self.state_dir.display()))?;
+        if self.resync_seconds == 0 || self.poll_millis == 0 || self.healthz_max_age_seconds == 0 {
+            bail!("resync_seconds, poll_millis and healthz_max_age_seconds must be > 0");
+        }
+        match &self.token_file {
+            None => Ok(None),
+            Some(p) => {
+                let t = std::fs::read_to_string(p)
+                    .with_context(|| format!("token file {}", p.display()))?;
+                let t = t.trim().to_string();
+                if t.len() < 16 {
+                    bail!(
+                        "token file {}: the token must be at least 16 characters",
+                        p.display()
+                    );
+                }
+                Ok(Some(t))
+            }
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `sluice run`: validates the whole configuration before anything is attached, opens (or
+//! adopts) the data path, then runs the sources, the reconcile loop, the API and the metrics
+//! listener until SIGTERM/SIGINT. A shutdown leaves the data path serving.
+//!
+//! - [`config`]: the configuration file and its checks;
+//! - [`endpoints`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`reconcile_loop`]: changes -> reconcile rounds;
+//! - [`standalone`]: the manifest directory and the prober (standalone mode).
+
+pub mod config;
+pub mod endpoints;
+pub mod reconcile_loop;
+pub mod standalone;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+pub use config::AgentConfig;
+
+use crate::{files::Directory, metrics, state::Shared, store::Store};
+
+/// Runs the agent until a shutdown signal. `open` opens the data path (the `sluice` binary
+/// passes the real one; this crate never links it).
+pub async fn run(
+    cfg: AgentConfig,
+    open: impl FnOnce(&AgentConfig) -> anyhow::Result<crate::state::BoxedDataPath>,
+) -> anyhow::Result<()> {
+    let token = cfg.validate()?;
+    // Built before the node is touched, so a bad kubeconfig fails fast; building it does not
+    // contact the API server.
+    let kube = if cfg.kubernetes() {
+        Some(crate::kube::client(&cfg).await?)
+    } else {
+        None
+    };
+    let api_listener = TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("API listen address {}", cfg.api_listen))?;
+    let metrics_listener = TcpListener::bind(cfg.metrics_listen)
+        .await
+        .with_context(|| format!("metrics listen address {}", cfg.metrics_listen))?;
+    let prom = metrics::install()?;
+
+    let dp = open(&cfg)?;
+    let adopted = dp.service_names();
+    if !adopted.is_empty() {
+        tracing::info!(
+            services = adopted.len(),
+            "adopted pinned services; none is removed before every source listed once"
+        );
+    }
+    let store = if kube.is_some() {
+        let mut s = Store::default();
+        s.set_cluster_mode();
+        s
+    } else {
+        Store::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("restoring API objects: {e}"))?
+    };
+    let shared = Shared::new(dp, token);
+    *shared.store.lock().await = store;
+    let health = endpoints::Health::new(
+        shared.clone(),
+        Duration::from_secs(cfg.healthz_max_age_seconds),
+        prom,
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let api = crate::api::router(shared.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(api_listener, api).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    let mrouter = endpoints::router(health.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, mrouter).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(api = %cfg.api_listen, metrics = %cfg.metrics_listen, "listening");
+
+    let mut watchers = None;
+    match kube {
+        Some(client) => {
+            let node = cfg.node_name();
+            tracing::info!(node = %node, "Kubernetes mode: watching Services, EndpointSlices, this Node, Deployments, ReplicaSets");
+            watchers = Some(crate::kube::spawn(&shared, client, &node));
+        }
+        None => {
+            if let Some(dir) = cfg.manifests.clone() {
+                shared.sources.register(standalone::FILES_SOURCE);
+                tasks.spawn(standalone::watch_files(
+                    shared.clone(),
+                    Directory::new(dir),
+                    Duration::from_millis(cfg.poll_millis),
+                ));
+            }
+            tasks.spawn(standalone::probe_loop(shared.clone()));
+        }
+    }
+    tasks.spawn(reconcile_loop::run(
+        shared.clone(),
+        health,
+        Duration::from_secs(cfg.resync_seconds),
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down; the data path keeps serving (uninstall removes it)");
+    if let Some(mut w) = watchers {
+        w.abort_all();
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+}

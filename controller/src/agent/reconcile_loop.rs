@@ -1,0 +1,157 @@
+//! The reconcile loop: sleeps until a source reports a change, takes every service changed
+//! since the last round (a burst of events becomes one round), computes the desired specs of
+//! just those services and hands them to the reconciler. Besides that it only wakes for
+//! retries of failed services, the first pruning after every source listed, and the rare full
+//! resync. An idle agent does nothing.
+
+use std::{
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use tokio::time::sleep_until;
+
+use super::endpoints::Health;
+use crate::{desired, model::Key, reconcile::Round, state::Shared};
+
+/// How often services whose write failed are tried again.
+const RETRY: Duration = Duration::from_secs(5);
+/// How soon after a removal the flows of removed ids are purged and the ids released.
+const PURGE_DELAY: Duration = Duration::from_secs(10);
+
+fn log(what: &str, round: &Round, took: Duration) {
+    if round.wrote() || !round.errors.is_empty() {
+        tracing::info!(
+            upserted = round.upserted.len(),
+            removed = round.removed.len(),
+            errors = round.errors.len(),
+            took_ms = took.as_secs_f64() * 1e3,
+            "{what}"
+        );
+    }
+}
+
+/// Computes the specs of `keys` from the tables (under the store lock, with the probes).
+async fn changes(
+    shared: &Shared,
+    keys: impl IntoIterator<Item = Key>,
+) -> Vec<(Key, desired::Specs)> {
+    let store = shared.store.lock().await;
+    let probes = shared.probes.lock().await;
+    keys.into_iter()
+        .map(|k| {
+            let specs = desired::of_service(&store.tables, &k, &probes);
+            (k, specs)
+        })
+        .collect()
+}
+
+pub async fn run(shared: Shared, health: Health, resync: Duration) {
+    let mut next_resync = Instant::now() + resync;
+    let mut purge_at: Option<Instant> = None;
+    let mut retry_at: Option<Instant>;
+    loop {
+        // Nothing is applied before every source listed once: a restarted agent would
+        // otherwise program services it has listed before their endpoints are listed.
+        if !shared.sources.all_synced() {
+            shared.changed.notified().await;
+            continue;
+        }
+        let started = Instant::now();
+        let dirty = shared.store.lock().await.tables.take_dirty();
+        let work = changes(&shared, dirty.services).await;
+        {
+            let mut rec = shared.reconciler.lock().await;
+            let mut round = rec.reconcile(work, dirty.since);
+            if !rec.pruning_allowed() {
+                rec.allow_pruning();
+                let pruned = rec.prune_unowned();
+                if !pruned.removed.is_empty() {
+                    tracing::info!(
+                        removed = pruned.removed.len(),
+                        "removed adopted services no source names"
+                    );
+                }
+                round.removed.extend(pruned.removed);
+                round.errors.extend(pruned.errors);
+            }
+            if !round.removed.is_empty() {
+                purge_at.get_or_insert(Instant::now() + PURGE_DELAY);
+            }
+            retry_at = rec.failed().next().map(|_| Instant::now() + RETRY);
+            log("reconciled", &round, started.elapsed());
+        }
+        health.ready.store(true, Ordering::Relaxed);
+        health.synced_now();
+
+        // Sleep until a change, a retry, the purge or the resync is due.
+        let wake = [Some(next_resync), retry_at, purge_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .expect("the resync is always scheduled");
+        tokio::select! {
+            _ = shared.changed.notified() => continue,
+            _ = sleep_until(wake.into()) => {}
+        }
+        let now = Instant::now();
+        if retry_at.is_some_and(|t| t <= now) {
+            let failed: Vec<Key> = shared
+                .reconciler
+                .lock()
+                .await
+                .failed()
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut store = shared.store.lock().await;
+            for k in failed {
+                store.tables.mark_dirty(k);
+            }
+        }
+        if purge_at.is_some_and(|t| t <= now) {
+            purge_at = None;
+            let round = shared.reconciler.lock().await.purge();
+            log("purged removed ids", &round, now.elapsed());
+        }
+        if next_resync <= now {
+            next_resync = now + resync;
+            resync_all(&shared).await;
+        }
+    }
+}
+
+/// The safety net: every service's desired specs compared with what was applied (only
+/// differences are written), services that vanished from the tables removed, unowned
+/// services pruned.
+async fn resync_all(shared: &Shared) {
+    let started = Instant::now();
+    let mut keys: Vec<Key> = shared
+        .store
+        .lock()
+        .await
+        .tables
+        .service_keys()
+        .cloned()
+        .collect();
+    {
+        let rec = shared.reconciler.lock().await;
+        keys.extend(rec.applied_services().cloned());
+    }
+    keys.sort();
+    keys.dedup();
+    let work = changes(shared, keys).await;
+    let mut rec = shared.reconciler.lock().await;
+    let round = if rec.pruning_allowed() {
+        rec.reconcile_all(work)
+    } else {
+        rec.reconcile(work, None)
+    };
+    log("resync", &round, started.elapsed());
+    if round.wrote() {
+        tracing::warn!(
+            upserted = round.upserted.len(),
+            removed = round.removed.len(),
+            "the resync found differences the incremental path missed"
+        );
+    }
+}

@@ -1,0 +1,115 @@
+//! The watch tasks: one kube-runtime watcher per kind, with kube's default exponential
+//! backoff, each registered with [`crate::state::Sources`] until its first full list.
+
+use std::fmt::Debug;
+
+use futures::StreamExt as _;
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    serde::de::DeserializeOwned,
+};
+use kube::{
+    Api, Client,
+    runtime::{WatchStreamExt as _, watcher},
+};
+use tokio::task::JoinSet;
+
+use super::events::Relist;
+use crate::{
+    metrics,
+    objects::{Kind, Object},
+    state::Shared,
+};
+
+/// Starts every watcher; the tasks run until aborted.
+pub fn spawn(shared: &Shared, client: Client, node_name: &str) -> JoinSet<()> {
+    // Lists are served from the API server's watch cache (resourceVersion=0), as
+    // kube-proxy's informers do: cheap for the API server at 10 000 services.
+    let cache = || watcher::Config::default().any_semantic();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(watch::<Service>(
+        shared.clone(),
+        Api::all(client.clone()),
+        cache(),
+        Kind::Service,
+    ));
+    tasks.spawn(watch::<EndpointSlice>(
+        shared.clone(),
+        Api::all(client.clone()),
+        cache(),
+        Kind::EndpointSlice,
+    ));
+    tasks.spawn(watch::<Node>(
+        shared.clone(),
+        Api::all(client.clone()),
+        cache().fields(&format!("metadata.name={node_name}")),
+        Kind::Node,
+    ));
+    tasks.spawn(watch::<Deployment>(
+        shared.clone(),
+        Api::all(client.clone()),
+        cache(),
+        Kind::Deployment,
+    ));
+    tasks.spawn(watch::<ReplicaSet>(
+        shared.clone(),
+        Api::all(client),
+        cache(),
+        Kind::ReplicaSet,
+    ));
+    tasks
+}
+
+/// The name a watcher registers under (`/readyz` lists the ones still waiting).
+pub fn source_name(kind: Kind) -> String {
+    format!("Kubernetes {kind} watch")
+}
+
+async fn watch<K>(shared: Shared, api: Api<K>, config: watcher::Config, kind: Kind)
+where
+    K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    Object: From<K>,
+{
+    let source = source_name(kind);
+    shared.sources.register(&source);
+    let mut relist = Relist::new(kind);
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let mut failing = false;
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(e) => e,
+            Err(e) => {
+                metrics::watch_error(kind.name());
+                // Logged when the watch starts failing; kube retries with backoff.
+                if !failing {
+                    tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff, the data path keeps its state");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!(%kind, "watch recovered");
+            failing = false;
+        }
+        let out = {
+            let mut store = shared.store.lock().await;
+            relist.apply(&mut store.tables, event)
+        };
+        for (key, why) in &out.invalid {
+            metrics::object_rejected(kind.name());
+            tracing::warn!(%kind, object = %key, error = %why, "object rejected; its previous version (if any) stays in force");
+        }
+        if out.listed {
+            metrics::relist(kind.name());
+            shared.sources.synced(&source);
+        }
+        if out.changed || out.listed {
+            shared.changed.notify_one();
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! EndpointSlice -> [`SliceModel`]: endpoints with kube-proxy's reading of their conditions.
+
+use std::net::IpAddr;
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use lb_datapath::Protocol;
+use serde::Serialize;
+
+use super::{Invalid, Key, Problems, Translated};
+use crate::{health::Probe, objects::Kind};
+
+/// The label naming the service a slice belongs to (same namespace).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// An active readiness probe for the slice's endpoints (standalone mode).
+pub const PROBE_ANNOTATION: &str = "sluice.io/readiness-probe";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointModel {
+    pub addr: IpAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    pub pod: Option<String>,
+    /// The owning pod's pod-template-hash (from a Deployment's pod name `<deploy>-<hash>-<id>`).
+    pub pod_template_hash: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SliceModel {
+    pub key: Key,
+    /// The service it belongs to (label `kubernetes.io/service-name`), same namespace.
+    pub service: Key,
+    pub ipv6: bool,
+    /// (name, protocol, target port) of each port.
+    pub ports: Vec<(String, Protocol, u16)>,
+    pub endpoints: Vec<EndpointModel>,
+    /// An active readiness probe declared with the `sluice.io/readiness-probe` annotation.
+    pub probe: Option<Probe>,
+}
+
+/// `<deployment>-<pod-template-hash>-<suffix>`: the hash of a Deployment's pod.
+fn template_hash(pod: &str) -> Option<String> {
+    let parts: Vec<&str> = pod.rsplitn(3, '-').collect();
+    (parts.len() == 3 && !parts[1].is_empty()).then(|| parts[1].to_string())
+}
+
+impl SliceModel {
+    /// The model of a slice, `Skipped` for FQDN slices (kube-proxy ignores them), or every
+    /// problem with it.
+    pub fn from_object(s: &EndpointSlice) -> Result<Translated<SliceModel>, Invalid> {
+        let mut errs = Problems::default();
+        let ipv6 = match s.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            "FQDN" => {
+                return Ok(Translated::Skipped(
+                    "addressType FQDN is not proxied".into(),
+                ));
+            }
+            o => {
+                errs.push(format!("addressType: {o} is not supported (IPv4, IPv6)"));
+                false
+            }
+        };
+        let key = Key::of(Kind::EndpointSlice, &s.metadata);
+        let labels = s.metadata.labels.as_ref();
+        let service = match labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            Some(n) if !n.is_empty() => Key::new(key.namespace.clone(), n.clone()),
+            _ => {
+                errs.push(format!(
+                    "metadata.labels.{SERVICE_NAME_LABEL}: required (the service this slice \
+                     belongs to)"
+                ));
+                Key::new("", "")
+            }
+        };
+        let mut ports = Vec::new();
+        for (i, p) in s.ports.iter().flatten().enumerate() {
+            let what = format!("ports[{i}]");
+            let proto = errs.protocol(p.protocol.as_deref(), &format!("{what}.protocol"));
+            // As kube-proxy: a port without a number is ignored.
+            let Some(port) = p.port else { continue };
+            ports.push((
+                p.name.clone().unwrap_or_default(),
+                proto,
+                errs.port(port.into(), &format!("{what}.port")),
+            ));
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in s.endpoints.iter().flatten().enumerate() {
+            // As kube-proxy: the first address is the endpoint's (the others are
+            // alternatives of the same endpoint, never extra backends).
+            let Some(first) = e.addresses.first() else {
+                errs.push(format!("endpoints[{i}].addresses: at least one address"));
+                continue;
+            };
+            let Some(addr) = errs.ip(first, &format!("endpoints[{i}].addresses[0]")) else {
+                continue;
+            };
+            if addr.is_ipv6() != ipv6 {
+                errs.push(format!(
+                    "endpoints[{i}].addresses[0]: {first} does not match addressType {}",
+                    s.address_type
+                ));
+            }
+            // Kubernetes' defaults: ready unset = true, serving unset = ready, terminating
+            // unset = false.
+            let c = e.conditions.clone().unwrap_or_default();
+            let ready = c.ready.unwrap_or(true);
+            let pod = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone());
+            endpoints.push(EndpointModel {
+                addr,
+                ready,
+                serving: c.serving.unwrap_or(ready),
+                terminating: c.terminating.unwrap_or(false),
+                node_name: e.node_name.clone(),
+                pod_template_hash: pod.as_deref().and_then(template_hash),
+                pod,
+            });
+        }
+        let probe = match s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PROBE_ANNOTATION))
+        {
+            None => None,
+            Some(text) => match Probe::parse(text) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errs.push(format!("metadata.annotations.{PROBE_ANNOTATION}: {e}"));
+                    None
+                }
+            },
+        };
+        errs.finish(Translated::Model(SliceModel {
+            key,
+            service,
+            ipv6,
+            ports,
+            endpoints,
+            probe,
+        }))
+    }
+
+    /// The target port of the service port `name`/`protocol`, if this slice has it.
+    pub fn port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == protocol)
+            .map(|(_, _, port)| *port)
+    }
+}
