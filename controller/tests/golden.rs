@@ -169,3 +169,67 @@ fn invalid_yaml_is_reported_with_file_and_line() {
         "{msgs:?}"
     );
 }
+
+/// Objects exactly as `kubectl get -o yaml` prints them (Kubernetes 1.35: managedFields,
+/// trafficDistribution, hints, zones, dual stack, several slices per service, terminating
+/// endpoints, ipMode, a Node, a Deployment mid-rollout with its ReplicaSets) -> model ->
+/// data-path dump. Covers kube-proxy's rules: headless, ExternalName and another proxy's
+/// services are skipped; `service-proxy-name: sluice` is taken; slices are merged and an
+/// endpoint listed twice keeps its best condition; only an endpoint's first address is used;
+/// the terminating fallback; publishNotReadyAddresses; ClientIP affinity; LoadBalancer VIPs
+/// from `status.loadBalancer.ingress` (not ipMode Proxy, not hostname-only); FQDN slices
+/// ignored.
+#[test]
+fn golden_kubectl_objects_of_a_real_cluster() {
+    let dir = golden_dir().join("kubectl");
+    let mut store = Store::default();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    names.sort();
+    for path in &names {
+        let text = std::fs::read_to_string(path).unwrap();
+        let objs = files::parse_file(path, &text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(store.replace_file(path, objs).is_empty());
+    }
+    let mut rec = Reconciler::new(FakeDataPath::default());
+    let round = reconcile(&mut store, &mut rec);
+    assert!(round.errors.is_empty(), "{round:?}");
+    let mut out = rec.data_path().render();
+    let t = &store.tables;
+    for (ns, name) in [("shop", "db"), ("shop", "search"), ("shop", "legacy")] {
+        let key = controller::model::Key::new(ns, name);
+        out += &format!(
+            "skipped {key}: {}\n",
+            t.skipped(&key).unwrap_or("NOT SKIPPED")
+        );
+    }
+    let node = t.node("sluice-lab-node").expect("node");
+    out += &format!("node {} addresses={:?}\n", node.name, node.addresses);
+    for w in t.workloads() {
+        out += &format!(
+            "deployment {} revision={:?} desired={} updated={} ready={} available={}: {}\n",
+            w.key,
+            w.revision,
+            w.desired,
+            w.updated,
+            w.ready,
+            w.available,
+            w.rollout_status()
+        );
+    }
+    for r in t.replicasets() {
+        out += &format!(
+            "replicaset {} of {:?} hash={:?} revision={:?} desired={} ready={}\n",
+            r.key,
+            r.deployment.as_ref().map(ToString::to_string),
+            r.pod_template_hash,
+            r.revision,
+            r.desired,
+            r.ready
+        );
+    }
+    check("kubectl", &out);
+}

@@ -79,9 +79,17 @@ struct RunArgs {
     /// Device translated frames may be redirected to (repeat).
     #[arg(long = "redirect")]
     redirect: Vec<String>,
-    /// Directory of Kubernetes YAML manifests to watch.
+    /// Directory of Kubernetes YAML manifests to watch (standalone mode).
     #[arg(long)]
     manifests: Option<PathBuf>,
+    /// Kubernetes mode: watch the API server of this kubeconfig. Without it, the agent runs
+    /// in Kubernetes mode with the in-cluster configuration when KUBERNETES_SERVICE_HOST is
+    /// set (a DaemonSet pod) and no --manifests are given.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (its Node object; default: $NODE_NAME, else the host name).
+    #[arg(long)]
+    node_name: Option<String>,
     #[arg(long)]
     api_listen: Option<SocketAddr>,
     #[arg(long)]
@@ -113,6 +121,14 @@ fn run_config(a: RunArgs) -> anyhow::Result<AgentConfig> {
         cfg.redirect_interfaces = a.redirect;
     }
     cfg.manifests = a.manifests.or(cfg.manifests);
+    cfg.kubeconfig = a.kubeconfig.or(cfg.kubeconfig);
+    cfg.node_name = a.node_name.or(cfg.node_name);
+    if cfg.kubeconfig.is_none()
+        && cfg.manifests.is_none()
+        && std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    {
+        cfg.in_cluster = true;
+    }
     cfg.api_listen = a.api_listen.unwrap_or(cfg.api_listen);
     cfg.metrics_listen = a.metrics_listen.unwrap_or(cfg.metrics_listen);
     cfg.token_file = a.token_file.or(cfg.token_file);
