@@ -1,10 +1,29 @@
 //! The Kubernetes side of the walkthrough: names as Kubernetes makes them, and the objects
-//! (Service, EndpointSlice, Deployment) in the JSON shapes the agent's API takes.
+//! (Service, EndpointSlice, Deployment), built as k8s-openapi types and sent to the agent's
+//! API as the JSON an API server would print.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use serde_json::{Value, json};
+use k8s_openapi::{
+    api::{
+        apps::v1::{
+            Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, DeploymentStrategy,
+            RollingUpdateDeployment,
+        },
+        core::v1::{
+            Container, ContainerPort, HTTPGetAction, LoadBalancerIngress, LoadBalancerStatus,
+            ObjectReference, PodSpec, PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+            ServiceStatus,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use serde_json::Value;
 
 /// The namespace of every object.
 pub const NAMESPACE: &str = "default";
@@ -125,30 +144,58 @@ impl Exposure {
     }
 }
 
+fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(NAMESPACE.to_owned()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn app_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_owned(), APP.to_owned())])
+}
+
+fn to_json<T: serde::Serialize>(object: &T) -> Value {
+    serde_json::to_value(object).expect("k8s-openapi objects serialize")
+}
+
 /// `kubectl expose deployment/<APP> --type=<type> --port <port>`: a Service selecting
 /// `app=<APP>`, with the LoadBalancer VIP in `status.loadBalancer.ingress`.
 pub fn service(name: &str, port: u16, exposure: Exposure) -> Value {
-    let mut svc = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": APP}},
-        "spec": {
-            "type": exposure.type_name(),
-            "selector": {"app": APP},
-            "ports": [{
-                "protocol": "TCP",
-                "port": port,
-                "targetPort": CONTAINER_PORT,
-                "nodePort": exposure.node_port(),
-            }],
-            "sessionAffinity": "None",
-            "externalTrafficPolicy": "Cluster",
-        },
-    });
-    if let Some(vip) = exposure.vip() {
-        svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": vip.to_string()}]}});
-    }
-    svc
+    let svc = Service {
+        metadata: meta(name, &[("app", APP)]),
+        spec: Some(ServiceSpec {
+            type_: Some(exposure.type_name().to_owned()),
+            selector: Some(app_labels()),
+            ports: Some(vec![ServicePort {
+                protocol: Some("TCP".to_owned()),
+                port: port.into(),
+                target_port: Some(IntOrString::Int(CONTAINER_PORT.into())),
+                node_port: Some(exposure.node_port().into()),
+                ..Default::default()
+            }]),
+            session_affinity: Some("None".to_owned()),
+            external_traffic_policy: Some("Cluster".to_owned()),
+            ..Default::default()
+        }),
+        status: exposure.vip().map(|vip| ServiceStatus {
+            load_balancer: Some(LoadBalancerStatus {
+                ingress: Some(vec![LoadBalancerIngress {
+                    ip: Some(vip.to_string()),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        }),
+    };
+    to_json(&svc)
 }
 
 /// One endpoint of a slice: a pod's address and conditions.
@@ -163,32 +210,44 @@ pub struct EndpointEntry {
 
 /// The EndpointSlice of `service` listing `endpoints` on the container port.
 pub fn endpoint_slice(name: &str, service: &str, endpoints: &[EndpointEntry]) -> Value {
-    let endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|e| {
-            json!({
-                "addresses": [e.ip.to_string()],
-                "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
-                "nodeName": NODE_NAME,
-                "targetRef": {"kind": "Pod", "name": e.pod, "namespace": NAMESPACE},
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {
-                "kubernetes.io/service-name": service,
-                "endpointslice.kubernetes.io/managed-by": "sluice-demo",
-            },
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "", "protocol": "TCP", "port": CONTAINER_PORT}],
-        "endpoints": endpoints,
-    })
+    let slice = EndpointSlice {
+        metadata: meta(
+            name,
+            &[
+                ("kubernetes.io/service-name", service),
+                ("endpointslice.kubernetes.io/managed-by", "sluice-demo"),
+            ],
+        ),
+        address_type: "IPv4".to_owned(),
+        ports: Some(vec![EndpointPort {
+            name: Some(String::new()),
+            protocol: Some("TCP".to_owned()),
+            port: Some(CONTAINER_PORT.into()),
+            ..Default::default()
+        }]),
+        endpoints: Some(
+            endpoints
+                .iter()
+                .map(|e| Endpoint {
+                    addresses: vec![e.ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(e.ready),
+                        serving: Some(e.serving),
+                        terminating: Some(e.terminating),
+                    }),
+                    node_name: Some(NODE_NAME.to_owned()),
+                    target_ref: Some(ObjectReference {
+                        kind: Some("Pod".to_owned()),
+                        name: Some(e.pod.clone()),
+                        namespace: Some(NAMESPACE.to_owned()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    };
+    to_json(&slice)
 }
 
 /// A Deployment condition: (type, status, reason, message).
@@ -215,50 +274,82 @@ pub struct DeploymentView {
 
 /// The Deployment in its Kubernetes shape, spec and status.
 pub fn deployment(d: &DeploymentView) -> Value {
-    let labels: BTreeMap<&str, &str> = BTreeMap::from([("app", APP)]);
-    let conditions: Vec<Value> = d
-        .conditions
-        .iter()
-        .map(|(t, s, r, m)| json!({"type": t, "status": s, "reason": r, "message": m}))
-        .collect();
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {
-            "name": d.name,
-            "namespace": NAMESPACE,
-            "labels": labels,
-            "annotations": {"deployment.kubernetes.io/revision": d.revision.to_string()},
-            "generation": d.generation,
-        },
-        "spec": {
-            "replicas": d.replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{
-                    "name": APP,
-                    "image": d.image,
-                    "ports": [{"containerPort": CONTAINER_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": CONTAINER_PORT}},
-                }]},
+    let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let mut metadata = meta(&d.name, &[("app", APP)]);
+    metadata.annotations = Some(BTreeMap::from([(
+        "deployment.kubernetes.io/revision".to_owned(),
+        d.revision.to_string(),
+    )]));
+    metadata.generation = Some(d.generation);
+    let deployment = Deployment {
+        metadata,
+        spec: DeploymentSpec {
+            replicas: Some(int(d.replicas)),
+            selector: LabelSelector {
+                match_labels: Some(app_labels()),
+                ..Default::default()
             },
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": d.max_surge, "maxUnavailable": d.max_unavailable},
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(app_labels()),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: APP.to_owned(),
+                        image: Some(d.image.clone()),
+                        ports: Some(vec![ContainerPort {
+                            container_port: CONTAINER_PORT.into(),
+                            ..Default::default()
+                        }]),
+                        readiness_probe: Some(Probe {
+                            http_get: Some(HTTPGetAction {
+                                path: Some("/ready".to_owned()),
+                                port: IntOrString::Int(CONTAINER_PORT.into()),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
             },
-            "progressDeadlineSeconds": d.progress_deadline_s,
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(int(d.max_surge))),
+                    max_unavailable: Some(IntOrString::Int(int(d.max_unavailable))),
+                }),
+            }),
+            progress_deadline_seconds: Some(
+                i32::try_from(d.progress_deadline_s).unwrap_or(i32::MAX),
+            ),
+            ..Default::default()
         },
-        "status": {
-            "observedGeneration": d.generation,
-            "replicas": d.status_replicas,
-            "updatedReplicas": d.updated,
-            "readyReplicas": d.ready,
-            "availableReplicas": d.available,
-            "unavailableReplicas": d.replicas.saturating_sub(d.available),
-            "conditions": conditions,
-        },
-    })
+        status: Some(DeploymentStatus {
+            observed_generation: Some(d.generation),
+            replicas: Some(int(d.status_replicas)),
+            updated_replicas: Some(int(d.updated)),
+            ready_replicas: Some(int(d.ready)),
+            available_replicas: Some(int(d.available)),
+            unavailable_replicas: Some(int(d.replicas.saturating_sub(d.available))),
+            conditions: Some(
+                d.conditions
+                    .iter()
+                    .map(|(t, s, r, m)| DeploymentCondition {
+                        type_: Some((*t).to_owned()),
+                        status: Some((*s).to_owned()),
+                        reason: Some((*r).to_owned()),
+                        message: Some(m.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+    };
+    to_json(&deployment)
 }
 
 #[cfg(test)]
