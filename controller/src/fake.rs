@@ -11,6 +11,8 @@ use lb_datapath::{
 #[derive(Debug, Default)]
 pub struct FakeDataPath {
     services: BTreeMap<String, (u32, ServiceSpec)>,
+    /// Ids in use (the lowest free one is handed out).
+    ids: std::collections::BTreeSet<u32>,
     /// Every call, in order ("upsert NAME" / "remove NAME"), for ordering assertions.
     pub calls: Vec<String>,
     /// Fail upserts of this service (error-path tests).
@@ -64,9 +66,11 @@ impl DataPath for FakeDataPath {
         self.calls.push(format!("upsert {}", spec.name));
         let id = match self.services.get(&spec.name) {
             Some((id, _)) => *id,
-            None => (1..)
-                .find(|i| !self.services.values().any(|(x, _)| x == i))
-                .expect("ids"),
+            None => {
+                let id = (1..).find(|i| !self.ids.contains(i)).expect("ids");
+                self.ids.insert(id);
+                id
+            }
         };
         self.services.insert(spec.name.clone(), (id, spec.clone()));
         Ok(id)
@@ -74,10 +78,12 @@ impl DataPath for FakeDataPath {
 
     fn remove_service(&mut self, name: &str) -> Result<(), Error> {
         self.calls.push(format!("remove {name}"));
-        self.services
+        let (id, _) = self
+            .services
             .remove(name)
-            .map(drop)
-            .ok_or_else(|| Error::UnknownService(name.into()))
+            .ok_or_else(|| Error::UnknownService(name.into()))?;
+        self.ids.remove(&id);
+        Ok(())
     }
 
     fn service_names(&self) -> Vec<String> {
