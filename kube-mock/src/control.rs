@@ -197,6 +197,21 @@ impl MockApiServer {
             .await
     }
 
+    /// Connections closed unanswered while the server was down.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` connections were closed unanswered while down (clients
+    /// tried and failed).
+    pub async fn wait_for_refused(&self, n: u64, timeout: Duration) -> Result<()> {
+        let describe = || format!("{n} refused connections ({})", self.refused_connections());
+        self.wait_until(timeout, describe, || self.refused_connections() >= n)
+            .await
+    }
+
     /// Waits until `pred` holds for the request log (all requests answered so far).
     pub async fn wait_for_requests(
         &self,

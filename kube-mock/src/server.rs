@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     /// Bumped whenever the request log or the open-watch counts change (for the waits).
     pub activity: watch::Sender<u64>,
     pub log: Mutex<Vec<RequestRecord>>,
+    /// Connections closed unanswered because the server was down.
+    pub refused: std::sync::atomic::AtomicU64,
     pub open_watches: Mutex<HashMap<&'static str, usize>>,
     pub bookmark_interval: Option<Duration>,
 }
@@ -52,6 +54,7 @@ impl Shared {
             down: watch::Sender::new(false),
             activity: watch::Sender::new(0),
             log: Mutex::new(Vec::new()),
+            refused: std::sync::atomic::AtomicU64::new(0),
             open_watches: Mutex::new(HashMap::new()),
             bookmark_interval,
         }
@@ -270,6 +273,10 @@ async fn serve(
         if down_now {
             // An API server that is restarting: the connection is closed unanswered.
             drop(stream);
+            shared
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.activity.send_modify(|n| *n += 1);
             continue;
         }
         let _ = stream.set_nodelay(true);

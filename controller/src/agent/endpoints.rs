@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -18,8 +18,8 @@ use crate::{metrics, state::Shared};
 pub struct Health {
     /// When the last reconcile round ended (unix seconds; 0: none yet).
     pub last_sync_unix: Arc<AtomicU64>,
-    /// Every source listed once and the first round ran.
-    pub ready: Arc<AtomicBool>,
+    /// Every source listed once and the first round ran (subscribe to wait for it).
+    pub ready: Arc<tokio::sync::watch::Sender<bool>>,
     pub max_age: Duration,
     pub shared: Shared,
     pub prom: metrics_exporter_prometheus::PrometheusHandle,
@@ -28,7 +28,7 @@ pub struct Health {
 impl std::fmt::Debug for Health {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Health")
-            .field("ready", &self.ready)
+            .field("ready", &*self.ready.borrow())
             .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
@@ -42,7 +42,7 @@ impl Health {
     ) -> Self {
         Health {
             last_sync_unix: Arc::new(AtomicU64::new(0)),
-            ready: Arc::new(AtomicBool::new(false)),
+            ready: Arc::new(tokio::sync::watch::Sender::new(false)),
             max_age,
             shared,
             prom,
@@ -101,7 +101,7 @@ async fn healthz(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    if h.ready.load(Ordering::Relaxed) {
+    if *h.ready.borrow() {
         return (StatusCode::OK, "ok".to_string());
     }
     let waiting = h.shared.sources.waiting();

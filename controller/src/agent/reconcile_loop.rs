@@ -4,10 +4,7 @@
 //! retries of failed services, the first pruning after every source listed, and the rare full
 //! resync. An idle agent does nothing.
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
 
@@ -81,7 +78,9 @@ pub async fn run(shared: Shared, health: Health, resync: Duration) {
             retry_at = rec.failed().next().map(|_| Instant::now() + RETRY);
             log("reconciled", &round, started.elapsed());
         }
-        health.ready.store(true, Ordering::Relaxed);
+        health
+            .ready
+            .send_if_modified(|r| !std::mem::replace(r, true));
         health.synced_now();
 
         // Sleep until a change, a retry, the purge or the resync is due.

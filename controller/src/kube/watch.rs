@@ -30,6 +30,16 @@ pub fn spawn(shared: &Shared, client: Client, node_name: &str) -> JoinSet<()> {
     // Lists are served from the API server's watch cache (resourceVersion=0), as
     // kube-proxy's informers do: cheap for the API server at 10 000 services.
     let cache = || watcher::Config::default().any_semantic();
+    // Registered before any task runs: until every watcher has listed, nothing is pruned.
+    for kind in [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
+        Kind::Deployment,
+        Kind::ReplicaSet,
+    ] {
+        shared.sources.register(&source_name(kind));
+    }
     let mut tasks = JoinSet::new();
     tasks.spawn(watch::<Service>(
         shared.clone(),
@@ -75,7 +85,6 @@ where
     Object: From<K>,
 {
     let source = source_name(kind);
-    shared.sources.register(&source);
     let mut relist = Relist::new(kind);
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut failing = false;
