@@ -323,7 +323,7 @@ async fn gone_410_relists_without_pruning_what_still_exists() {
     mock.wait_for_requests(
         |log| {
             log.iter()
-                .filter(|r| r.verb == Verb::List && r.resource.as_deref() == Some("endpointslices"))
+                .filter(|r| r.verb == Verb::List && r.resource == Some("endpointslices"))
                 .count()
                 > lists
         },
@@ -365,7 +365,7 @@ async fn a_disconnect_resumes_the_watch_and_loses_no_change() {
         |log| {
             log.iter()
                 .filter(|r| {
-                    r.verb == Verb::Watch && r.resource.as_deref() == Some("endpointslices")
+                    r.verb == Verb::Watch && r.resource == Some("endpointslices")
                 })
                 .count()
                 > watches
