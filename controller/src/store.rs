@@ -10,7 +10,7 @@
 //! and renamed), so a write costs one small file, never a rewrite of every object.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
 };
 
@@ -143,6 +143,8 @@ fn read_object(path: &Path) -> Result<Object, String> {
 #[derive(Debug, Default)]
 pub struct Store {
     objects: BTreeMap<(Kind, Key), Entry>,
+    /// The objects of each manifest file (a file change costs that file's objects).
+    by_file: HashMap<PathBuf, BTreeSet<(Kind, Key)>>,
     /// The models, indexed for the reconciler.
     pub tables: Tables,
     persist: Option<Persist>,
@@ -272,13 +274,8 @@ impl Store {
     pub fn replace_file(&mut self, path: &Path, objs: Vec<Object>) -> Vec<String> {
         let mut conflicts = Vec::new();
         let origin = Origin::File(path.to_path_buf());
-        let old: Vec<(Kind, Key)> = self
-            .objects
-            .iter()
-            .filter(|(_, e)| e.origin == origin)
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut keep = std::collections::BTreeSet::new();
+        let old = self.by_file.remove(path).unwrap_or_default();
+        let mut keep = BTreeSet::new();
         for obj in objs {
             let k = (obj.kind(), Key::of(obj.kind(), obj.metadata()));
             match self.objects.get(&k) {
@@ -318,6 +315,9 @@ impl Store {
                 self.objects.remove(&k);
                 self.tables.remove(k.0, &k.1);
             }
+        }
+        if !keep.is_empty() {
+            self.by_file.insert(path.to_path_buf(), keep);
         }
         conflicts
     }

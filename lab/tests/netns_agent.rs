@@ -28,7 +28,7 @@ fn sluice_bin() -> PathBuf {
         .join("sluice");
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build -p controller` (cargo xtask test does)",
+        "{} is missing: run `cargo build -p sluice` (cargo xtask test does)",
         bin.display()
     );
     bin
