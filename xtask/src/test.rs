@@ -9,7 +9,8 @@ use crate::setup::sh;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Tier {
     /// Pure tests: ABI, checksums, Maglev, ids, load generator, packet builder, the agent's
-    /// golden, API and health-check tests.
+    /// golden, API, health-check and incremental tests, and the Kubernetes source against a
+    /// mock API server (envtest's real one when KUBEBUILDER_ASSETS is set).
     Unit,
     /// BPF_PROG_TEST_RUN tables inside a prepared namespace, pinning (root).
     Packet,
@@ -50,9 +51,23 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
         println!("\n=== tier: {tier:?} ===");
         let r = match tier {
             // Unprivileged: every crate's unit tests, the load generator against loopback
-            // servers, and the agent's golden / HTTP API / health-check tests.
+            // servers, the agent's golden / HTTP API / health-check / incremental tests, and
+            // the cluster tier: the Kubernetes source against kube-mock's API server (and
+            // against a real one where KUBEBUILDER_ASSETS names kube-apiserver and etcd).
             Tier::Unit => cargo_test(&["--workspace", "--lib", "--bins"], &[]).and_then(|()| {
-                cargo_test(&["-p", "bench", "-p", "controller", "--test", "*"], &[])
+                cargo_test(
+                    &[
+                        "-p",
+                        "bench",
+                        "-p",
+                        "controller",
+                        "-p",
+                        "kube-mock",
+                        "--test",
+                        "*",
+                    ],
+                    &[],
+                )
             }),
             Tier::Packet => cargo_test(
                 &[
