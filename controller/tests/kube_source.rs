@@ -364,9 +364,7 @@ async fn a_disconnect_resumes_the_watch_and_loses_no_change() {
     mock.wait_for_requests(
         |log| {
             log.iter()
-                .filter(|r| {
-                    r.verb == Verb::Watch && r.resource == Some("endpointslices")
-                })
+                .filter(|r| r.verb == Verb::Watch && r.resource == Some("endpointslices"))
                 .count()
                 > watches
         },

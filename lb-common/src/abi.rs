@@ -42,6 +42,21 @@ pub mod map_names {
     ];
 }
 
+/// Map creation flags (`map_flags` of the definitions), as the kernel defines them.
+pub mod map_flags {
+    /// `BPF_F_MMAPABLE`: an array userspace can `mmap` and write with plain stores instead of
+    /// one `bpf` syscall per element (`SLOTS`, `BACKENDS`, `SERVICE_NAMES`).
+    pub const MMAPABLE: u32 = 1 << 10;
+}
+
+/// Selection-table slots per `SLOTS` element. The kernel stores an array element in a
+/// multiple of 8 bytes, so a `u32` element would take 8; blocks of 16 slots (one cache line)
+/// take exactly 4 bytes a slot. Slot `i` (a global index) is `SLOTS[i / 16][i % 16]`.
+pub const SLOTS_PER_ENTRY: u32 = 16;
+
+/// One `SLOTS` element: [`SLOTS_PER_ENTRY`] slots, each a backend id (0: none).
+pub type SlotBlock = [u32; SLOTS_PER_ENTRY as usize];
+
 /// Program names in the object file.
 pub mod program_names {
     pub const XDP_LB: &str = "sluice_xdp";
@@ -97,8 +112,10 @@ pub struct ServiceValue {
 
 /// Backend flags ([`Backend::flags`]).
 pub mod backend_flags {
-    /// The entry names a live backend. A zeroed array element (never written or deleted) has
-    /// this bit clear, so a packet can never be sent to address 0.
+    /// The entry names a live backend. A zeroed array element (never written) has this bit
+    /// clear, so a packet can never be sent to address 0. Deleting a backend clears its
+    /// flags and leaves the rest (a packet racing the delete reads the old backend or none);
+    /// an id is written whole before it is reused.
     pub const PRESENT: u8 = 1;
     /// The backend is in its service's selection table in force (ready, or serving and
     /// terminating while no endpoint is ready): session affinity may still pick it.
@@ -234,6 +251,8 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKey>() == 20);
     assert!(core::mem::size_of::<AffinityEntry>() == 16);
     assert!(core::mem::size_of::<RefusalWindow>() == 16);
+    assert!(core::mem::size_of::<SlotBlock>() == 64);
+    assert!(SLOTS_PER_ENTRY.is_power_of_two());
 };
 
 #[cfg(feature = "user")]

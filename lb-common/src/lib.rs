@@ -18,4 +18,8 @@ pub use reason::Reason;
 
 /// Version of the map layout. Bumped whenever a key/value type or map definition changes;
 /// part of the pin path (`/sys/fs/bpf/sluice/<instance>/v<LAYOUT_VERSION>/`).
-pub const LAYOUT_VERSION: u32 = 1;
+///
+/// - v1: the first layout.
+/// - v2: `SLOTS` holds blocks of [`SLOTS_PER_ENTRY`] slots; `SLOTS`, `BACKENDS` and
+///   `SERVICE_NAMES` are `BPF_F_MMAPABLE` ([`map_flags::MMAPABLE`]).
+pub const LAYOUT_VERSION: u32 = 2;

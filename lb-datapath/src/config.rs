@@ -44,12 +44,17 @@ impl Default for Capacities {
     }
 }
 
-/// Sizing of the Maglev selection tables.
+/// Sizing of the Maglev selection tables: 4 bytes a slot, so at the default 10 000 services
+/// of 10 backends (1009 slots each) take 38.5 MiB of `capacities.slots`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MaglevConfig {
-    /// A table gets the smallest prime >= this many slots per backend (the backend count
-    /// rounded up to a power of two)...
+    /// A fresh table gets the smallest prime >= this many slots per backend (10 backends:
+    /// 1009). It keeps its size while every backend has >= 3/4 of this many slots and it is
+    /// at most four times the fresh size (growth by a third, e.g. a rolling update with 25%
+    /// surge, keeps it). Disruption when one of N = 2..=40 backends is added or removed
+    /// (share of the other backends' slots that move; `maglev_disruption_*` tests): at 100,
+    /// mean 2.4%, 95th percentile 3.4%; at 200, mean 1.6%, p95 2.2%.
     pub slots_per_backend: u32,
     /// ...but never more than this (a prime is chosen at or below it). 4 bytes per slot.
     pub max_table_size: u32,
@@ -58,7 +63,7 @@ pub struct MaglevConfig {
 impl Default for MaglevConfig {
     fn default() -> Self {
         MaglevConfig {
-            slots_per_backend: 200,
+            slots_per_backend: 100,
             max_table_size: 65521,
         }
     }

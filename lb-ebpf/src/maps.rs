@@ -7,20 +7,22 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, RefusalWindow,
-    ServiceKey, ServiceName, ServiceValue, TrafficStats,
+    ServiceKey, ServiceName, ServiceValue, SlotBlock, TrafficStats, map_flags::MMAPABLE,
 };
 
 /// Frontend -> service.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(1, 0);
 
-/// Backend id -> backend; index 0 is never used.
+/// Backend id -> backend; index 0 is never used. Userspace writes it through an mmap.
 #[map]
-pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, MMAPABLE);
 
-/// The selection tables of all services, each a range of this array: slot -> backend id.
+/// The selection tables of all services, each a range of slots of this array: slot ->
+/// backend id, `lb_common::SLOTS_PER_ENTRY` slots an element (see [`crate::select`]).
+/// Userspace writes it through an mmap.
 #[map]
-pub static SLOTS: Array<u32> = Array::with_max_entries(1, 0);
+pub static SLOTS: Array<SlotBlock> = Array::with_max_entries(1, MMAPABLE);
 
 /// Both directions of every tracked flow; shared by all CPUs (the reply path runs elsewhere).
 #[map]
@@ -59,6 +61,6 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> = LruHashMap::with_m
 pub static REFUSALS: PerCpuArray<RefusalWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Service id -> name. Read by userspace only (restoring state after a restart); declared
-/// here so it is created and pinned with the others.
+/// here so it is created and pinned with the others; written through an mmap.
 #[map]
-pub static SERVICE_NAMES: Array<ServiceName> = Array::with_max_entries(1, 0);
+pub static SERVICE_NAMES: Array<ServiceName> = Array::with_max_entries(1, MMAPABLE);

@@ -2,8 +2,8 @@
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, FlowKey, NetAddr, NetPort, Reason, ServiceKey,
-    ServiceValue, backend_flags, scope, service_flags,
+    AffinityEntry, AffinityKey, Backend, FlowKey, NetAddr, NetPort, Reason, SLOTS_PER_ENTRY,
+    ServiceKey, ServiceValue, backend_flags, scope, service_flags,
 };
 
 use crate::{
@@ -91,9 +91,14 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
     }
 }
 
+/// The backend of slot `h % slot_count` of the service's table. `SLOTS` holds
+/// `SLOTS_PER_ENTRY` slots an element; userspace writes each slot with one aligned 4-byte
+/// store, so the load below sees either the old or the new backend id, both valid.
 #[inline(always)]
 fn slot(svc: &ServiceValue, h: u32) -> Option<(u32, Backend)> {
-    let id = *SLOTS.get(svc.slot_offset.wrapping_add(h % svc.slot_count))?;
+    let i = svc.slot_offset.wrapping_add(h % svc.slot_count);
+    let block = SLOTS.get(i / SLOTS_PER_ENTRY)?;
+    let id = block[(i % SLOTS_PER_ENTRY) as usize];
     Some((id, backend(id)?))
 }
 

@@ -3,8 +3,8 @@
 //!
 //! 1. new backends are written to `BACKENDS`;
 //! 2. the selection table is written: changed slots in place (each slot names an old or a
-//!    new backend, both valid), or, when the size changes, a complete table under the
-//!    service's other table index;
+//!    new backend, both valid), or, when the size changes, a complete table in a fresh range
+//!    of `SLOTS`;
 //! 3. the frontends (`SERVICES`) are written, pointing at the table in force, and a table
 //!    that is no longer in force is deleted;
 //! 4. removed backends are deleted; their conntrack and affinity entries are purged by
@@ -14,9 +14,14 @@
 //!
 //! Bookkeeping changes only after the kernel write it describes succeeded, and every
 //! capacity is checked before the first write, so a rejected update changes nothing.
+//!
+//! `SLOTS`, `BACKENDS` and `SERVICE_NAMES` are written through an mmap ([`crate::mmap`]):
+//! plain stores that cannot fail, ordered before the `SERVICES` syscall of step 3 that
+//! puts a fresh table in force. The selection tables are not copied into the bookkeeping:
+//! the mapped `SLOTS` is the record of the table in force.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
@@ -54,8 +59,13 @@ pub(crate) struct ServiceState {
     pub backends: BTreeMap<SocketAddr, BackendState>,
     /// First slot of the table in force in `SLOTS`.
     pub slot_offset: u32,
-    /// Backend id of every slot of the table in force.
-    pub slots: Vec<u32>,
+    /// Slots of the table in force (their backend ids are read from the mapped `SLOTS`).
+    pub slot_count: u32,
+    /// The table in force was built by this process (with its hash seed) from the backends
+    /// marked eligible: the same eligible set at the same size builds the same table, so an
+    /// unchanged upsert skips the rebuild. False for a restored table (another seed or
+    /// version may have built it; the first upsert rebuilds and rewrites what differs).
+    pub table_current: bool,
     pub affinity: Option<Duration>,
 }
 
@@ -73,6 +83,10 @@ pub struct Dataplane {
     /// Removed, not yet purged from conntrack/affinity (see [`Dataplane::purge_stale`]).
     pub(crate) stale_services: BTreeSet<u32>,
     pub(crate) stale_backends: BTreeSet<u32>,
+    /// The highest service and backend ids handed out since these maps were created, when
+    /// this process created them: the per-CPU counters of higher ids are still the kernel's
+    /// zeroes and need no reset. `None` for adopted maps (any id may hold old counts).
+    pub(crate) clean_stats: Option<(u32, u32)>,
     pub(crate) attachments: Attachments,
 }
 
@@ -258,6 +272,7 @@ impl Dataplane {
             slot_ranges: SlotRanges::new(caps.slots),
             stale_services: BTreeSet::new(),
             stale_backends: BTreeSet::new(),
+            clean_stats: (!adopt).then_some((0, 0)),
             attachments: Attachments::default(),
         };
         if adopt {
@@ -283,21 +298,13 @@ impl Dataplane {
         }
         let mut backends: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
         for id in 1..=caps.backends {
-            let b = self
-                .maps
-                .backends
-                .get(&id, 0)
-                .map_err(|e| Error::map(names::BACKENDS, "read", e))?;
+            let b = self.maps.backends.get(id);
             if b.flags & backend_flags::PRESENT != 0 {
                 backends.entry(b.service_id).or_default().push((id, b));
             }
         }
         for (sid, (keys, v)) in by_id {
-            let raw = self
-                .maps
-                .service_names
-                .get(&sid, 0)
-                .map_err(|e| Error::map(names::SERVICE_NAMES, "read", e))?;
+            let raw = self.maps.service_names.get(sid);
             let len = (raw.len as usize).min(raw.bytes.len());
             let mut name = String::from_utf8_lossy(&raw.bytes[..len]).into_owned();
             if name.is_empty() || self.services.contains_key(&name) {
@@ -308,14 +315,21 @@ impl Dataplane {
             } else {
                 Protocol::Tcp
             };
-            let mut slots = Vec::with_capacity(v.slot_count as usize);
-            for i in 0..v.slot_count {
-                slots.push(
-                    self.maps
-                        .slots
-                        .get(&(v.slot_offset + i), 0)
-                        .map_err(|e| Error::map(names::SLOTS, "read", e))?,
-                );
+            // The table is read from the mapped `SLOTS` from now on: it must lie inside.
+            let end = u64::from(v.slot_offset) + u64::from(v.slot_count);
+            if end > self.maps.slots.len() {
+                return Err(Error::map(
+                    names::SERVICES,
+                    "restore",
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "service {sid} names slots {}..{end}, beyond the {} of `SLOTS`",
+                            v.slot_offset,
+                            self.maps.slots.len()
+                        ),
+                    ),
+                ));
             }
             let mut svc_backends = BTreeMap::new();
             for (bid, b) in backends.remove(&sid).unwrap_or_default() {
@@ -357,7 +371,8 @@ impl Dataplane {
                     frontends,
                     backends: svc_backends,
                     slot_offset: v.slot_offset,
-                    slots,
+                    slot_count: v.slot_count,
+                    table_current: false,
                     affinity: (v.flags & service_flags::CLIENT_IP_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
                 },
@@ -366,10 +381,7 @@ impl Dataplane {
         // Backends of services that no longer have a frontend (a removal cut short).
         for (_, orphans) in backends {
             for (bid, _) in orphans {
-                self.maps
-                    .backends
-                    .set(bid, Backend::default(), 0)
-                    .map_err(|e| Error::map(names::BACKENDS, "delete", e))?;
+                self.maps.backends.delete(bid);
                 self.backend_ids.reserve(bid);
                 self.stale_backends.insert(bid);
             }
@@ -589,7 +601,7 @@ impl Dataplane {
         }
         let _ = old_frontends;
         let eligible = lb_datapath::eligible(&spec.backends);
-        let current_size = existing.map_or(0, |s| s.slots.len() as u32);
+        let current_size = existing.map_or(0, |s| s.slot_count);
         let size = maglev::resize(&self.cfg.maglev, current_size, eligible.len());
         let in_place = size == current_size;
         // A table of another size goes to a fresh range, allocated before any write.
@@ -615,12 +627,8 @@ impl Dataplane {
                 let n = bytes.len().min(lb_common::SERVICE_NAME_MAX);
                 stored.bytes[..n].copy_from_slice(&bytes[..n]);
                 stored.len = n as u32;
-                let named = self
-                    .maps
-                    .service_names
-                    .set(id, stored, 0)
-                    .map_err(|e| Error::map(names::SERVICE_NAMES, "write", e));
-                if let Err(e) = named.and_then(|()| self.zero_stats(true, id)) {
+                self.maps.service_names.set(id, &stored);
+                if let Err(e) = self.zero_stats(true, id) {
                     self.service_ids.release(id);
                     if !in_place {
                         self.slot_ranges.release(new_offset, size);
@@ -635,7 +643,8 @@ impl Dataplane {
                         frontends: Vec::new(),
                         backends: BTreeMap::new(),
                         slot_offset: 0,
-                        slots: Vec::new(),
+                        slot_count: 0,
+                        table_current: false,
                         affinity: None,
                     },
                 );
@@ -651,9 +660,15 @@ impl Dataplane {
             in_place,
             new_offset,
         );
-        if r.is_err() && !in_place && self.services[&spec.name].slot_offset != new_offset {
-            // The fresh range never went into force.
-            self.slot_ranges.release(new_offset, size);
+        if r.is_err() {
+            if !in_place && self.services[&spec.name].slot_offset != new_offset {
+                // The fresh range never went into force.
+                self.slot_ranges.release(new_offset, size);
+            }
+            // The eligible flags may have moved ahead of the table in force: rebuild next time.
+            if let Some(svc) = self.services.get_mut(&spec.name) {
+                svc.table_current = false;
+            }
         }
         r.map(|()| id)
     }
@@ -674,16 +689,13 @@ impl Dataplane {
         //    they are in the table).
         for b in new_backends {
             let bid = self.backend_ids.allocate().expect("checked by the caller");
-            let written = self.zero_stats(false, bid).and_then(|()| {
-                self.maps
-                    .backends
-                    .set(bid, backend_value(id, b.addr, false), 0)
-                    .map_err(|e| Error::map(names::BACKENDS, "write", e))
-            });
-            if let Err(e) = written {
+            if let Err(e) = self.zero_stats(false, bid) {
                 self.backend_ids.release(bid);
                 return Err(e);
             }
+            self.maps
+                .backends
+                .set(bid, &backend_value(id, b.addr, false));
             let svc = self.services.get_mut(&spec.name).expect("present");
             svc.backends.insert(
                 b.addr,
@@ -695,22 +707,26 @@ impl Dataplane {
             );
         }
         // Backends leaving the eligible set stop being affinity targets first.
-        let leaving: Vec<(SocketAddr, u32)> = self.services[&spec.name]
-            .backends
-            .iter()
-            .filter(|(a, b)| b.eligible && !eligible.contains(a))
-            .map(|(a, b)| (*a, b.id))
-            .collect();
-        for (addr, bid) in leaving {
-            self.maps
-                .backends
-                .set(bid, backend_value(id, addr, false), 0)
-                .map_err(|e| Error::map(names::BACKENDS, "write", e))?;
-            let svc = self.services.get_mut(&spec.name).expect("present");
-            svc.backends.get_mut(&addr).expect("listed").eligible = false;
-        }
+        let eligible_set: HashSet<&SocketAddr> = eligible.iter().collect();
+        let same_table = {
+            let svc = &self.services[&spec.name];
+            in_place
+                && svc.table_current
+                && svc.backends.values().filter(|b| b.eligible).count() == eligible.len()
+                && eligible
+                    .iter()
+                    .all(|a| svc.backends.get(a).is_some_and(|b| b.eligible))
+        };
         {
             let svc = self.services.get_mut(&spec.name).expect("present");
+            for (addr, b) in svc.backends.iter_mut() {
+                if b.eligible && !eligible_set.contains(addr) {
+                    self.maps
+                        .backends
+                        .set(b.id, &backend_value(id, *addr, false));
+                    b.eligible = false;
+                }
+            }
             for b in &spec.backends {
                 if let Some(st) = svc.backends.get_mut(&b.addr) {
                     st.state = b.state;
@@ -718,44 +734,37 @@ impl Dataplane {
             }
         }
 
-        // 2. The selection table: changed slots in place, or a complete fresh range.
+        // 2. The selection table: changed slots in place, or a complete fresh range. The
+        //    same eligible backends at the same size give the table in force: nothing to do.
         let svc = &self.services[&spec.name];
-        let keys: Vec<Vec<u8>> = eligible
-            .iter()
-            .map(|a| a.to_string().into_bytes())
-            .collect();
-        let owners = maglev::build(self.cfg.hash_seed, &keys, size);
-        let table: Vec<u32> = owners
-            .iter()
-            .map(|&i| svc.backends[&eligible[i as usize]].id)
-            .collect();
-        let (old_offset, old_slots) = (svc.slot_offset, svc.slots.clone());
-        for (slot, &bid) in table.iter().enumerate() {
-            if in_place && old_slots[slot] == bid {
-                continue;
-            }
-            self.maps
-                .slots
-                .set(new_offset + slot as u32, bid, 0)
-                .map_err(|e| Error::map(names::SLOTS, "write", e))?;
-            if in_place {
-                self.services.get_mut(&spec.name).expect("present").slots[slot] = bid;
+        let (old_offset, old_count) = (svc.slot_offset, svc.slot_count);
+        if !same_table {
+            let keys: Vec<Vec<u8>> = eligible
+                .iter()
+                .map(|a| a.to_string().into_bytes())
+                .collect();
+            let ids: Vec<u32> = eligible.iter().map(|a| svc.backends[a].id).collect();
+            let owners = maglev::build(self.cfg.hash_seed, &keys, size);
+            for (slot, &owner) in owners.iter().enumerate() {
+                let (at, bid) = (new_offset + slot as u32, ids[owner as usize]);
+                // In place, each store replaces one valid backend by another; a fresh range
+                // is not in force yet (step 3 puts it there).
+                if !in_place || self.maps.slots.get(at) != bid {
+                    self.maps.slots.set(at, bid);
+                }
             }
         }
         // Backends joining the eligible set, now that the table names them.
-        let joining: Vec<(SocketAddr, u32)> = self.services[&spec.name]
-            .backends
-            .iter()
-            .filter(|(a, b)| !b.eligible && eligible.contains(a))
-            .map(|(a, b)| (*a, b.id))
-            .collect();
-        for (addr, bid) in joining {
-            self.maps
-                .backends
-                .set(bid, backend_value(id, addr, true), 0)
-                .map_err(|e| Error::map(names::BACKENDS, "write", e))?;
+        {
             let svc = self.services.get_mut(&spec.name).expect("present");
-            svc.backends.get_mut(&addr).expect("listed").eligible = true;
+            for (addr, b) in svc.backends.iter_mut() {
+                if !b.eligible && eligible_set.contains(addr) {
+                    self.maps
+                        .backends
+                        .set(b.id, &backend_value(id, *addr, true));
+                    b.eligible = true;
+                }
+            }
         }
 
         // 3. Frontends point at the table in force.
@@ -770,8 +779,9 @@ impl Dataplane {
             },
             affinity_timeout_s: spec.affinity.map_or(0, |t| t.as_secs() as u32),
         };
+        let family = self.family_of(spec);
         for f in &spec.frontends {
-            let key = frontend_key(f, spec.protocol, self.family_of(spec));
+            let key = frontend_key(f, spec.protocol, family);
             self.maps.services.insert(key, value, 0).map_err(|e| {
                 full_or(
                     e,
@@ -791,7 +801,8 @@ impl Dataplane {
         {
             let svc = self.services.get_mut(&spec.name).expect("present");
             svc.slot_offset = new_offset;
-            svc.slots = table;
+            svc.slot_count = size;
+            svc.table_current = true;
             svc.affinity = spec.affinity;
         }
         let gone: Vec<Frontend> = self.services[&spec.name]
@@ -805,21 +816,19 @@ impl Dataplane {
         }
         // The old range is out of force: clear and release it.
         if !in_place {
-            self.clear_slots(old_offset, old_slots.len() as u32);
+            self.clear_slots(old_offset, old_count);
         }
 
         // 4. Backends no longer listed.
+        let listed: HashSet<&SocketAddr> = spec.backends.iter().map(|b| &b.addr).collect();
         let removed: Vec<(SocketAddr, u32)> = self.services[&spec.name]
             .backends
             .iter()
-            .filter(|(a, _)| !spec.backends.iter().any(|b| b.addr == **a))
+            .filter(|(a, _)| !listed.contains(a))
             .map(|(a, b)| (*a, b.id))
             .collect();
         for (addr, bid) in removed {
-            self.maps
-                .backends
-                .set(bid, Backend::default(), 0)
-                .map_err(|e| Error::map(names::BACKENDS, "delete", e))?;
+            self.maps.backends.delete(bid);
             self.services
                 .get_mut(&spec.name)
                 .expect("present")
@@ -846,13 +855,20 @@ impl Dataplane {
     /// Zeroes a range of slots no frontend points at any more and releases it. Best effort
     /// on the zeroing: an unreferenced slot is never read.
     fn clear_slots(&mut self, offset: u32, count: u32) {
-        for i in 0..count {
-            let _ = self.maps.slots.set(offset + i, 0, 0);
-        }
+        self.maps.slots.clear(offset, count);
         self.slot_ranges.release(offset, count);
     }
 
+    /// Resets the per-CPU counters of a service or backend id that is being handed out.
     fn zero_stats(&mut self, service: bool, id: u32) -> Result<(), Error> {
+        // An id above every id handed out since we created the maps was never counted.
+        if let Some((services, backends)) = &mut self.clean_stats {
+            let high = if service { services } else { backends };
+            if id > *high {
+                *high = id;
+                return Ok(());
+            }
+        }
         let zeros = maps::zero_stats()?;
         if service {
             self.maps
@@ -880,24 +896,21 @@ impl Dataplane {
                 svc.frontends.clone(),
                 svc.id,
                 svc.slot_offset,
-                svc.slots.len() as u32,
+                svc.slot_count,
             )
         };
         for f in frontends {
             self.remove_frontend(name, f, proto)?;
         }
         self.clear_slots(offset, slots);
-        self.services.get_mut(name).expect("present").slots.clear();
+        self.services.get_mut(name).expect("present").slot_count = 0;
         let backend_ids: BTreeSet<u32> = self.services[name]
             .backends
             .values()
             .map(|b| b.id)
             .collect();
         for &bid in &backend_ids {
-            self.maps
-                .backends
-                .set(bid, Backend::default(), 0)
-                .map_err(|e| Error::map(names::BACKENDS, "delete", e))?;
+            self.maps.backends.delete(bid);
         }
         self.services.remove(name);
         self.stale_backends.extend(backend_ids);
@@ -998,7 +1011,11 @@ impl Dataplane {
                         service: name.clone(),
                         backend: *a,
                         state: b.state,
-                        selectable: svc.slots.contains(&b.id),
+                        selectable: self
+                            .maps
+                            .slots
+                            .range(svc.slot_offset, svc.slot_count)
+                            .any(|x| x == b.id),
                         flows: 0,
                     });
                 }
@@ -1028,12 +1045,21 @@ impl Dataplane {
             .map(|(name, s)| {
                 let mut frontends = s.frontends.clone();
                 frontends.sort();
+                // Slots a backend owns, in one pass over the table (ids sorted for lookup).
+                let mut ids: Vec<u32> = s.backends.values().map(|b| b.id).collect();
+                ids.sort_unstable();
+                let mut owned = vec![0u32; ids.len()];
+                for bid in self.maps.slots.range(s.slot_offset, s.slot_count) {
+                    if let Ok(i) = ids.binary_search(&bid) {
+                        owned[i] += 1;
+                    }
+                }
                 ServiceDump {
                     name: name.clone(),
                     id: s.id,
                     protocol: s.protocol,
                     frontends,
-                    table_size: s.slots.len() as u32,
+                    table_size: s.slot_count,
                     backends: s
                         .backends
                         .iter()
@@ -1041,7 +1067,7 @@ impl Dataplane {
                             addr: *addr,
                             id: b.id,
                             state: b.state,
-                            slots: s.slots.iter().filter(|&&x| x == b.id).count() as u32,
+                            slots: ids.binary_search(&b.id).map_or(0, |i| owned[i]),
                         })
                         .collect(),
                 }
@@ -1065,20 +1091,13 @@ impl Dataplane {
             }
             Ok(n)
         }
-        let mut backends = 0;
-        for r in self.maps.backends.iter() {
-            let b = r.map_err(|e| Error::map(names::BACKENDS, "iterate", e))?;
-            if b.flags & backend_flags::PRESENT != 0 {
-                backends += 1;
-            }
-        }
+        let backends = (0..self.maps.backends.entries())
+            .filter(|&id| self.maps.backends.get(id).flags & backend_flags::PRESENT != 0)
+            .count() as u64;
         // An array has every index: count the slots that name a backend.
-        let mut slots = 0;
-        for r in self.maps.slots.iter() {
-            if r.map_err(|e| Error::map(names::SLOTS, "iterate", e))? != 0 {
-                slots += 1;
-            }
-        }
+        let slots = (0..self.maps.slots.len())
+            .filter(|&s| self.maps.slots.get(s as u32) != 0)
+            .count() as u64;
         Ok(MapOccupancy {
             frontends: count(self.maps.services.keys(), names::SERVICES)?,
             backends,

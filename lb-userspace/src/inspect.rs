@@ -7,14 +7,16 @@ use std::path::Path;
 
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::map_names as names;
-use lb_common::{Backend, CtEntry, FlowKey, NetAddr, ServiceKey, ServiceValue, backend_flags};
+use lb_common::{
+    Backend, CtEntry, FlowKey, NetAddr, SLOTS_PER_ENTRY, ServiceKey, ServiceValue, backend_flags,
+};
 
-use crate::{MapOccupancy, error::Error, pins::PinConfig};
+use crate::{MapOccupancy, error::Error, mmap::MmapArray, pins::PinConfig};
 
 /// Entries held by the pinned maps of `pin`'s instance, counted in the kernel's maps:
 /// `SERVICES`, `CONNTRACK` and `NODE_ADDRS` by their keys, `BACKENDS` by the elements that
-/// carry [`backend_flags::PRESENT`] (an array has every index), `SLOTS` by the elements that
-/// name a backend (non-zero).
+/// carry [`backend_flags::PRESENT`] (an array has every index), `SLOTS` by the slots that
+/// name a backend (non-zero), read through a read-only mmap.
 ///
 /// The maps may change while they are counted (the owner keeps running): each count is a
 /// snapshot of one pass over one map; entries that vanish during the pass are skipped.
@@ -25,7 +27,9 @@ use crate::{MapOccupancy, error::Error, pins::PinConfig};
 pub fn pinned_occupancy(pin: &PinConfig) -> Result<MapOccupancy, Error> {
     let services: HashMap<MapData, ServiceKey, ServiceValue> = open(pin, names::SERVICES)?;
     let backends: Array<MapData, Backend> = open(pin, names::BACKENDS)?;
-    let slots: Array<MapData, u32> = open(pin, names::SLOTS)?;
+    let slots_path = pin.map_path(names::SLOTS);
+    let slots_map = MapData::from_pin(&slots_path).map_err(|e| pin_error(&slots_path, e))?;
+    let slots = MmapArray::new(names::SLOTS, &slots_map, false)?;
     let conntrack: HashMap<MapData, FlowKey, CtEntry> = open(pin, names::CONNTRACK)?;
     let node_addrs: HashMap<MapData, NetAddr, u32> = open(pin, names::NODE_ADDRS)?;
 
@@ -37,9 +41,9 @@ pub fn pinned_occupancy(pin: &PinConfig) -> Result<MapOccupancy, Error> {
         }
     }
     let mut used_slots = 0;
-    for s in slots.iter() {
-        if s.map_err(|e| Error::map(names::SLOTS, "iterate", e))? != 0 {
-            used_slots += 1;
+    for block in 0..slots.entries() {
+        for word in 0..SLOTS_PER_ENTRY as usize {
+            used_slots += u64::from(slots.load(block, word) != 0);
         }
     }
     Ok(MapOccupancy {

@@ -10,6 +10,7 @@
 //! - [`slots`]: where each selection table lives in the shared slot array;
 //! - [`dataplane`]: [`Dataplane`], the owner of the maps, and the update order;
 //! - [`attach`]: XDP and TC attachment and the node's addresses;
+//! - `mmap`: the mapped arrays (`SLOTS`, `BACKENDS`, `SERVICE_NAMES`) bulk writes go through;
 //! - [`pins`]: pinning under bpffs, verification of pinned maps, adoption, uninstall;
 //! - [`pass`]: the stub XDP program for veth peers;
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` access for packet tests and benchmarks.
@@ -22,6 +23,7 @@ pub mod ids;
 pub mod inspect;
 pub mod maglev;
 mod maps;
+mod mmap;
 mod object;
 pub mod pass;
 pub mod pins;

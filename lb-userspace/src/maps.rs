@@ -1,20 +1,21 @@
-//! Typed handles of every map, taken out of the loaded object once.
+//! Typed handles of every map, taken out of the loaded object once. `SLOTS`, `BACKENDS` and
+//! `SERVICE_NAMES` are written through an mmap ([`MmapArray`]); the others through syscalls.
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, ServiceKey,
-    ServiceName, ServiceValue, TrafficStats, map_names as names,
+    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, SLOTS_PER_ENTRY,
+    ServiceKey, ServiceName, ServiceValue, TrafficStats, backend_flags, map_names as names,
 };
 
-use crate::{config::Capacities, error::Error};
+use crate::{config::Capacities, error::Error, mmap::MmapArray};
 
 pub(crate) struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
-    pub backends: Array<MapData, Backend>,
-    pub slots: Array<MapData, u32>,
+    pub backends: Backends,
+    pub slots: Slots,
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
     pub node_addrs: HashMap<MapData, NetAddr, u32>,
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
@@ -23,7 +24,7 @@ pub(crate) struct Maps {
     pub tx_ports: DevMapHash<MapData>,
     pub config: Array<MapData, GlobalConfig>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
-    pub service_names: Array<MapData, ServiceName>,
+    pub service_names: Names,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -34,12 +35,36 @@ where
     T::try_from(map).map_err(|e| Error::map(name, "open", e))
 }
 
+/// An array map of the object, mapped read-write; the handle keeps its fd open.
+fn take_mapped(ebpf: &mut Ebpf, name: &'static str) -> Result<(MapData, MmapArray), Error> {
+    match ebpf.take_map(name).ok_or(Error::MissingMap(name))? {
+        Map::Array(data) => {
+            let mem = MmapArray::new(name, &data, true)?;
+            Ok((data, mem))
+        }
+        _ => Err(Error::map(
+            name,
+            "open",
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an array map"),
+        )),
+    }
+}
+
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+        let (backends_fd, backends) = take_mapped(ebpf, names::BACKENDS)?;
+        let (slots_fd, slots) = take_mapped(ebpf, names::SLOTS)?;
+        let (names_fd, service_names) = take_mapped(ebpf, names::SERVICE_NAMES)?;
         Ok(Maps {
             services: take(ebpf, names::SERVICES)?,
-            backends: take(ebpf, names::BACKENDS)?,
-            slots: take(ebpf, names::SLOTS)?,
+            backends: Backends {
+                mem: backends,
+                _fd: backends_fd,
+            },
+            slots: Slots {
+                mem: slots,
+                _fd: slots_fd,
+            },
             conntrack: take(ebpf, names::CONNTRACK)?,
             node_addrs: take(ebpf, names::NODE_ADDRS)?,
             service_stats: take(ebpf, names::SERVICE_STATS)?,
@@ -48,17 +73,123 @@ impl Maps {
             tx_ports: take(ebpf, names::TX_PORTS)?,
             config: take(ebpf, names::CONFIG)?,
             affinity: take(ebpf, names::AFFINITY)?,
-            service_names: take(ebpf, names::SERVICE_NAMES)?,
+            service_names: Names {
+                mem: service_names,
+                _fd: names_fd,
+            },
         })
     }
 }
 
-/// Max entries of every map from the capacities (ids are 1-based, so arrays get one more).
+/// `SLOTS` through its mmap: slot `i` is word `i % 16` of element `i / 16`.
+pub(crate) struct Slots {
+    mem: MmapArray,
+    _fd: MapData,
+}
+
+impl Slots {
+    /// Slots the map holds (at least `capacities.slots`).
+    pub fn len(&self) -> u64 {
+        u64::from(self.mem.entries()) * u64::from(SLOTS_PER_ENTRY)
+    }
+
+    pub fn get(&self, slot: u32) -> u32 {
+        self.mem
+            .load(slot / SLOTS_PER_ENTRY, (slot % SLOTS_PER_ENTRY) as usize)
+    }
+
+    pub fn set(&self, slot: u32, backend: u32) {
+        self.mem.store(
+            slot / SLOTS_PER_ENTRY,
+            (slot % SLOTS_PER_ENTRY) as usize,
+            backend,
+        );
+    }
+
+    /// Zeroes `count` slots from `offset`.
+    pub fn clear(&self, offset: u32, count: u32) {
+        for s in offset..offset + count {
+            self.set(s, 0);
+        }
+    }
+
+    /// The backend ids of `count` slots from `offset`.
+    pub fn range(&self, offset: u32, count: u32) -> impl Iterator<Item = u32> + '_ {
+        (offset..offset + count).map(|s| self.get(s))
+    }
+}
+
+/// Word of [`Backend`] that holds `flags` (with the port).
+const BACKEND_FLAGS_WORD: usize = std::mem::offset_of!(Backend, flags) / 4;
+const _: () = assert!(BACKEND_FLAGS_WORD == 4 && std::mem::size_of::<Backend>() == 24);
+
+/// `BACKENDS` through its mmap.
+pub(crate) struct Backends {
+    mem: MmapArray,
+    _fd: MapData,
+}
+
+impl Backends {
+    pub fn entries(&self) -> u32 {
+        self.mem.entries()
+    }
+
+    pub fn get(&self, id: u32) -> Backend {
+        self.mem.load_value::<Backend, 6>(id)
+    }
+
+    /// Writes backend `id`. A live entry's flags are stored last, an entry losing `PRESENT`
+    /// has them stored first. Nothing names a new id before this write (its slots come
+    /// later), and an update of a live entry changes its flags word only, so the XDP program
+    /// (which checks `PRESENT` before it uses an entry) never sees a half-written backend.
+    pub fn set(&self, id: u32, b: &Backend) {
+        let order = if b.flags & backend_flags::PRESENT != 0 {
+            [0, 1, 2, 3, 5, BACKEND_FLAGS_WORD]
+        } else {
+            [BACKEND_FLAGS_WORD, 0, 1, 2, 3, 5]
+        };
+        self.mem.store_value::<Backend, 6>(id, b, order);
+    }
+
+    /// Deletes backend `id`: clears its flags (`PRESENT` first) and leaves the rest, so a
+    /// packet racing the delete reads the old backend or none, never a mix with zeroes. The
+    /// id is reused only after its flows were purged, and then written whole.
+    pub fn delete(&self, id: u32) {
+        let mut b = self.get(id);
+        b.flags = 0;
+        b._pad = 0;
+        self.set(id, &b);
+    }
+}
+
+/// `SERVICE_NAMES` through its mmap (read by userspace only).
+pub(crate) struct Names {
+    mem: MmapArray,
+    _fd: MapData,
+}
+
+impl Names {
+    pub fn get(&self, id: u32) -> ServiceName {
+        self.mem.load_value::<ServiceName, 32>(id)
+    }
+
+    pub fn set(&self, id: u32, name: &ServiceName) {
+        let mut order = [0usize; 32];
+        for (i, o) in order.iter_mut().enumerate() {
+            // The length (word 0) last: a reader never sees a length over stale bytes.
+            *o = (i + 1) % 32;
+        }
+        self.mem.store_value::<ServiceName, 32>(id, name, order);
+    }
+}
+
+/// Max entries of every map from the capacities (ids are 1-based, so arrays get one more;
+/// `SLOTS` holds `SLOTS_PER_ENTRY` slots an element).
 pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 12] {
     [
         (names::SERVICES, c.frontends),
         (names::BACKENDS, c.backends + 1),
-        (names::SLOTS, c.slots),
+        (names::SLOTS, c.slots.div_ceil(SLOTS_PER_ENTRY)),
         (names::CONNTRACK, c.conntrack),
         (names::NODE_ADDRS, c.node_addresses),
         (names::SERVICE_STATS, c.services + 1),

@@ -94,15 +94,19 @@ pub(crate) fn verify(pin: &PinConfig, fresh: &aya::Ebpf) -> Result<bool, Error> 
         let want = want.map_err(|e| Error::map(name, "read info", e))?;
         let (p, w) = (describe(&pinned), describe(&want));
         if p.3 != w.3 && (&p.0, p.1, p.2, p.4) == (&w.0, w.1, w.2, w.4) {
+            // `SLOTS` holds SLOTS_PER_ENTRY slots an entry; the setting counts slots.
+            let per = if name == names::SLOTS {
+                u64::from(lb_common::SLOTS_PER_ENTRY)
+            } else {
+                1
+            };
+            let (have, asked) = (u64::from(p.3) * per, u64::from(w.3) * per);
             return Err(Error::Pin {
                 path,
                 reason: format!(
-                    "pinned with {} entries but `{}` asks for {}: set it back to {} or remove the \
-                     data path with `{}`",
-                    p.3,
+                    "pinned with {have} entries but `{}` asks for {asked}: set it back to {have} \
+                     or remove the data path with `{}`",
                     setting_of(name),
-                    w.3,
-                    p.3,
                     pin.uninstall_hint()
                 ),
             });

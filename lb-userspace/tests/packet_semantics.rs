@@ -8,7 +8,7 @@ mod common;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::Duration,
 };
 
@@ -436,6 +436,10 @@ fn maglev_update_leaves_no_hole_while_packets_run() {
             vec![0, 3],
         ];
         let stop = AtomicBool::new(false);
+        // Packets run so far: the updates go on until enough packets overlapped them
+        // (updates take tens of microseconds, so a fixed count of rounds could be over
+        // before the packet thread got going).
+        let ran = AtomicU64::new(0);
         let ifindex = env.uplink_ifindex;
         // The service exists before the first packet runs.
         let spec_of = |set: &[usize], round: usize| {
@@ -466,13 +470,18 @@ fn maglev_update_leaves_no_hole_while_packets_run() {
                         .run(&tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build(), ifindex)
                         .expect("run");
                     runs += 1;
+                    ran.store(runs, Ordering::Relaxed);
                     if out.verdict != XDP_PASS || !all.contains(&v4(dst_of(&out.data))) {
                         bad.push((out.verdict, dst_of(&out.data)));
                     }
                 }
                 (runs, bad)
             });
-            for round in 0..20 {
+            // At least 20 rounds, until 5000 packets ran alongside, at most 20 000 rounds.
+            for round in 0..20_000 {
+                if round >= 20 && ran.load(Ordering::Relaxed) >= 5000 {
+                    break;
+                }
                 for set in &sets {
                     let mut spec = service("web", Protocol::Tcp, &[]);
                     spec.backends = set
@@ -499,7 +508,7 @@ fn maglev_update_leaves_no_hole_while_packets_run() {
             .filter(|(k, v)| before[*k] != **v)
             .map(|(k, v)| (*k, v - before[*k]))
             .collect();
-        assert!(runs > 1000, "only {runs} packets ran during the updates");
+        assert!(runs >= 5000, "only {runs} packets ran during the updates");
         assert!(bad.is_empty(), "{moved:?}");
         assert!(
             bad.is_empty(),

@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use lab::PinDir;
 use lb_userspace::{
-    BackendSpec, Dataplane, DataplaneConfig, Frontend, PinConfig, Protocol, ServiceSpec,
+    BackendSpec, Dataplane, DataplaneConfig, EndpointState, Frontend, PinConfig, Protocol,
+    ServiceSpec,
 };
 
 fn pinned(dir: &PinDir) -> DataplaneConfig {
@@ -65,9 +66,31 @@ fn pin_adoption_restores_services_ids_and_tables() {
     dp.upsert_service(&spec("default/web:http", 30080, &[2, 6, 10]))
         .unwrap();
     assert_eq!(dp.dump(), before);
+    // Again (now without a rebuild: this process built the table), then one backend not
+    // ready and ready again: the same table as before.
+    dp.upsert_service(&spec("default/web:http", 30080, &[2, 6, 10]))
+        .unwrap();
+    assert_eq!(dp.dump(), before);
+    let mut one_down = spec("default/web:http", 30080, &[2, 6, 10]);
+    one_down.backends[1].state = EndpointState::NotServing;
+    dp.upsert_service(&one_down).unwrap();
+    let web = dp.dump().into_iter().find(|s| s.name == "default/web:http");
+    let slots: Vec<u32> = web.unwrap().backends.iter().map(|b| b.slots).collect();
+    assert_eq!(slots[1], 0, "{slots:?}");
+    dp.upsert_service(&spec("default/web:http", 30080, &[2, 6, 10]))
+        .unwrap();
+    assert_eq!(dp.dump(), before);
     let occ = dp.occupancy().unwrap();
     assert_eq!((occ.frontends, occ.backends), (4, 4));
-    assert!(lb_userspace::pins::uninstall(&pinned(&dir).pin.unwrap()).unwrap());
+    // Another process's view through the pins (SLOTS through a read-only mmap) agrees.
+    let pin = pinned(&dir).pin.unwrap();
+    assert_eq!(lb_userspace::inspect::pinned_occupancy(&pin).unwrap(), occ);
+    let tables: u64 = before.iter().map(|s| u64::from(s.table_size)).sum();
+    assert_eq!(
+        occ.slots, tables,
+        "every slot of the tables in force names a backend"
+    );
+    assert!(lb_userspace::pins::uninstall(&pin).unwrap());
 }
 
 #[test]
@@ -91,13 +114,21 @@ fn pin_folder_of_another_layout_version_is_refused() {
     let dir = PinDir::new("layout").unwrap();
     let cfg = pinned(&dir);
     let pin = cfg.pin.clone().unwrap();
-    std::fs::create_dir_all(pin.instance_dir().join("v0")).unwrap();
-    let e = Dataplane::load(cfg).unwrap_err().to_string();
     let current = format!("v{}", lb_common::LAYOUT_VERSION);
-    assert!(
-        e.contains("v0") && e.contains(&current) && e.contains("sluice uninstall"),
-        "{e}"
-    );
+    // v0, and the layout before this one (v1: SLOTS of single u32 slots, nothing mmapable).
+    for old in [
+        "v0".to_string(),
+        format!("v{}", lb_common::LAYOUT_VERSION - 1),
+    ] {
+        std::fs::create_dir_all(pin.instance_dir().join(&old)).unwrap();
+        let e = Dataplane::load(cfg.clone()).unwrap_err().to_string();
+        assert!(
+            e.contains(&old) && e.contains(&current) && e.contains("sluice uninstall"),
+            "{e}"
+        );
+        std::fs::remove_dir(pin.instance_dir().join(&old)).unwrap();
+    }
+    std::fs::create_dir_all(pin.instance_dir().join("v0")).unwrap();
     assert!(lb_userspace::pins::uninstall(&pin).unwrap());
     assert!(!pin.instance_dir().exists());
 }
