@@ -8,9 +8,16 @@ use lb_datapath::{
     ServiceDump, ServiceSpec, ServiceStats,
 };
 
+/// Calls recorded by a [`FakeDataPath`] made with [`FakeDataPath::with_journal`].
+pub type Journal = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 #[derive(Debug, Default)]
 pub struct FakeDataPath {
     services: BTreeMap<String, (u32, ServiceSpec)>,
+    /// A copy of `calls` readable while the fake sits behind a `Box<dyn DataPath>`.
+    pub journal: Option<Journal>,
+    /// The Node object's NodePort addresses last set.
+    pub node_addresses: Vec<IpAddr>,
     /// Ids in use (the lowest free one is handed out).
     ids: std::collections::BTreeSet<u32>,
     /// Every call, in order ("upsert NAME" / "remove NAME"), for ordering assertions.
@@ -20,6 +27,25 @@ pub struct FakeDataPath {
 }
 
 impl FakeDataPath {
+    /// A fake whose calls can also be read through the returned journal.
+    pub fn with_journal() -> (FakeDataPath, Journal) {
+        let journal = Journal::default();
+        (
+            FakeDataPath {
+                journal: Some(journal.clone()),
+                ..Default::default()
+            },
+            journal,
+        )
+    }
+
+    fn record(&mut self, call: String) {
+        if let Some(j) = &self.journal {
+            j.lock().expect("journal").push(call.clone());
+        }
+        self.calls.push(call);
+    }
+
     /// The names held (the trait's `service_names`, without importing the trait).
     pub fn service_names_for_test(&self) -> Vec<String> {
         self.services.keys().cloned().collect()
@@ -63,7 +89,7 @@ impl DataPath for FakeDataPath {
                 reason: "injected failure".into(),
             });
         }
-        self.calls.push(format!("upsert {}", spec.name));
+        self.record(format!("upsert {}", spec.name));
         let id = match self.services.get(&spec.name) {
             Some((id, _)) => *id,
             None => {
@@ -77,7 +103,7 @@ impl DataPath for FakeDataPath {
     }
 
     fn remove_service(&mut self, name: &str) -> Result<(), Error> {
-        self.calls.push(format!("remove {name}"));
+        self.record(format!("remove {name}"));
         let (id, _) = self
             .services
             .remove(name)
@@ -178,5 +204,10 @@ impl DataPath for FakeDataPath {
 
     fn capacities(&self) -> Capacities {
         Capacities::default()
+    }
+    fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        self.record(format!("node addresses {addrs:?}"));
+        self.node_addresses = addrs.to_vec();
+        Ok(())
     }
 }

@@ -219,6 +219,21 @@ impl<D: DataPath> Reconciler<D> {
         round
     }
 
+    /// This node's Node addresses as NodePort addresses (besides the attached interfaces').
+    pub fn set_node_addresses(&mut self, addrs: &[std::net::IpAddr]) -> Round {
+        let mut round = Round::default();
+        if let Err(e) = self.dp.set_node_addresses(addrs) {
+            metrics::reconcile_error("node_addresses");
+            tracing::warn!(error = %e, "setting the Node's addresses as NodePort addresses failed");
+            round
+                .errors
+                .push(("<node addresses>".into(), e.to_string()));
+        } else {
+            tracing::info!(addresses = ?addrs, "NodePorts also answer on the Node's addresses");
+        }
+        round
+    }
+
     /// Housekeeping: releases the ids of removed services and backends once their flows are
     /// purged (see `DataPath::purge_stale`). Not on the update path.
     pub fn purge(&mut self) -> Round {

@@ -64,6 +64,8 @@ pub struct Tables {
     replicasets: BTreeMap<Key, ReplicaSetModel>,
     nodes: BTreeMap<String, NodeModel>,
     dirty: Dirty,
+    /// Nodes whose object changed since [`Tables::take_node_change`] last looked.
+    nodes_changed: BTreeSet<String>,
     /// Bumped on every change of any table.
     pub generation: u64,
 }
@@ -146,6 +148,7 @@ impl Tables {
                 if self.nodes.get(&key.name) == Some(&m) {
                     return false;
                 }
+                self.nodes_changed.insert(key.name.clone());
                 self.nodes.insert(key.name, m);
                 self.touch(None);
             }
@@ -199,6 +202,7 @@ impl Tables {
             Kind::Node => {
                 let had = self.nodes.remove(&key.name).is_some();
                 if had {
+                    self.nodes_changed.insert(key.name.clone());
                     self.touch(None);
                 }
                 had
@@ -289,6 +293,19 @@ impl Tables {
 
     pub fn replicasets(&self) -> impl Iterator<Item = &ReplicaSetModel> {
         self.replicasets.values()
+    }
+
+    /// If the Node `name` changed since the last call: its addresses now (empty when it is
+    /// gone).
+    pub fn take_node_change(&mut self, name: &str) -> Option<Vec<IpAddr>> {
+        let changed = self.nodes_changed.remove(name);
+        self.nodes_changed.clear();
+        changed.then(|| {
+            self.nodes
+                .get(name)
+                .map(|n| n.addresses.clone())
+                .unwrap_or_default()
+        })
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeModel> {

@@ -631,6 +631,9 @@ impl DataPath for BrokenDataPath {
     fn capacities(&self) -> Capacities {
         Capacities::default()
     }
+    fn set_node_addresses(&mut self, _: &[IpAddr]) -> Result<(), Error> {
+        Err(broken())
+    }
 }
 
 #[tokio::test]

@@ -31,17 +31,20 @@ fn fixtures() -> &'static Path {
 /// The agent's source side: shared state with the fake data path, and the watchers.
 struct Agent {
     shared: Shared,
+    journal: controller::fake::Journal,
     _watchers: JoinSet<()>,
 }
 
 impl Agent {
     async fn start(client: kube::Client) -> Agent {
-        let shared = Shared::new(Box::new(FakeDataPath::default()), None);
+        let (fake, journal) = FakeDataPath::with_journal();
+        let shared = Shared::new(Box::new(fake), None);
         shared.store.lock().await.set_cluster_mode();
         shared.reconciler.lock().await.allow_pruning();
         let watchers = source::spawn(&shared, client, NODE);
         Agent {
             shared,
+            journal,
             _watchers: watchers,
         }
     }
@@ -453,6 +456,7 @@ async fn readyz_waits_for_every_watch_and_the_first_round() {
         agent.shared.clone(),
         health.clone(),
         Duration::from_secs(300),
+        NODE.to_string(),
     ));
     mock.wait_for_refused(5, WAIT).await.unwrap();
     let (status, body) = readyz().await;
@@ -489,5 +493,10 @@ async fn readyz_waits_for_every_watch_and_the_first_round() {
             .join("\n")
     };
     assert_eq!(dump, through_files());
+    let calls = agent.journal.lock().unwrap().clone();
+    assert!(
+        calls.contains(&"node addresses [192.0.2.2, 2001:db8:192::2]".to_string()),
+        "the Node's InternalIPs are NodePort addresses: {calls:?}"
+    );
     looped.abort();
 }

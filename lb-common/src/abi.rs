@@ -43,6 +43,15 @@ pub mod map_names {
 }
 
 /// Map creation flags (`map_flags` of the definitions), as the kernel defines them.
+/// The value of a `NODE_ADDRS` entry: who put the address there (the XDP program only checks
+/// that the key exists).
+pub mod node_addr_origin {
+    /// An address of an attached interface.
+    pub const INTERFACE: u32 = 1;
+    /// An address of this node's Node object (`status.addresses`).
+    pub const NODE_OBJECT: u32 = 2;
+}
+
 pub mod map_flags {
     /// `BPF_F_MMAPABLE`: an array userspace can `mmap` and write with plain stores instead of
     /// one `bpf` syscall per element (`SLOTS`, `BACKENDS`, `SERVICE_NAMES`).

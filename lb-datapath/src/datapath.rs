@@ -28,6 +28,9 @@ pub trait DataPath: Send {
     fn usage(&self) -> Result<MapOccupancy, Error>;
     /// The configured capacities (for occupancy-vs-capacity metrics).
     fn capacities(&self) -> crate::Capacities;
+    /// Makes `addrs` (this node's Node object's addresses) NodePort addresses besides the
+    /// attached interfaces' own, replacing the previous list; interface addresses stay.
+    fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error>;
 }
 
 impl<T: DataPath + ?Sized> DataPath for Box<T> {
@@ -63,5 +66,8 @@ impl<T: DataPath + ?Sized> DataPath for Box<T> {
     }
     fn capacities(&self) -> crate::Capacities {
         (**self).capacities()
+    }
+    fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        (**self).set_node_addresses(addrs)
     }
 }

@@ -304,7 +304,7 @@ impl Dataplane {
         let cap = self.cfg.capacities.node_addresses;
         self.maps
             .node_addrs
-            .insert(net_addr(addr), 1, 0)
+            .insert(net_addr(addr), lb_common::node_addr_origin::INTERFACE, 0)
             .map_err(|e| {
                 if crate::maps::is_full(&e) {
                     Error::CapacityExceeded {

@@ -44,4 +44,7 @@ impl DataPath for Dataplane {
     fn capacities(&self) -> Capacities {
         self.config().capacities
     }
+    fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
+        Dataplane::set_node_object_addresses(self, addrs)
+    }
 }

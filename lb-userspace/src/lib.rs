@@ -24,6 +24,7 @@ pub mod inspect;
 pub mod maglev;
 mod maps;
 mod mmap;
+mod node_addresses;
 mod object;
 pub mod pass;
 pub mod pins;

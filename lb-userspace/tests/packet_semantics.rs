@@ -552,3 +552,45 @@ fn conntrack_reply_clash_prefers_another_backend() {
         );
     });
 }
+
+/// The Node object's addresses become NodePort addresses besides the interface's own;
+/// replacing the list removes only what the Node listed, never an interface address.
+#[test]
+fn node_object_addresses_serve_nodeports_and_leave_interface_addresses_alone() {
+    // Another address of the node (e.g. its InternalIP on a loopback-like device).
+    const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+    in_node(1, |env, dp| {
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
+        let syn = |dst| tcp(dst, NODE_PORT, 41000, TcpFlags::SYN).build();
+        let (_, d) = delta(dp, |dp| run(dp, env, &syn(NODE_IP)));
+        assert!(d.contains(&("xdp_pass_not_ours", 1)), "{d:?}");
+
+        dp.set_node_object_addresses(&[NODE_IP.into(), NODE.into()])
+            .unwrap();
+        let (verdict, out) = run(dp, env, &syn(NODE_IP));
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(
+            dst_of(&out),
+            SocketAddr::V4(SocketAddrV4::new(env.backends[0], TARGET_PORT))
+        );
+        verify_checksums(&out).unwrap();
+        let listed = dp.node_addresses().unwrap();
+        assert!(listed.contains(&(NODE_IP.into(), true)), "{listed:?}");
+        assert!(
+            listed.contains(&(NODE.into(), false)),
+            "the interface's own address stays an interface entry: {listed:?}"
+        );
+
+        // The Node lists neither any more: its address goes, the interface's stays.
+        dp.set_node_object_addresses(&[]).unwrap();
+        let (_, d) = delta(dp, |dp| run(dp, env, &syn(NODE_IP)));
+        assert!(d.contains(&("xdp_pass_not_ours", 1)), "{d:?}");
+        let (verdict, out) = run(dp, env, &syn(NODE));
+        assert_eq!(verdict, XDP_PASS);
+        assert_eq!(
+            dst_of(&out),
+            SocketAddr::V4(SocketAddrV4::new(env.backends[0], TARGET_PORT))
+        );
+    });
+}

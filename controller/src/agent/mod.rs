@@ -104,6 +104,7 @@ pub async fn run(
         shared.clone(),
         health,
         Duration::from_secs(cfg.resync_seconds),
+        cfg.node_name(),
     ));
 
     shutdown_signal().await;

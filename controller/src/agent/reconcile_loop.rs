@@ -43,7 +43,9 @@ async fn changes(
         .collect()
 }
 
-pub async fn run(shared: Shared, health: Health, resync: Duration) {
+/// Runs until aborted. `node`: this node's name (its Node object's addresses become NodePort
+/// addresses).
+pub async fn run(shared: Shared, health: Health, resync: Duration, node: String) {
     let mut next_resync = Instant::now() + resync;
     let mut purge_at: Option<Instant> = None;
     let mut retry_at: Option<Instant>;
@@ -55,11 +57,20 @@ pub async fn run(shared: Shared, health: Health, resync: Duration) {
             continue;
         }
         let started = Instant::now();
-        let dirty = shared.store.lock().await.tables.take_dirty();
+        let (dirty, node_addrs) = {
+            let mut store = shared.store.lock().await;
+            (
+                store.tables.take_dirty(),
+                store.tables.take_node_change(&node),
+            )
+        };
         let work = changes(&shared, dirty.services).await;
         {
             let mut rec = shared.reconciler.lock().await;
             let mut round = rec.reconcile(work, dirty.since);
+            if let Some(addrs) = node_addrs {
+                round.errors.extend(rec.set_node_addresses(&addrs).errors);
+            }
             if !rec.pruning_allowed() {
                 rec.allow_pruning();
                 let pruned = rec.prune_unowned();
