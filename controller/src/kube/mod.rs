@@ -4,6 +4,7 @@
 //!
 //! - [`client`]: the client from `--kubeconfig` or the in-cluster service account;
 //! - [`events`]: one watcher event -> tables (pure; the relist rule lives here);
+//! - [`backoff`]: the retry policy of the watches;
 //! - [`watch`]: the watch tasks, their backoff, readiness and metrics.
 //!
 //! What holds (kube-proxy's behaviour): a watch error, a `410 Gone`, an API-server restart
@@ -12,6 +13,7 @@
 //! only what it no longer lists, so nothing that still exists is pruned; the data path keeps
 //! forwarding meanwhile; `/readyz` turns 200 only after every watcher's first full list.
 
+pub mod backoff;
 pub mod client;
 pub mod events;
 pub mod watch;

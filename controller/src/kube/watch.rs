@@ -1,5 +1,5 @@
-//! The watch tasks: one kube-runtime watcher per kind, with kube's default exponential
-//! backoff, each registered with [`crate::state::Sources`] until its first full list.
+//! The watch tasks: one kube-runtime watcher per kind, retried with [`backoff::policy`], each
+//! registered with [`crate::state::Sources`] until its first full list.
 
 use std::fmt::Debug;
 
@@ -18,7 +18,7 @@ use kube::{
 };
 use tokio::task::JoinSet;
 
-use super::events::Relist;
+use super::{backoff, events::Relist};
 use crate::{
     metrics,
     objects::{Kind, Object},
@@ -86,24 +86,24 @@ where
 {
     let source = source_name(kind);
     let mut relist = Relist::new(kind);
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut failing = false;
+    let mut stream = watcher(api, config).backoff(backoff::policy()).boxed();
+    // The last error logged: each distinct error is logged once, not on every retry.
+    let mut last_error: Option<String> = None;
     while let Some(item) = stream.next().await {
         let event = match item {
             Ok(e) => e,
             Err(e) => {
                 metrics::watch_error(kind.name());
-                // Logged when the watch starts failing; kube retries with backoff.
-                if !failing {
-                    tracing::warn!(%kind, error = %e, "watch failed; retrying with backoff, the data path keeps its state");
+                let msg = e.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::warn!(%kind, error = %msg, "watch failed; retrying with backoff, the data path keeps its state");
+                    last_error = Some(msg);
                 }
-                failing = true;
                 continue;
             }
         };
-        if failing {
-            tracing::info!(%kind, "watch recovered");
-            failing = false;
+        if last_error.take().is_some() {
+            tracing::info!(%kind, "watch delivering again");
         }
         let out = {
             let mut store = shared.store.lock().await;
