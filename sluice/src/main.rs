@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (root): attach the data path and keep it in step with the sources.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Remove the pinned data path (links and maps) of an instance.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/sluice")]
@@ -159,7 +159,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<String> = match cli.command {
-        Command::Run(a) => run_config(a).and_then(|cfg| {
+        Command::Run(a) => run_config(*a).and_then(|cfg| {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
