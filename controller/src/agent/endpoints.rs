@@ -21,6 +21,8 @@ pub struct Health {
     /// Every source listed once and the first round ran (subscribe to wait for it).
     pub ready: Arc<tokio::sync::watch::Sender<bool>>,
     pub max_age: Duration,
+    /// Export per-backend series too (`per_backend_metrics`).
+    pub per_backend: bool,
     pub shared: Shared,
     pub prom: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -44,6 +46,7 @@ impl Health {
             last_sync_unix: Arc::new(AtomicU64::new(0)),
             ready: Arc::new(tokio::sync::watch::Sender::new(false)),
             max_age,
+            per_backend: false,
             shared,
             prom,
         }
@@ -70,7 +73,7 @@ fn rfc3339(unix: u64) -> String {
 async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
     {
         let rec = h.shared.reconciler.lock().await;
-        metrics::export_datapath(rec.data_path());
+        metrics::export_datapath(rec.data_path(), h.per_backend);
     }
     (
         [(

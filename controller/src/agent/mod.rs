@@ -60,11 +60,12 @@ pub async fn run(
     };
     let shared = Shared::new(dp, token);
     *shared.store.lock().await = store;
-    let health = endpoints::Health::new(
+    let mut health = endpoints::Health::new(
         shared.clone(),
         Duration::from_secs(cfg.healthz_max_age_seconds),
         prom,
     );
+    health.per_backend = cfg.per_backend_metrics;
 
     let mut tasks = tokio::task::JoinSet::new();
     let api = crate::api::router(shared.clone());
