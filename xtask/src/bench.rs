@@ -13,21 +13,36 @@ pub enum What {
     /// Per-packet cost of the XDP paths (BPF_PROG_TEST_RUN) beside a parse-and-pass
     /// baseline, at 1 and 10 000 services; writes target/bench/datapath.json.
     Datapath,
+    /// The control plane: the release `sluice` agent fed by an in-process Kubernetes API
+    /// server at 1, 1 000 and 10 000 services of 10 endpoints (time to program all, one
+    /// endpoint change until the data path uses it, memory, idle CPU); writes
+    /// target/bench/controller.json.
+    Controller,
 }
 
 /// Options passed on to the benchmark binary (its defaults apply when absent).
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct Options {
-    /// BPF_PROG_TEST_RUN repeats per run (at least 10 000).
+    /// datapath: BPF_PROG_TEST_RUN repeats per run (at least 10 000).
     #[arg(long)]
     pub repeat: Option<u32>,
-    /// Rounds (at least 5); each figure is the median over rounds.
+    /// datapath: rounds (at least 5); each figure is the median over rounds.
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// The large service count (the small one is 1).
+    /// The large service count (the small one is 1; controller also runs 1 000 below it).
     #[arg(long)]
     pub services: Option<u32>,
+    /// controller: single-endpoint changes per service count (default 1000 at 1 service,
+    /// 500 up to 1 000, 200 above).
+    #[arg(long)]
+    pub changes: Option<u32>,
+    /// controller: the idle CPU window in seconds (default 10).
+    #[arg(long)]
+    pub idle_seconds: Option<u32>,
 }
+
+/// A command-line option of a benchmark binary and its value, if given.
+type Flag = (&'static str, Option<u32>);
 
 fn workspace_root() -> PathBuf {
     let xtask = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -42,28 +57,58 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
     if unsafe { geteuid() } != 0 {
         bail!("benchmarks load eBPF programs and create namespaces: run as root");
     }
-    match what {
-        What::Datapath => {
-            let mut cmd = Command::new("cargo");
-            cmd.current_dir(workspace_root()).args([
-                "run",
-                "--release",
-                "-p",
-                "bench",
-                "--bin",
-                "datapath-bench",
-                "--",
-            ]);
-            for (flag, value) in [
+    // (benchmark binary, options it takes, options that do not apply to it)
+    let (bin, passed, refused): (&str, Vec<Flag>, Vec<Flag>) = match what {
+        What::Datapath => (
+            "datapath-bench",
+            vec![
                 ("--repeat", opts.repeat),
                 ("--rounds", opts.rounds),
                 ("--services", opts.services),
-            ] {
-                if let Some(v) = value {
-                    cmd.arg(flag).arg(v.to_string());
-                }
-            }
-            sh(&mut cmd)
+            ],
+            vec![
+                ("--changes", opts.changes),
+                ("--idle-seconds", opts.idle_seconds),
+            ],
+        ),
+        What::Controller => (
+            "controller-bench",
+            vec![
+                ("--services", opts.services),
+                ("--changes", opts.changes),
+                ("--idle-seconds", opts.idle_seconds),
+            ],
+            vec![("--repeat", opts.repeat), ("--rounds", opts.rounds)],
+        ),
+    };
+    if let Some((flag, _)) = refused.iter().find(|(_, v)| v.is_some()) {
+        bail!(
+            "{flag} does not apply to `bench {}`",
+            bin.trim_end_matches("-bench")
+        );
+    }
+    if what == What::Controller {
+        // The agent under test is the release `sluice` binary, next to the benchmark's.
+        sh(Command::new("cargo").current_dir(workspace_root()).args([
+            "build",
+            "--release",
+            "-p",
+            "sluice",
+            "-p",
+            "bench",
+            "--bin",
+            "sluice",
+            "--bin",
+            bin,
+        ]))?;
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args(["run", "--release", "-p", "bench", "--bin", bin, "--"]);
+    for (flag, value) in passed {
+        if let Some(v) = value {
+            cmd.arg(flag).arg(v.to_string());
         }
     }
+    sh(&mut cmd)
 }
