@@ -9,6 +9,7 @@
 //! - [`reconcile`]: desired vs applied, per changed service, pruning only after a full sync;
 //! - [`kube`]: the Kubernetes source (watchers); [`files`]: the YAML directory source;
 //!   [`api`]: the HTTP API; [`health`]: probes;
+//! - [`memory`]: returning freed heap after bulk work;
 //! - [`metrics`]: Prometheus metrics (kube-proxy's names where the meaning is the same);
 //! - [`agent`]: `sluice run`, wiring it all; [`client`]: the CLI's client subcommands;
 //! - [`fake`]: an in-memory data path for tests.
@@ -21,6 +22,7 @@ pub mod fake;
 pub mod files;
 pub mod health;
 pub mod kube;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod objects;

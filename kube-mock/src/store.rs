@@ -127,16 +127,6 @@ fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// The object without `apiVersion` and `kind`, as list items are served.
-pub(crate) fn without_type_meta(obj: &Value) -> Value {
-    let mut item = obj.clone();
-    if let Some(map) = item.as_object_mut() {
-        map.remove("apiVersion");
-        map.remove("kind");
-    }
-    item
-}
-
 fn finalizers_empty(obj: &Value) -> bool {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)

@@ -81,7 +81,11 @@ pub struct DataplaneConfig {
     /// CPU and second; beyond that such packets are dropped (and counted).
     pub refusals_per_sec_per_cpu: u32,
     /// Pin maps and links here so the data path outlives the process (see `lb_userspace::pins`);
-    /// `None`: nothing is pinned and the data path goes away with the process.
+    /// `None`: nothing is pinned and the data path goes away with the process. In a
+    /// configuration file an absent `pin:` means the default pins (`/sys/fs/bpf/sluice`,
+    /// instance `default`), and `pin: null` turns pinning off; [`DataplaneConfig::default`]
+    /// (for tests and tools) pins nothing.
+    #[serde(default = "PinConfig::default_some")]
     pub pin: Option<PinConfig>,
 }
 
@@ -117,6 +121,11 @@ impl Default for PinConfig {
 }
 
 impl PinConfig {
+    /// `Some(PinConfig::default())`, the configuration file's default.
+    pub fn default_some() -> Option<PinConfig> {
+        Some(PinConfig::default())
+    }
+
     pub fn instance_dir(&self) -> PathBuf {
         self.root.join(&self.instance)
     }
@@ -144,5 +153,21 @@ impl PinConfig {
             self.root.display(),
             self.instance
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_section_without_pin_keeps_the_default_pins() {
+        let c: DataplaneConfig =
+            serde_json::from_str(r#"{"capacities": {"services": 20000}}"#).expect("parses");
+        assert_eq!(c.pin, Some(PinConfig::default()));
+        assert_eq!(c.capacities.services, 20000);
+        let off: DataplaneConfig = serde_json::from_str(r#"{"pin": null}"#).expect("parses");
+        assert_eq!(off.pin, None);
+        assert_eq!(DataplaneConfig::default().pin, None);
     }
 }

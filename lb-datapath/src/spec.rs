@@ -131,7 +131,7 @@ impl fmt::Display for AddressFamily {
 /// existing service cannot change (remove it and add it again), so a NodePort-only IPv6
 /// service needs its backends (or an address frontend) when it is first added.
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are rejected: use the IPv4 form.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique name, e.g. `default/web:http/TCP`.
     pub name: String,

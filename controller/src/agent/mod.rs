@@ -67,21 +67,9 @@ pub async fn run(
     );
     health.per_backend = cfg.per_backend_metrics;
 
+    // Sources register before the listeners serve, so `/readyz` never answers before it
+    // knows what it waits for.
     let mut tasks = tokio::task::JoinSet::new();
-    let api = crate::api::router(shared.clone());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(api_listener, api).await {
-            tracing::error!(error = %e, "API server stopped");
-        }
-    });
-    let mrouter = endpoints::router(health.clone());
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(metrics_listener, mrouter).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    tracing::info!(api = %cfg.api_listen, metrics = %cfg.metrics_listen, "listening");
-
     let mut watchers = None;
     match kube {
         Some(client) => {
@@ -101,6 +89,20 @@ pub async fn run(
             tasks.spawn(standalone::probe_loop(shared.clone()));
         }
     }
+    let api = crate::api::router(shared.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(api_listener, api).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    let mrouter = endpoints::router(health.clone());
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(metrics_listener, mrouter).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    tracing::info!(api = %cfg.api_listen, metrics = %cfg.metrics_listen, "listening");
+
     tasks.spawn(reconcile_loop::run(
         shared.clone(),
         health,

@@ -15,6 +15,8 @@ use crate::{desired, model::Key, reconcile::Round, state::Shared};
 const RETRY: Duration = Duration::from_secs(5);
 /// How soon after a removal the flows of removed ids are purged and the ids released.
 const PURGE_DELAY: Duration = Duration::from_secs(10);
+/// A round that writes this many specs is bulk work: freed heap is returned afterwards.
+const BULK: usize = 1000;
 
 fn log(what: &str, round: &Round, took: Duration) {
     if round.wrote() || !round.errors.is_empty() {
@@ -88,6 +90,9 @@ pub async fn run(shared: Shared, health: Health, resync: Duration, node: String)
             }
             retry_at = rec.failed().next().map(|_| Instant::now() + RETRY);
             log("reconciled", &round, started.elapsed());
+            if round.upserted.len() + round.removed.len() >= BULK {
+                crate::memory::release_free_heap();
+            }
         }
         health
             .ready

@@ -116,6 +116,8 @@ where
         if out.listed {
             metrics::relist(kind.name());
             shared.sources.synced(&source);
+            // A full list deserialized every object at once; most of that heap is free now.
+            crate::memory::release_free_heap();
         }
         if out.changed || out.listed {
             shared.changed.notify_one();

@@ -22,8 +22,14 @@ pub struct EndpointModel {
     pub terminating: bool,
     pub node_name: Option<String>,
     pub pod: Option<String>,
-    /// The owning pod's pod-template-hash (from a Deployment's pod name `<deploy>-<hash>-<id>`).
-    pub pod_template_hash: Option<String>,
+}
+
+impl EndpointModel {
+    /// The owning pod's pod-template-hash (from a Deployment's pod name
+    /// `<deploy>-<hash>-<id>`), derived rather than stored: one string less per endpoint.
+    pub fn pod_template_hash(&self) -> Option<&str> {
+        self.pod.as_deref().and_then(template_hash)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -40,9 +46,10 @@ pub struct SliceModel {
 }
 
 /// `<deployment>-<pod-template-hash>-<suffix>`: the hash of a Deployment's pod.
-fn template_hash(pod: &str) -> Option<String> {
-    let parts: Vec<&str> = pod.rsplitn(3, '-').collect();
-    (parts.len() == 3 && !parts[1].is_empty()).then(|| parts[1].to_string())
+fn template_hash(pod: &str) -> Option<&str> {
+    let mut parts = pod.rsplitn(3, '-');
+    let (_suffix, hash, _deployment) = (parts.next()?, parts.next()?, parts.next()?);
+    (!hash.is_empty()).then_some(hash)
 }
 
 impl SliceModel {
@@ -119,7 +126,6 @@ impl SliceModel {
                 serving: c.serving.unwrap_or(ready),
                 terminating: c.terminating.unwrap_or(false),
                 node_name: e.node_name.clone(),
-                pod_template_hash: pod.as_deref().and_then(template_hash),
                 pod,
             });
         }
@@ -154,5 +160,21 @@ impl SliceModel {
             .iter()
             .find(|(n, p, _)| n == name && *p == protocol)
             .map(|(_, _, port)| *port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_hash_comes_from_a_deployment_pod_name() {
+        assert_eq!(
+            template_hash("kubernetes-bootcamp-5485cc6795-2xk8v"),
+            Some("5485cc6795")
+        );
+        assert_eq!(template_hash("web-7d4b9c-x2x9k"), Some("7d4b9c"));
+        assert_eq!(template_hash("standalone"), None);
+        assert_eq!(template_hash("a-b"), None);
     }
 }
