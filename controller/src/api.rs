@@ -31,7 +31,7 @@
 //! |---|---|
 //! | `/sluice/v1/dataplane/services` | `{"items": [ServiceDump]}`: frontends, table size, backends with state and slots |
 //! | `/sluice/v1/dataplane/services/{name}/backends` | one service's backends with state, slots, packets, bytes and new flows |
-//! | `/sluice/v1/dataplane/endpoints/{ip}` | the drain handshake: per service, whether `ip` is still `selectable` for new flows and its tracked `flows` |
+//! | `/sluice/v1/dataplane/endpoints/{ip}` | the drain handshake: per service, whether `ip` is still `selectable` for new flows and its tracked `flows` (`?flows=false`: not counted, `null`; counting walks the conntrack table) |
 //! | `/sluice/v1/dataplane/counters` | packet counters by reason and map occupancy next to capacity |
 //! | `/sluice/v1/rollouts` | `{"items": [{"workload": WorkloadModel, "status": "..."}]}` for every Deployment |
 //!
@@ -59,8 +59,8 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{
-        DefaultBodyLimit, FromRequest, Path, Request, State,
-        rejection::{BytesRejection, PathRejection},
+        DefaultBodyLimit, FromRequest, Path, Query, Request, State,
+        rejection::{BytesRejection, PathRejection, QueryRejection},
     },
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
@@ -794,10 +794,21 @@ struct EndpointJson {
     ip: IpAddr,
     /// Whether any service still selects this address for new flows.
     selectable: bool,
-    /// Tracked flows naming it, over all services.
-    flows: u64,
+    /// Tracked flows naming it, over all services (`null` with `?flows=false`).
+    flows: Option<u64>,
     /// Per service and backend (address:port).
     items: Vec<EndpointStatus>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EndpointQuery {
+    /// Count the endpoint's tracked flows (a walk of the whole conntrack table).
+    #[serde(default = "counted")]
+    flows: bool,
+}
+
+fn counted() -> bool {
+    true
 }
 
 /// The drain handshake: an address no service selects any more (`selectable: false`) can stop
@@ -805,20 +816,25 @@ struct EndpointJson {
 async fn dataplane_endpoint(
     State(state): State<Shared>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<EndpointQuery>, QueryRejection>,
 ) -> ApiResult {
+    let count_flows = query
+        .map_err(|r| AppError::BadRequest(format!("invalid query: {}", r.body_text())))?
+        .0
+        .flows;
     let Path(raw) = path?;
     let ip: IpAddr = raw
         .parse()
         .map_err(|_| AppError::BadRequest(format!("{raw:?} is not an IPv4 or IPv6 address")))?;
     let items = read_data_path(&state, move |dp| {
-        dp.endpoint_status(ip)
+        dp.endpoint_status(ip, count_flows)
             .map_err(|e| data_path_error("reading the endpoint's status", e))
     })
     .await?;
     Ok(Json(EndpointJson {
         ip,
         selectable: items.iter().any(|s| s.selectable),
-        flows: items.iter().map(|s| s.flows).sum(),
+        flows: count_flows.then(|| items.iter().filter_map(|s| s.flows).sum()),
         items,
     })
     .into_response())

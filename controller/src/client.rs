@@ -258,7 +258,11 @@ pub fn drain_wait(
 ) -> anyhow::Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let v = get_json(api, &format!("/sluice/v1/dataplane/endpoints/{addr}"))?;
+        // Flows are counted (a walk of the conntrack table) only when they are waited for.
+        let v = get_json(
+            api,
+            &format!("/sluice/v1/dataplane/endpoints/{addr}?flows={flows}"),
+        )?;
         let entries = items(&v);
         let selectable = entries
             .iter()

@@ -144,7 +144,11 @@ impl DataPath for FakeDataPath {
         Ok(0)
     }
 
-    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
+    fn endpoint_status(
+        &self,
+        addr: IpAddr,
+        count_flows: bool,
+    ) -> Result<Vec<EndpointStatus>, Error> {
         let mut out = Vec::new();
         for (name, (_, s)) in &self.services {
             let ready = s.backends.iter().any(|b| b.state == EndpointState::Ready);
@@ -156,7 +160,7 @@ impl DataPath for FakeDataPath {
                     backend: b.addr,
                     state: b.state,
                     selectable,
-                    flows: 0,
+                    flows: count_flows.then_some(0),
                 });
             }
         }

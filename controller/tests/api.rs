@@ -556,6 +556,24 @@ async fn dataplane_views_after_a_reconcile_round() {
             .error()
             .contains("not an IPv4 or IPv6 address")
     );
+    // Without the flow count (no conntrack walk): the same selection, flows null.
+    let quick = Call::get("/sluice/v1/dataplane/endpoints/198.51.100.11?flows=false")
+        .send(&state)
+        .await
+        .expect(StatusCode::OK)
+        .body;
+    assert_eq!(quick["selectable"], false);
+    assert_eq!(quick["flows"], Value::Null);
+    assert_eq!(quick["items"][0]["flows"], Value::Null);
+    let bad_query = Call::get("/sluice/v1/dataplane/endpoints/198.51.100.11?flows=maybe")
+        .send(&state)
+        .await;
+    assert!(
+        bad_query
+            .expect(StatusCode::BAD_REQUEST)
+            .error()
+            .contains("invalid query")
+    );
 
     // Counters: every reason, the occupancy and the capacities.
     let counters = Call::get("/sluice/v1/dataplane/counters")
@@ -613,7 +631,7 @@ impl DataPath for BrokenDataPath {
     fn purge_stale(&mut self) -> Result<u64, Error> {
         Err(broken())
     }
-    fn endpoint_status(&self, _: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
+    fn endpoint_status(&self, _: IpAddr, _: bool) -> Result<Vec<EndpointStatus>, Error> {
         Err(broken())
     }
     fn service_stats(&self, _: &str) -> Result<ServiceStats, Error> {

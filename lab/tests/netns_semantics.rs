@@ -42,7 +42,9 @@ fn web(lab: &Lab, backends: &[(usize, EndpointState)]) -> ServiceSpec {
 fn wait_not_selectable(dp: &Dataplane, addr: Ipv4Addr) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let st = dp.endpoint_status(addr.into()).expect("endpoint status");
+        let st = dp
+            .endpoint_status(addr.into(), true)
+            .expect("endpoint status");
         if st.iter().all(|s| !s.selectable) {
             return;
         }

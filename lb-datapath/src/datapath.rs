@@ -20,7 +20,14 @@ pub trait DataPath: Send {
     fn dump(&self) -> Vec<ServiceDump>;
     /// Deletes flows of removed services/backends and releases their ids.
     fn purge_stale(&mut self) -> Result<u64, Error>;
-    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error>;
+    /// The drain handshake for `addr`: per service, whether it is still selected for new
+    /// flows; with `count_flows`, also its tracked flows (a walk of the whole conntrack
+    /// table, so leave it off where only selection matters).
+    fn endpoint_status(
+        &self,
+        addr: IpAddr,
+        count_flows: bool,
+    ) -> Result<Vec<EndpointStatus>, Error>;
     fn service_stats(&self, name: &str) -> Result<ServiceStats, Error>;
     fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error>;
     fn occupancy(&self) -> Result<MapOccupancy, Error>;
@@ -49,8 +56,12 @@ impl<T: DataPath + ?Sized> DataPath for Box<T> {
     fn purge_stale(&mut self) -> Result<u64, Error> {
         (**self).purge_stale()
     }
-    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
-        (**self).endpoint_status(addr)
+    fn endpoint_status(
+        &self,
+        addr: IpAddr,
+        count_flows: bool,
+    ) -> Result<Vec<EndpointStatus>, Error> {
+        (**self).endpoint_status(addr, count_flows)
     }
     fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
         (**self).service_stats(name)

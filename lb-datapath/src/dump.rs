@@ -36,8 +36,9 @@ pub struct EndpointStatus {
     pub state: EndpointState,
     /// Whether the data path still picks this backend for new flows.
     pub selectable: bool,
-    /// Tracked flows (client -> backend) that still name it.
-    pub flows: u64,
+    /// Tracked flows (client -> backend) that still name it; `None` when not counted (the
+    /// count walks the whole conntrack table).
+    pub flows: Option<u64>,
 }
 
 /// Entries held by each map, read from the kernel.

@@ -26,8 +26,12 @@ impl DataPath for Dataplane {
     fn purge_stale(&mut self) -> Result<u64, Error> {
         Dataplane::purge_stale(self)
     }
-    fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
-        Dataplane::endpoint_status(self, addr)
+    fn endpoint_status(
+        &self,
+        addr: IpAddr,
+        count_flows: bool,
+    ) -> Result<Vec<EndpointStatus>, Error> {
+        Dataplane::endpoint_status(self, addr, count_flows)
     }
     fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
         Dataplane::service_stats(self, name)

@@ -1000,7 +1000,11 @@ impl Dataplane {
     /// (client -> backend directions) it has. The answer reflects the maps: once
     /// [`Dataplane::upsert_service`] returned, no new flow goes to a backend reported as
     /// not selectable.
-    pub fn endpoint_status(&self, addr: IpAddr) -> Result<Vec<EndpointStatus>, Error> {
+    pub fn endpoint_status(
+        &self,
+        addr: IpAddr,
+        count_flows: bool,
+    ) -> Result<Vec<EndpointStatus>, Error> {
         let mut out = Vec::new();
         let mut ids = BTreeMap::new();
         for (name, svc) in &self.services {
@@ -1016,19 +1020,19 @@ impl Dataplane {
                             .slots
                             .range(svc.slot_offset, svc.slot_count)
                             .any(|x| x == b.id),
-                        flows: 0,
+                        flows: count_flows.then_some(0),
                     });
                 }
             }
         }
-        if ids.is_empty() {
+        if ids.is_empty() || !count_flows {
             return Ok(out);
         }
         for item in self.maps.conntrack.iter() {
             match item {
                 Ok((k, v)) if k.dir == lb_common::dir::FORWARD => {
-                    if let Some(&i) = ids.get(&v.backend_id) {
-                        out[i].flows += 1;
+                    if let Some(f) = ids.get(&v.backend_id).and_then(|&i| out[i].flows.as_mut()) {
+                        *f += 1;
                     }
                 }
                 Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}

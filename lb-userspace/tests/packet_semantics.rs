@@ -395,16 +395,19 @@ fn drain_handshake_reports_selectable_and_tracked_flows() {
             })
             .count() as u64;
         assert!(to_b0 > 0);
-        let st = dp.endpoint_status(b0).unwrap();
+        let st = dp.endpoint_status(b0, true).unwrap();
         assert_eq!(st.len(), 1);
         assert!(st[0].selectable);
-        assert_eq!(st[0].flows, to_b0);
+        assert_eq!(st[0].flows, Some(to_b0));
         // Terminating: no longer selected for new flows, its flows still tracked.
         spec.backends[0].state = EndpointState::ServingTerminating;
         dp.upsert_service(&spec).unwrap();
-        let st = &dp.endpoint_status(b0).unwrap()[0];
+        let st = &dp.endpoint_status(b0, true).unwrap()[0];
         assert!(!st.selectable);
-        assert_eq!(st.flows, to_b0);
+        assert_eq!(st.flows, Some(to_b0));
+        // Without counting flows (no conntrack walk): the same selection, flows unknown.
+        let quick = &dp.endpoint_status(b0, false).unwrap()[0];
+        assert_eq!((quick.selectable, quick.flows), (false, None));
         for sport in 49100..49140 {
             assert_ne!(
                 dst_of(&run(dp, env, &tcp(NODE, NODE_PORT, sport, TcpFlags::SYN).build()).1).ip(),
@@ -414,7 +417,7 @@ fn drain_handshake_reports_selectable_and_tracked_flows() {
         // Removed: nothing left to report.
         spec.backends.remove(0);
         dp.upsert_service(&spec).unwrap();
-        assert!(dp.endpoint_status(b0).unwrap().is_empty());
+        assert!(dp.endpoint_status(b0, true).unwrap().is_empty());
     });
 }
 

@@ -3,7 +3,8 @@
 //! - `setup`: installs (idempotently) what building and testing need;
 //! - `build`: builds the workspace (the eBPF object is built by lb-userspace/build.rs);
 //! - `test`: setup, build, then every test tier in order (unit, packet, netns);
-//! - `bench <what>`: setup, then a benchmark (`datapath`: per-packet cost of the XDP paths);
+//! - `bench <what>`: setup, then a benchmark (`datapath`: per-packet cost of the XDP paths;
+//!   `controller`: the agent at 1, 1 000 and 10 000 services, fed by a mock API server);
 //! - `demo [--keep]`: setup, build, then the tutorial walkthrough in a local lab, under load.
 
 mod bench;

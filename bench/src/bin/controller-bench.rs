@@ -286,7 +286,7 @@ fn method_notes() -> Vec<String> {
          /sluice/v1/dataplane/counters holds every frontend and backend (its answer waits for the round); \
          then the kernel's maps are counted through the pins by this process"
             .into(),
-        "change latency: MockApiServer::apply of the modified slice -> /sluice/v1/dataplane/endpoints/{new ip} \
+        "change latency: MockApiServer::apply of the modified slice -> /sluice/v1/dataplane/endpoints/{new ip}?flows=false \
          names the service's new backend selectable (its slot table, read from the mmap'ed SLOTS map)"
             .into(),
         "rss: /proc/<pid>/status; maps: sum of memlock in /proc/<pid>/fdinfo of bpf-map fds, distinct map ids; \
@@ -877,7 +877,7 @@ fn measure_changes(
         let obj = objects::slice(s, &slices[s]);
         let service = objects::spec_name(s);
         let backend = SocketAddr::new(new.into(), objects::TARGET_PORT).to_string();
-        let path = format!("/sluice/v1/dataplane/endpoints/{new}");
+        let path = format!("/sluice/v1/dataplane/endpoints/{new}?flows=false");
         let rounds = log.rounds();
         let t0 = Instant::now();
         mock.apply(obj)?;
