@@ -17,7 +17,6 @@ use controller::{
     store::Store,
 };
 use kube_mock::{Cluster, MockApiServer, Verb};
-use lb_datapath::DataPath as _;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -78,24 +77,21 @@ impl Agent {
         let mut store = self.shared.store.lock().await;
         let mut rec = self.shared.reconciler.lock().await;
         let round = sync_dirty(&mut store.tables, &Default::default(), &mut rec);
-        let dump = rec
-            .data_path()
-            .dump()
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} {:?}",
-                    s.name,
-                    s.backends
-                        .iter()
-                        .map(|b| (b.addr, b.state))
-                        .collect::<Vec<_>>()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let dump = render(rec.data_path());
         (round, dump)
     }
+}
+
+/// Every service the data path holds, one line each with its backends and their states.
+fn render(dp: &dyn lb_datapath::DataPath) -> String {
+    dp.dump()
+        .iter()
+        .map(|s| {
+            let backends: Vec<_> = s.backends.iter().map(|b| (b.addr, b.state)).collect();
+            format!("{} {backends:?}", s.name)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The data path the same fixtures give through the manifest files (the reference: the
@@ -114,21 +110,7 @@ fn through_files() -> String {
     let mut rec = Reconciler::new(FakeDataPath::default());
     rec.allow_pruning();
     sync_dirty(&mut store.tables, &Default::default(), &mut rec);
-    rec.data_path()
-        .dump()
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {:?}",
-                s.name,
-                s.backends
-                    .iter()
-                    .map(|b| (b.addr, b.state))
-                    .collect::<Vec<_>>()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    render(rec.data_path())
 }
 
 fn slice(ready: &[(&str, bool)]) -> Value {
@@ -476,21 +458,7 @@ async fn readyz_waits_for_every_watch_and_the_first_round() {
     assert_eq!(readyz().await.0, 200);
     let dump = {
         let rec = agent.shared.reconciler.lock().await;
-        rec.data_path()
-            .dump()
-            .iter()
-            .map(|s| {
-                format!(
-                    "{} {:?}",
-                    s.name,
-                    s.backends
-                        .iter()
-                        .map(|b| (b.addr, b.state))
-                        .collect::<Vec<_>>()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        render(rec.data_path())
     };
     assert_eq!(dump, through_files());
     let calls = agent.journal.lock().unwrap().clone();

@@ -19,21 +19,6 @@ const API: &str = "127.0.0.1:10260";
 const METRICS: &str = "127.0.0.1:10249";
 const TOKEN: &str = "0123456789abcdef-token";
 
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("sluice");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p sluice` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
 struct Agent<'a> {
     lab: &'a Lab,
     dir: PathBuf,

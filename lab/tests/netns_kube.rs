@@ -74,21 +74,6 @@ const KINDS: [&str; 5] = [
     "ReplicaSet",
 ];
 
-fn sluice_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("sluice");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p sluice` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
-}
-
 /// An endpoint's conditions, as the EndpointSlice controller writes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cond {

@@ -301,10 +301,15 @@ impl Dataplane {
 
     /// Makes `addr` a NodePort address (done by [`Dataplane::attach`] for the interface's own).
     pub fn add_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
+        self.insert_node_address(addr, lb_common::node_addr_origin::INTERFACE)
+    }
+
+    /// Writes a `NODE_ADDRS` entry with its origin (`lb_common::node_addr_origin`).
+    pub(crate) fn insert_node_address(&mut self, addr: IpAddr, origin: u32) -> Result<(), Error> {
         let cap = self.cfg.capacities.node_addresses;
         self.maps
             .node_addrs
-            .insert(net_addr(addr), lb_common::node_addr_origin::INTERFACE, 0)
+            .insert(net_addr(addr), origin, 0)
             .map_err(|e| {
                 if crate::maps::is_full(&e) {
                     Error::CapacityExceeded {

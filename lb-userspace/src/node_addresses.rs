@@ -7,11 +7,7 @@ use std::{collections::BTreeSet, net::IpAddr};
 
 use lb_common::{map_names as names, node_addr_origin};
 
-use crate::{
-    Dataplane,
-    dataplane::{ip_of, net_addr},
-    error::Error,
-};
+use crate::{Dataplane, dataplane::ip_of, error::Error};
 
 impl Dataplane {
     /// Makes `addrs` the Node object's NodePort addresses: adds the missing ones, removes
@@ -30,22 +26,8 @@ impl Dataplane {
                 stale.push(ip);
             }
         }
-        let cap = self.cfg.capacities.node_addresses;
         for ip in want.iter().filter(|ip| !present.contains(ip)) {
-            self.maps
-                .node_addrs
-                .insert(net_addr(*ip), node_addr_origin::NODE_OBJECT, 0)
-                .map_err(|e| {
-                    if crate::maps::is_full(&e) {
-                        Error::CapacityExceeded {
-                            what: "the node address table",
-                            capacity: cap,
-                            setting: "capacities.node_addresses",
-                        }
-                    } else {
-                        Error::map(names::NODE_ADDRS, "write", e)
-                    }
-                })?;
+            self.insert_node_address(*ip, node_addr_origin::NODE_OBJECT)?;
         }
         for ip in stale {
             self.remove_node_address(ip)?;

@@ -143,3 +143,19 @@ pub fn background_load(
         .thread(move || load::run_blocking(cfg).expect("load run"))
         .expect("client thread")
 }
+
+/// The `sluice` binary next to this test's target directory (cargo xtask test builds it).
+pub fn sluice_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p sluice` (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
