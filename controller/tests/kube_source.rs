@@ -299,12 +299,14 @@ async fn gone_410_relists_without_pruning_what_still_exists() {
         mock.wait_for_watchers(r, 1, WAIT).await.unwrap();
     }
     let lists = mock.list_count("endpointslices");
-    // Compacted history and cut watches: every watcher resumes with 410 and relists. While
-    // cut off, one slice is deleted.
+    // Compacted history and cut watches: every watcher resumes from before the compaction,
+    // gets 410 and relists. One slice is deleted once the watches are cut (deleted while a
+    // watch is still open, its event could arrive on it and move the watcher past the
+    // compaction, and then nothing would relist).
     mock.compact();
+    mock.disconnect_watches();
     mock.delete("EndpointSlice", "default", "kubernetes-bootcamp-9qv4d")
         .unwrap();
-    mock.disconnect_watches();
     mock.wait_for_requests(
         |log| {
             log.iter()
