@@ -269,10 +269,6 @@ impl Tables {
         }
     }
 
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// The endpoints to probe: (slice, address, probe), of slices that declare one.
     pub fn probe_targets(&self) -> Vec<(Key, IpAddr, Probe)> {
         self.probed

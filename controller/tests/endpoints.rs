@@ -1,27 +1,15 @@
 //! The metrics listener's `/healthz`, as kube-proxy's: healthy while no change waits longer
 //! than the allowed age (an idle agent included), with RFC 3339 times.
 
+mod common;
+
 use std::time::Duration;
 
 use controller::{agent::endpoints, fake::FakeDataPath, objects::Object, state::Shared};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
 
 async fn healthz(router: &axum::Router) -> (u16, Value) {
-    let r = router
-        .clone()
-        .oneshot(
-            axum::http::Request::get("/healthz")
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body = http_body_util::BodyExt::collect(r.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
+    let (status, body) = common::get(router, "/healthz").await;
     (status, serde_json::from_slice(&body).unwrap())
 }
 

@@ -6,6 +6,8 @@
 //! Every wait is on an event (the source's change notification, the mock's request log)
 //! with a deadline; nothing sleeps.
 
+mod common;
+
 use std::{path::Path, time::Duration};
 
 use controller::{
@@ -144,6 +146,21 @@ fn backends(store: &Store) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// Waits until the mock answered more than `above` requests of `verb` on `resource`.
+async fn requests_above(mock: &MockApiServer, verb: Verb, resource: &str, above: usize) {
+    mock.wait_for_requests(
+        |log| {
+            log.iter()
+                .filter(|r| r.verb == verb && r.resource == Some(resource))
+                .count()
+                > above
+        },
+        WAIT,
+    )
+    .await
+    .unwrap();
 }
 
 async fn mock_with_fixtures() -> MockApiServer {
@@ -307,17 +324,7 @@ async fn gone_410_relists_without_pruning_what_still_exists() {
     mock.disconnect_watches();
     mock.delete("EndpointSlice", "default", "kubernetes-bootcamp-9qv4d")
         .unwrap();
-    mock.wait_for_requests(
-        |log| {
-            log.iter()
-                .filter(|r| r.verb == Verb::List && r.resource == Some("endpointslices"))
-                .count()
-                > lists
-        },
-        WAIT,
-    )
-    .await
-    .unwrap();
+    requests_above(&mock, Verb::List, "endpointslices", lists).await;
     agent
         .until("the relist removes the deleted slice", |s| {
             s.tables
@@ -348,17 +355,7 @@ async fn a_disconnect_resumes_the_watch_and_loses_no_change() {
         .unwrap();
     let watches = mock.watch_count("endpointslices");
     mock.disconnect_watches();
-    mock.wait_for_requests(
-        |log| {
-            log.iter()
-                .filter(|r| r.verb == Verb::Watch && r.resource == Some("endpointslices"))
-                .count()
-                > watches
-        },
-        WAIT,
-    )
-    .await
-    .unwrap();
+    requests_above(&mock, Verb::Watch, "endpointslices", watches).await;
     mock.apply(slice(&[("198.51.100.12", true), ("198.51.100.15", true)]))
         .unwrap();
     agent
@@ -409,7 +406,6 @@ async fn an_api_server_down_at_start_then_up_syncs_and_down_later_loses_nothing(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_waits_for_every_watch_and_the_first_round() {
     use controller::agent::{endpoints, reconcile_loop};
-    use tower::ServiceExt as _;
 
     let mock = mock_with_fixtures().await;
     mock.set_down(true);
@@ -420,20 +416,7 @@ async fn readyz_waits_for_every_watch_and_the_first_round() {
     let health = endpoints::Health::new(agent.shared.clone(), Duration::from_secs(60), prom);
     let router = endpoints::router(health.clone());
     let readyz = || async {
-        let r = router
-            .clone()
-            .oneshot(
-                axum::http::Request::get("/readyz")
-                    .body(axum::body::Body::empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body = http_body_util::BodyExt::collect(r.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
+        let (status, body) = common::get(&router, "/readyz").await;
         (status, String::from_utf8_lossy(&body).to_string())
     };
     let looped = tokio::spawn(reconcile_loop::run(

@@ -73,15 +73,6 @@ pub enum Translated<T> {
     Skipped(String),
 }
 
-impl<T> Translated<T> {
-    pub fn model(self) -> Option<T> {
-        match self {
-            Translated::Model(m) => Some(m),
-            Translated::Skipped(_) => None,
-        }
-    }
-}
-
 /// Collects the problems of one object.
 #[derive(Debug, Default)]
 pub(crate) struct Problems(pub Vec<String>);
