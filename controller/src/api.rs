@@ -125,6 +125,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/sluice/v1/dataplane/counters", get(dataplane_counters))
         .route("/sluice/v1/rollouts", get(rollouts))
+        .route("/sluice/v1/ipam", get(ipam_status))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -887,6 +888,13 @@ async fn rollouts(State(state): State<Shared>) -> ApiResult {
         })
         .collect();
     Ok(Json(Items::<RolloutJson> { items }).into_response())
+}
+
+/// The LoadBalancer IP assigner's view: whether this agent holds the Lease, pools, who holds
+/// which address, refusals.
+async fn ipam_status(State(state): State<Shared>) -> ApiResult {
+    let st = state.ipam.borrow().clone();
+    Ok(Json(st).into_response())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! - [`store`]: the standalone sources' objects, with their origin and persistence;
 //! - [`desired`]: one service's model -> its desired data-path specs;
 //! - [`reconcile`]: desired vs applied, per changed service, pruning only after a full sync;
-//! - [`kube`]: the Kubernetes source (watchers); [`files`]: the YAML directory source;
+//! - [`kube`]: the Kubernetes source (watchers); [`ipam`]: LoadBalancer IP assignment; [`files`]: the YAML directory source;
 //!   [`api`]: the HTTP API; [`health`]: probes;
 //! - [`memory`]: returning freed heap after bulk work;
 //! - [`metrics`]: Prometheus metrics (kube-proxy's names where the meaning is the same);
@@ -21,6 +21,7 @@ pub mod desired;
 pub mod fake;
 pub mod files;
 pub mod health;
+pub mod ipam;
 pub mod kube;
 pub mod memory;
 pub mod metrics;

@@ -8,7 +8,7 @@ use std::{
 use lb_datapath::DataPath;
 use tokio::sync::{Mutex, Notify};
 
-use crate::{desired::ProbeResults, reconcile::Reconciler, store::Store};
+use crate::{desired::ProbeResults, ipam::IpamStatus, reconcile::Reconciler, store::Store};
 
 /// The data path behind the reconciler, type-erased.
 pub type BoxedDataPath = Box<dyn DataPath>;
@@ -58,6 +58,8 @@ pub struct Shared {
     pub changed: Arc<Notify>,
     /// Bearer token that API writes must carry; `None`: the API is read-only.
     pub token: Option<Arc<str>>,
+    /// What the LoadBalancer IP assigner reports (`enabled: false` when it is off).
+    pub ipam: Arc<tokio::sync::watch::Sender<IpamStatus>>,
 }
 
 impl Shared {
@@ -69,6 +71,7 @@ impl Shared {
             sources: Arc::new(Sources::default()),
             changed: Arc::new(Notify::new()),
             token: token.map(Into::into),
+            ipam: Arc::new(tokio::sync::watch::Sender::new(IpamStatus::default())),
         }
     }
 }

@@ -180,6 +180,18 @@ impl MockApiServer {
         }
     }
 
+    /// Waits, on the server's activity (requests and writes), until `cond` holds for it;
+    /// the error names `what`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Self) -> bool,
+    ) -> Result<()> {
+        self.wait_until(timeout, || what.to_string(), || cond(self))
+            .await
+    }
+
     /// Waits until at least `n` watches of `resource` (kind or plural) are open.
     pub async fn wait_for_watchers(
         &self,

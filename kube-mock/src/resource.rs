@@ -6,6 +6,7 @@ use k8s_openapi::api::{
     coordination::v1::Lease,
     core::v1::{Event, Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    events::v1::Event as EventsEvent,
 };
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
 
@@ -97,6 +98,8 @@ pub fn all() -> &'static [ResourceType] {
             ResourceType::of::<ReplicaSet>(true),
             ResourceType::of::<Lease>(false),
             ResourceType::of::<Event>(false),
+            // events.k8s.io/v1, what kube-runtime's event Recorder writes.
+            ResourceType::of::<EventsEvent>(false),
             ResourceType::of::<Pod>(true),
             ResourceType::of::<Namespace>(true),
         ]

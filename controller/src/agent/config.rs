@@ -6,6 +6,8 @@ use anyhow::{Context as _, bail};
 use lb_datapath::{DataplaneConfig, PinConfig};
 use serde::Deserialize;
 
+use crate::ipam::IpamConfig;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
 pub struct AgentConfig {
@@ -40,6 +42,8 @@ pub struct AgentConfig {
     /// Export per-backend traffic series on `/metrics` (3 a backend; off by default: at
     /// 10 000 services of 10 endpoints that is 300 000 series per node).
     pub per_backend_metrics: bool,
+    /// LoadBalancer IP assignment (Kubernetes mode; off unless `ipam.pools` is set).
+    pub ipam: IpamConfig,
     pub dataplane: DataplaneConfig,
 }
 
@@ -60,6 +64,7 @@ impl Default for AgentConfig {
             poll_millis: 500,
             state_dir: PathBuf::from("/var/lib/sluice"),
             per_backend_metrics: false,
+            ipam: IpamConfig::default(),
             dataplane: DataplaneConfig {
                 pin: Some(PinConfig::default()),
                 ..Default::default()
@@ -109,6 +114,11 @@ impl AgentConfig {
         }
         if self.kubernetes() && self.node_name().is_empty() {
             bail!("Kubernetes mode needs this node's name: pass --node-name or set NODE_NAME");
+        }
+        if self.ipam.validate()?.is_some() && !self.kubernetes() {
+            bail!(
+                "ipam assigns LoadBalancer IPs through the Kubernetes API: it needs Kubernetes mode (--kubeconfig or in-cluster)"
+            );
         }
         std::fs::create_dir_all(&self.state_dir)
             .with_context(|| format!("state directory {}", self.state_dir.display()))?;

@@ -71,10 +71,22 @@ pub async fn run(
     // knows what it waits for.
     let mut tasks = tokio::task::JoinSet::new();
     let mut watchers = None;
+    let mut ipam = None;
     match kube {
         Some(client) => {
             let node = cfg.node_name();
             tracing::info!(node = %node, "Kubernetes mode: watching Services, EndpointSlices, this Node, Deployments, ReplicaSets");
+            if let Some(pools) = cfg.ipam.validate()? {
+                shared.ipam.send_modify(|s| s.enabled = true);
+                tracing::info!(pools = ?cfg.ipam.pools, lease = %format!("{}/{}", cfg.ipam.lease_namespace, cfg.ipam.lease_name), "IPAM on: the Lease holder assigns LoadBalancer IPs");
+                ipam = Some(crate::ipam::spawn(
+                    client.clone(),
+                    cfg.ipam.clone(),
+                    pools,
+                    node.clone(),
+                    shared.ipam.clone(),
+                ));
+            }
             watchers = Some(crate::kube::spawn(&shared, client, &node));
         }
         None => {
@@ -114,6 +126,10 @@ pub async fn run(
     tracing::info!("shutting down; the data path keeps serving (uninstall removes it)");
     if let Some(mut w) = watchers {
         w.abort_all();
+    }
+    if let Some(i) = ipam {
+        // Gives the Lease back so another agent assigns at once.
+        i.shutdown().await;
     }
     tasks.abort_all();
     Ok(())

@@ -171,8 +171,10 @@ impl ServiceModel {
                     .extend(errs.ip(a, &format!("status.loadBalancer.ingress[{i}].ip")));
             }
         }
-        if !load_balancer_ips.is_empty() && type_ != ServiceType::LoadBalancer {
-            errs.push("status.loadBalancer.ingress: only LoadBalancer services have ingress IPs");
+        // A service whose type changed away from LoadBalancer keeps its old ingress until
+        // the load-balancer implementation clears it: it is not programmed meanwhile.
+        if type_ != ServiceType::LoadBalancer {
+            load_balancer_ips.clear();
         }
         match spec.external_traffic_policy.as_deref() {
             None | Some("Cluster") => {}
