@@ -8,7 +8,7 @@
 //! - [`desired`]: one service's model -> its desired data-path specs;
 //! - [`reconcile`]: desired vs applied, per changed service, pruning only after a full sync;
 //! - [`kube`]: the Kubernetes source (watchers); [`files`]: the YAML directory source;
-//!   [`api`]: the HTTP API; [`health`]: probes;
+//!   [`api`]: the HTTP API; [`health`]: probes; [`peers`]: the other agents (drain handshake);
 //! - [`memory`]: returning freed heap after bulk work;
 //! - [`metrics`]: Prometheus metrics (kube-proxy's names where the meaning is the same);
 //! - [`agent`]: `sluice run`, wiring it all; [`client`]: the CLI's client subcommands;
@@ -26,6 +26,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod objects;
+pub mod peers;
 pub mod reconcile;
 pub mod state;
 pub mod store;

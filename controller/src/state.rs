@@ -8,7 +8,7 @@ use std::{
 use lb_datapath::DataPath;
 use tokio::sync::{Mutex, Notify};
 
-use crate::{desired::ProbeResults, reconcile::Reconciler, store::Store};
+use crate::{desired::ProbeResults, model::Key, reconcile::Reconciler, store::Store};
 
 /// The data path behind the reconciler, type-erased.
 pub type BoxedDataPath = Box<dyn DataPath>;
@@ -58,6 +58,9 @@ pub struct Shared {
     pub changed: Arc<Notify>,
     /// Bearer token that API writes must carry; `None`: the API is read-only.
     pub token: Option<Arc<str>>,
+    /// The headless Service whose ready endpoints are the other agents (`GET
+    /// /sluice/v1/peers`); `None`: peer discovery is off.
+    pub peer_service: Option<Key>,
 }
 
 impl Shared {
@@ -69,7 +72,14 @@ impl Shared {
             sources: Arc::new(Sources::default()),
             changed: Arc::new(Notify::new()),
             token: token.map(Into::into),
+            peer_service: Some(crate::peers::default_service()),
         }
+    }
+
+    /// Names the agents' headless Service (default [`crate::peers::default_service`]).
+    pub fn with_peer_service(mut self, service: Option<Key>) -> Self {
+        self.peer_service = service;
+        self
     }
 }
 
