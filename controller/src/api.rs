@@ -33,6 +33,7 @@
 //! | `/sluice/v1/dataplane/services/{name}/backends` | one service's backends with state, slots, packets, bytes and new flows |
 //! | `/sluice/v1/dataplane/endpoints/{ip}` | the drain handshake: per service, whether `ip` is still `selectable` for new flows and its tracked `flows` (`?flows=false`: not counted, `null`; counting walks the conntrack table) |
 //! | `/sluice/v1/dataplane/counters` | packet counters by reason and map occupancy next to capacity |
+//! | `/sluice/v1/peers` | `{"service": "ns/name", "peers": [{"node", "address"}], "note"}`: the agents of the DaemonSet (the ready endpoints of their headless Service, [`crate::peers`]), for `drain-wait --all-nodes`; an empty list says why in `note` |
 //! | `/sluice/v1/rollouts` | `{"items": [{"workload": WorkloadModel, "status": "..."}]}` for every Deployment |
 //!
 //! Data-path service names look like `default/web:http/TCP`: in `{name}` they are sent
@@ -124,6 +125,7 @@ pub fn router(state: Shared) -> Router {
             get(dataplane_endpoint),
         )
         .route("/sluice/v1/dataplane/counters", get(dataplane_counters))
+        .route("/sluice/v1/peers", get(peers))
         .route("/sluice/v1/rollouts", get(rollouts))
         .route("/sluice/v1/ipam", get(ipam_status))
         .fallback(no_route)
@@ -867,6 +869,13 @@ async fn dataplane_counters(State(state): State<Shared>) -> ApiResult {
         })
     })
     .await?;
+    Ok(Json(view).into_response())
+}
+
+/// The other agents, for the cluster-wide drain handshake.
+async fn peers(State(state): State<Shared>) -> ApiResult {
+    let store = state.store.lock().await;
+    let view = crate::peers::view(&store.tables, state.peer_service.as_ref());
     Ok(Json(view).into_response())
 }
 

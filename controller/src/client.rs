@@ -12,10 +12,21 @@ use serde_json::Value;
 
 /// GET `path` from the agent; the JSON body.
 pub fn get_json(api: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    let mut s = TcpStream::connect_timeout(&api, Duration::from_secs(3)).with_context(|| {
+    get_json_within(api, path, Duration::from_secs(3), Duration::from_secs(10))
+}
+
+/// [`get_json`] with its connect timeout and its timeout for each read and write.
+fn get_json_within(
+    api: SocketAddr,
+    path: &str,
+    connect: Duration,
+    io: Duration,
+) -> anyhow::Result<Value> {
+    let mut s = TcpStream::connect_timeout(&api, connect).with_context(|| {
         format!("connecting to the sluice agent at {api} (is `sluice run` running? --api ADDR)")
     })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(io))?;
+    s.set_write_timeout(Some(io))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
@@ -248,6 +259,45 @@ fn encode(name: &str) -> String {
         .collect()
 }
 
+/// What one agent answered about an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EndpointVerdict {
+    /// Services whose backends name the address.
+    services: usize,
+    /// Of them, those that still select it for new flows.
+    selecting: usize,
+    /// Tracked flows naming it (0 when not counted).
+    flows: u64,
+}
+
+impl EndpointVerdict {
+    /// Reads `/sluice/v1/dataplane/endpoints/{ip}`; an entry without `selectable` counts as
+    /// selecting (never a false "drained").
+    fn of(v: &Value) -> Self {
+        let entries = items(v);
+        EndpointVerdict {
+            services: entries.len(),
+            selecting: entries
+                .iter()
+                .filter(|e| e["selectable"].as_bool().unwrap_or(true))
+                .count(),
+            flows: entries
+                .iter()
+                .map(|e| e["flows"].as_u64().unwrap_or(0))
+                .sum(),
+        }
+    }
+
+    fn drained(self, flows: bool) -> bool {
+        self.selecting == 0 && (!flows || self.flows == 0)
+    }
+}
+
+fn endpoint_path(addr: IpAddr, flows: bool) -> String {
+    // Flows are counted (a walk of the conntrack table) only when they are waited for.
+    format!("/sluice/v1/dataplane/endpoints/{addr}?flows={flows}")
+}
+
 /// The drain handshake as a command: returns once the agent no longer selects `addr` for new
 /// flows (and, with `flows`, once it tracks none); fails at the timeout.
 pub fn drain_wait(
@@ -258,31 +308,172 @@ pub fn drain_wait(
 ) -> anyhow::Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
-        // Flows are counted (a walk of the conntrack table) only when they are waited for.
-        let v = get_json(
-            api,
-            &format!("/sluice/v1/dataplane/endpoints/{addr}?flows={flows}"),
-        )?;
-        let entries = items(&v);
-        let selectable = entries
-            .iter()
-            .filter(|e| e["selectable"].as_bool().unwrap_or(true))
-            .count();
-        let tracked: u64 = entries
-            .iter()
-            .map(|e| e["flows"].as_u64().unwrap_or(0))
-            .sum();
-        if selectable == 0 && (!flows || tracked == 0) {
+        let v = EndpointVerdict::of(&get_json(api, &endpoint_path(addr, flows))?);
+        if v.drained(flows) {
             return Ok(format!(
-                "{addr}: not selected for new flows by {} service(s); {tracked} tracked flows\n",
-                entries.len()
+                "{addr}: not selected for new flows by {} service(s); {} tracked flows\n",
+                v.services, v.flows
             ));
         }
         if Instant::now() >= deadline {
             bail!(
-                "{addr}: still selected by {selectable} service(s), {tracked} tracked flows after {timeout:?}"
+                "{addr}: still selected by {} service(s), {} tracked flows after {timeout:?}",
+                v.selecting,
+                v.flows
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Pause between two rounds of `drain-wait --all-nodes`.
+const ROUND_PAUSE: Duration = Duration::from_millis(200);
+/// Longest wait for one agent's answer, so a silent node cannot hold up a round.
+const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Agents asked at once.
+const PEER_WORKERS: usize = 16;
+
+/// What one agent said in a round: its verdict, or why there was none.
+type PeerAnswer = Result<EndpointVerdict, String>;
+
+/// The cluster-wide drain handshake: asks the local agent (`api`) for its peers
+/// (`/sluice/v1/peers`, the agents of the DaemonSet) and returns once none of them selects
+/// `addr` for new flows (with `flows`: and none tracks a flow naming it). Each round asks
+/// every agent again and re-reads the peer list, so an agent added meanwhile is asked too; an
+/// agent that does not answer counts as still selecting. Fails at the timeout, naming every
+/// agent not confirmed, or at once when the peer list is empty.
+pub fn drain_wait_all(
+    api: SocketAddr,
+    addr: IpAddr,
+    timeout: Duration,
+    flows: bool,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let read_peers = || -> anyhow::Result<crate::peers::PeersView> {
+        let v = get_json(api, "/sluice/v1/peers")?;
+        serde_json::from_value(v).context("the agent's /sluice/v1/peers answer")
+    };
+    // A local agent that cannot answer at the start is a misconfiguration (--api): said now.
+    let mut view = read_peers().context("asking the local agent for its peers")?;
+    let path = endpoint_path(addr, flows);
+    loop {
+        let service = view.service.as_deref().unwrap_or("<none>");
+        if view.peers.is_empty() {
+            bail!(
+                "{addr}: the agent at {api} knows no peer agents (service {service}): {}. \
+                 Without --all-nodes only the agent at --api is asked",
+                view.note
+                    .as_deref()
+                    .unwrap_or("deploy/agents-service.yaml creates the Service")
+            );
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let per_request = remaining.clamp(Duration::from_millis(100), PEER_REQUEST_TIMEOUT);
+        let answers = ask_peers(&view.peers, &path, per_request);
+        if answers
+            .iter()
+            .all(|a| a.as_ref().is_ok_and(|v| v.drained(flows)))
+        {
+            let rows: Vec<Vec<String>> = view
+                .peers
+                .iter()
+                .zip(&answers)
+                .map(|(p, a)| {
+                    let v = a.as_ref().expect("all answered");
+                    vec![
+                        p.node.clone().unwrap_or_else(|| "-".into()),
+                        p.address.to_string(),
+                        v.services.to_string(),
+                        if flows {
+                            v.flows.to_string()
+                        } else {
+                            "-".into()
+                        },
+                    ]
+                })
+                .collect();
+            return Ok(format!(
+                "{addr}: not selected for new flows by any of the {} agents of {service}\n{}",
+                view.peers.len(),
+                table(&["NODE", "AGENT", "SERVICES", "FLOWS"], &rows)
+            ));
+        }
+        if Instant::now() >= deadline {
+            let pending: Vec<String> = view
+                .peers
+                .iter()
+                .zip(&answers)
+                .filter_map(|(p, a)| {
+                    let what = match a {
+                        Ok(v) if v.drained(flows) => return None,
+                        Ok(v) if v.selecting > 0 => {
+                            format!("still selects it in {} service(s)", v.selecting)
+                        }
+                        Ok(v) => format!("still tracks {} flows naming it", v.flows),
+                        Err(e) => format!("did not answer: {e}"),
+                    };
+                    let node = p.node.as_deref().unwrap_or("-");
+                    Some(format!("  {node} {}: {what}", p.address))
+                })
+                .collect();
+            bail!(
+                "{addr}: not drained after {timeout:?}; of the {} agents of {service}, these are \
+                 not confirmed:\n{}\nRaise --timeout to wait longer (in a preStop hook, keep \
+                 it below the pod's terminationGracePeriodSeconds)",
+                view.peers.len(),
+                pending.join("\n")
+            );
+        }
+        std::thread::sleep(ROUND_PAUSE.min(deadline.saturating_duration_since(Instant::now())));
+        // A failed re-read keeps the last list: the agents it names are still asked.
+        if let Ok(v) = read_peers() {
+            view = v;
+        }
+    }
+}
+
+/// Why a peer gave no verdict, short: the cause, without the local agent's hints.
+fn no_answer(e: &anyhow::Error, timeout: Duration) -> String {
+    let timed_out = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        })
+    });
+    if timed_out {
+        format!("no answer within {} ms", timeout.as_millis())
+    } else {
+        e.root_cause().to_string()
+    }
+}
+
+/// Asks every peer for `path`, [`PEER_WORKERS`] at a time; the answers in `peers`' order.
+fn ask_peers(peers: &[crate::peers::Peer], path: &str, timeout: Duration) -> Vec<PeerAnswer> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let ask = || {
+        let mut mine = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(peer) = peers.get(i) else {
+                return mine;
+            };
+            let answer = get_json_within(peer.address, path, timeout, timeout)
+                .map(|v| EndpointVerdict::of(&v))
+                .map_err(|e| no_answer(&e, timeout));
+            mine.push((i, answer));
+        }
+    };
+    let mut answers: Vec<(usize, PeerAnswer)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..peers.len().min(PEER_WORKERS))
+            .map(|_| s.spawn(ask))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("peer request thread panicked"))
+            .collect()
+    });
+    answers.sort_by_key(|(i, _)| *i);
+    answers.into_iter().map(|(_, a)| a).collect()
 }

@@ -8,7 +8,9 @@ use std::{
 use lb_datapath::DataPath;
 use tokio::sync::{Mutex, Notify};
 
-use crate::{desired::ProbeResults, ipam::IpamStatus, reconcile::Reconciler, store::Store};
+use crate::{
+    desired::ProbeResults, ipam::IpamStatus, model::Key, reconcile::Reconciler, store::Store,
+};
 
 /// The data path behind the reconciler, type-erased.
 pub type BoxedDataPath = Box<dyn DataPath>;
@@ -60,6 +62,9 @@ pub struct Shared {
     pub token: Option<Arc<str>>,
     /// What the LoadBalancer IP assigner reports (`enabled: false` when it is off).
     pub ipam: Arc<tokio::sync::watch::Sender<IpamStatus>>,
+    /// The headless Service whose ready endpoints are the other agents (`GET
+    /// /sluice/v1/peers`); `None`: peer discovery is off.
+    pub peer_service: Option<Key>,
 }
 
 impl Shared {
@@ -72,7 +77,14 @@ impl Shared {
             changed: Arc::new(Notify::new()),
             token: token.map(Into::into),
             ipam: Arc::new(tokio::sync::watch::Sender::new(IpamStatus::default())),
+            peer_service: Some(crate::peers::default_service()),
         }
+    }
+
+    /// Names the agents' headless Service (default [`crate::peers::default_service`]).
+    pub fn with_peer_service(mut self, service: Option<Key>) -> Self {
+        self.peer_service = service;
+        self
     }
 }
 

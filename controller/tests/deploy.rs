@@ -2,17 +2,19 @@
 //! list and watch on exactly what the Kubernetes source watches (and nothing to write), the
 //! DaemonSet runs the agent in-cluster with its node name from the downward API, probes the
 //! port the ConfigMap's configuration listens on, and that configuration is one the agent
-//! accepts; and every API call the agent makes (watches, and the LoadBalancer IP assigner
-//! with its Lease and Events) is allowed by the roles, each of whose rights it uses.
+//! accepts; every API call the agent makes (watches, and the LoadBalancer IP assigner with
+//! its Lease and Events) is allowed by the roles, each of whose rights it uses; the agents'
+//! headless Service selects the DaemonSet's pods at the port the agent's API listens on, and
+//! the drain example's preStop hook runs `drain-wait --all-nodes`.
 
 use std::{collections::BTreeSet, path::Path};
 
-use controller::agent::AgentConfig;
+use controller::{agent::AgentConfig, model::Key, peers};
 use k8s_openapi::{
     api::{
-        apps::v1::DaemonSet,
-        core::v1::{ConfigMap, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role},
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{ConfigMap, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -20,8 +22,12 @@ use kube_mock::Verb;
 use serde::Deserialize;
 use serde_json::Value;
 
+fn deploy_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"))
+}
+
 fn documents(file: &str) -> Vec<Value> {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file);
+    let path = deploy_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
@@ -322,5 +328,217 @@ async fn every_api_call_of_the_agent_is_allowed_and_every_granted_right_is_used(
     assert_eq!(
         lease_rule.namespace.as_deref(),
         Some(cfg.ipam.lease_namespace.as_str())
+    );
+}
+
+/// Every YAML file under `dir`, relative to `deploy/`, sorted.
+fn manifests(dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            manifests(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let rel = path.strip_prefix(deploy_dir()).unwrap();
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    out.sort();
+}
+
+#[test]
+fn every_manifest_parses_as_the_kubernetes_type_of_its_kind() {
+    fn check<T: serde::de::DeserializeOwned>(file: &str, doc: &Value) {
+        if let Err(e) = serde_json::from_value::<T>(doc.clone()) {
+            panic!("{file}: {}: {e}", doc["kind"]);
+        }
+    }
+    let mut files = Vec::new();
+    manifests(deploy_dir(), &mut files);
+    assert!(
+        files.iter().any(|f| f == "examples/drain-prestop.yaml"),
+        "{files:?}"
+    );
+    for file in &files {
+        for doc in documents(file) {
+            match doc["kind"].as_str().unwrap_or_default() {
+                "ServiceAccount" => check::<ServiceAccount>(file, &doc),
+                "ClusterRole" => check::<ClusterRole>(file, &doc),
+                "ClusterRoleBinding" => check::<ClusterRoleBinding>(file, &doc),
+                "Role" => check::<Role>(file, &doc),
+                "RoleBinding" => check::<RoleBinding>(file, &doc),
+                "ConfigMap" => check::<ConfigMap>(file, &doc),
+                "DaemonSet" => check::<DaemonSet>(file, &doc),
+                "Service" => check::<Service>(file, &doc),
+                "Deployment" => check::<Deployment>(file, &doc),
+                other => panic!("{file}: kind {other:?}: add its k8s-openapi type to this test"),
+            }
+        }
+    }
+}
+
+fn agent_config() -> AgentConfig {
+    let cm: ConfigMap = one(&documents("configmap.yaml"), "ConfigMap");
+    serde_yaml::from_str(&cm.data.as_ref().unwrap()["config.yaml"]).unwrap()
+}
+
+#[test]
+fn the_agents_service_is_headless_and_selects_the_daemonset_pods_at_the_api_port() {
+    let svc: Service = one(&documents("agents-service.yaml"), "Service");
+    let ds: DaemonSet = one(&documents("daemonset.yaml"), "DaemonSet");
+    let cfg = agent_config();
+
+    let key = Key::new(
+        svc.metadata.namespace.clone().unwrap(),
+        svc.metadata.name.clone().unwrap(),
+    );
+    assert_eq!(
+        key,
+        peers::default_service(),
+        "where the agents look by default"
+    );
+    assert_eq!(svc.metadata.namespace, ds.metadata.namespace);
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"), "headless");
+    let pod_labels = ds.spec.template.metadata.as_ref().unwrap().labels.clone();
+    let selector = spec.selector.clone().unwrap();
+    assert!(!selector.is_empty());
+    for (k, v) in &selector {
+        assert_eq!(
+            pod_labels.as_ref().and_then(|l| l.get(k)),
+            Some(v),
+            "the selector picks the DaemonSet's pods"
+        );
+    }
+
+    // The API answers the other nodes, on the port the Service names.
+    assert!(
+        !cfg.api_listen.ip().is_loopback(),
+        "api_listen {} is not reachable from the other nodes",
+        cfg.api_listen
+    );
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(peers::API_PORT_NAME))
+        .expect("a port named api");
+    assert_eq!(port.port, i32::from(cfg.api_listen.port()));
+    let IntOrString::String(target) = port.target_port.clone().unwrap() else {
+        panic!("targetPort by name");
+    };
+    let container = &ds.spec.template.spec.unwrap().containers[0];
+    let named = container
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(target.as_str()))
+        .unwrap_or_else(|| panic!("the agent container declares port {target}"));
+    assert_eq!(named.container_port, i32::from(cfg.api_listen.port()));
+}
+
+#[test]
+fn the_drain_example_waits_for_every_agent_in_its_pre_stop_hook() {
+    let d: Deployment = one(&documents("examples/drain-prestop.yaml"), "Deployment");
+    let api_port = agent_config().api_listen.port();
+    let pod = d.spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let command = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("an exec preStop hook");
+    assert_eq!(command[1..3], ["drain-wait", "--all-nodes"]);
+    assert!(
+        command.iter().all(|a| !a.contains("$(")),
+        "Kubernetes does not expand $(VAR) in hooks: {command:?}"
+    );
+    let timeout: f64 = command
+        .iter()
+        .skip_while(|a| *a != "--timeout")
+        .nth(1)
+        .expect("--timeout")
+        .parse()
+        .unwrap();
+    let grace = pod
+        .termination_grace_period_seconds
+        .expect("a grace period") as f64;
+    assert!(
+        timeout < grace,
+        "the hook ends before the kubelet's deadline"
+    );
+
+    // drain-wait reads the endpoint from POD_IP and the local agent from SLUICE_API.
+    let env = c.env.clone().unwrap_or_default();
+    let field = |name: &str| {
+        env.iter()
+            .position(|e| e.name == name)
+            .map(|i| (i, &env[i]))
+            .unwrap_or_else(|| panic!("env {name}"))
+    };
+    let from_field = |name: &str| {
+        let (i, e) = field(name);
+        let path = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        (i, path.map(String::from))
+    };
+    assert_eq!(from_field("POD_IP").1.as_deref(), Some("status.podIP"));
+    let (host_at, host) = from_field("HOST_IP");
+    assert_eq!(host.as_deref(), Some("status.hostIP"));
+    let (api_at, api) = field("SLUICE_API");
+    assert_eq!(api.value, Some(format!("$(HOST_IP):{api_port}")));
+    assert!(
+        host_at < api_at,
+        "an env value expands only variables defined before it"
+    );
+
+    // The binary comes from the agent's image through an emptyDir.
+    let bin_dir = Path::new(&command[0]).parent().unwrap();
+    let mounted = |c: &k8s_openapi::api::core::v1::Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| Path::new(&m.mount_path) == bin_dir)
+            .map(|m| m.name.clone())
+    };
+    let volume = mounted(c).expect("the binary's folder is mounted");
+    let init = &pod.init_containers.as_ref().expect("an initContainer")[0];
+    assert_eq!(mounted(init), Some(volume.clone()));
+    assert!(
+        init.command.iter().flatten().any(|a| *a == command[0]),
+        "the initContainer puts the binary where the hook runs it: {:?}",
+        init.command
+    );
+    let v = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == volume)
+        .unwrap();
+    assert!(v.empty_dir.is_some());
+}
+
+/// deploy/ipam/configmap.yaml is deploy/configmap.yaml plus `ipam:`, so applying it turns
+/// IPAM on and changes nothing else; its IPAM section is one the agent accepts.
+#[test]
+fn the_ipam_configmap_is_the_base_one_plus_ipam() {
+    let base = agent_config();
+    let cm: ConfigMap = one(&documents("ipam/configmap.yaml"), "ConfigMap");
+    let with: AgentConfig = serde_yaml::from_str(&cm.data.unwrap()["config.yaml"]).unwrap();
+    assert!(base.ipam.pools.is_empty(), "IPAM is off by default");
+    assert!(with.ipam.validate().unwrap().is_some());
+    assert_eq!(
+        format!(
+            "{:?}",
+            AgentConfig {
+                ipam: base.ipam.clone(),
+                ..with.clone()
+            }
+        ),
+        format!("{base:?}")
     );
 }

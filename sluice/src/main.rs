@@ -46,7 +46,15 @@ enum Command {
     Rollouts(ClientArgs),
     /// Wait until the agent no longer selects ADDRESS for new flows (a preStop hook).
     DrainWait {
+        /// The endpoint (a pod's address). Kubernetes does not expand `$(VAR)` in lifecycle
+        /// hook commands, so a hook leaves it out and sets POD_IP from the downward API.
+        #[arg(env = "POD_IP")]
         address: IpAddr,
+        /// Ask every agent of the DaemonSet (the peers the agent at --api lists, from the
+        /// headless Service deploy/agents-service.yaml), not only the one at --api (see
+        /// deploy/examples/drain-prestop.yaml).
+        #[arg(long)]
+        all_nodes: bool,
         /// Give up (exit 1) after this many seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
@@ -60,8 +68,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// The agent's API address.
-    #[arg(long, default_value = "127.0.0.1:10260")]
+    /// The agent's API address (in a pod: env `SLUICE_API: $(HOST_IP):10260`, which
+    /// Kubernetes expands in env values).
+    #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:10260")]
     api: SocketAddr,
     /// Output format: table (default) or json.
     #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
@@ -188,10 +197,20 @@ fn main() -> std::process::ExitCode {
         Command::Rollouts(c) => client::rollouts(c.api, c.output == "json"),
         Command::DrainWait {
             address,
+            all_nodes,
             timeout,
             flows,
             c,
-        } => client::drain_wait(c.api, address, Duration::from_secs_f64(timeout), flows),
+        } => {
+            let wait = if all_nodes {
+                client::drain_wait_all
+            } else {
+                client::drain_wait
+            };
+            Duration::try_from_secs_f64(timeout)
+                .context("--timeout: a number of seconds, 0 or more")
+                .and_then(|timeout| wait(c.api, address, timeout, flows))
+        }
     };
     match result {
         Ok(out) => {

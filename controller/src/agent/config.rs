@@ -42,6 +42,10 @@ pub struct AgentConfig {
     /// Export per-backend traffic series on `/metrics` (3 a backend; off by default: at
     /// 10 000 services of 10 endpoints that is 300 000 series per node).
     pub per_backend_metrics: bool,
+    /// The headless Service (`namespace/name`) whose ready endpoints are the agents of the
+    /// DaemonSet, at its port named `api`: `drain-wait --all-nodes` asks each of them.
+    /// `null` turns peer discovery off.
+    pub peer_service: Option<String>,
     /// LoadBalancer IP assignment (Kubernetes mode; off unless `ipam.pools` is set).
     pub ipam: IpamConfig,
     pub dataplane: DataplaneConfig,
@@ -64,6 +68,11 @@ impl Default for AgentConfig {
             poll_millis: 500,
             state_dir: PathBuf::from("/var/lib/sluice"),
             per_backend_metrics: false,
+            peer_service: Some(format!(
+                "{}/{}",
+                crate::peers::DEFAULT_NAMESPACE,
+                crate::peers::DEFAULT_NAME
+            )),
             ipam: IpamConfig::default(),
             dataplane: DataplaneConfig {
                 pin: Some(PinConfig::default()),
@@ -114,6 +123,9 @@ impl AgentConfig {
         }
         if self.kubernetes() && self.node_name().is_empty() {
             bail!("Kubernetes mode needs this node's name: pass --node-name or set NODE_NAME");
+        }
+        if let Some(p) = &self.peer_service {
+            crate::peers::parse_service(p)?;
         }
         if self.ipam.validate()?.is_some() && !self.kubernetes() {
             bail!(

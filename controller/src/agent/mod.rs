@@ -58,7 +58,12 @@ pub async fn run(
     } else {
         Store::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("restoring API objects: {e}"))?
     };
-    let shared = Shared::new(dp, token);
+    let peers = cfg
+        .peer_service
+        .as_deref()
+        .map(crate::peers::parse_service)
+        .transpose()?;
+    let shared = Shared::new(dp, token).with_peer_service(peers);
     *shared.store.lock().await = store;
     let mut health = endpoints::Health::new(
         shared.clone(),
