@@ -11,6 +11,7 @@
 //!   [`api`]: the HTTP API; [`health`]: probes;
 //! - [`memory`]: returning freed heap after bulk work;
 //! - [`metrics`]: Prometheus metrics (kube-proxy's names where the meaning is the same);
+//! - [`rollouts`]: Deployments' rollouts, their ReplicaSets' backends and new-flow split;
 //! - [`agent`]: `sluice run`, wiring it all; [`client`]: the CLI's client subcommands;
 //! - [`fake`]: an in-memory data path for tests.
 
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod reconcile;
+pub mod rollouts;
 pub mod state;
 pub mod store;
 pub mod tables;
