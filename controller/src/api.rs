@@ -34,7 +34,7 @@
 //! | `/sluice/v1/dataplane/endpoints/{ip}` | the drain handshake: per service, whether `ip` is still `selectable` for new flows and its tracked `flows` (`?flows=false`: not counted, `null`; counting walks the conntrack table) |
 //! | `/sluice/v1/dataplane/counters` | packet counters by reason and map occupancy next to capacity |
 //! | `/sluice/v1/peers` | `{"service": "ns/name", "peers": [{"node", "address"}], "note"}`: the agents of the DaemonSet (the ready endpoints of their headless Service, [`crate::peers`]), for `drain-wait --all-nodes`; an empty list says why in `note` |
-//! | `/sluice/v1/rollouts` | `{"items": [{"workload": WorkloadModel, "status": "..."}]}` for every Deployment |
+//! | `/sluice/v1/rollouts` | `{"items": [Rollout]}` for every Deployment: `workload` (revision, replica counts, conditions), `status`, `new_flows` and `replicasets`, newest revision first, each with its backends by state, `new_flows` and `new_flow_share` (see [`crate::rollouts`]) |
 //!
 //! Data-path service names look like `default/web:http/TCP`: in `{name}` they are sent
 //! percent-encoded (`default%2Fweb%3Ahttp%2FTCP`); the router matches the encoded path
@@ -73,8 +73,9 @@ use lb_datapath::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    model::{Key, WorkloadModel},
+    model::Key,
     objects::{Kind, Object, Parsed},
+    rollouts::{self as rollout_view, Scope},
     state::Shared,
     store::StoreError,
 };
@@ -879,24 +880,18 @@ async fn peers(State(state): State<Shared>) -> ApiResult {
     Ok(Json(view).into_response())
 }
 
-#[derive(Debug, Serialize)]
-struct RolloutJson {
-    workload: WorkloadModel,
-    /// `kubectl rollout status`-like summary.
-    status: String,
-}
-
+/// The tables are read first (and released), then the data path's counters.
 async fn rollouts(State(state): State<Shared>) -> ApiResult {
-    let store = state.store.lock().await;
-    let items = store
-        .tables
-        .workloads()
-        .map(|w| RolloutJson {
-            status: w.rollout_status(),
-            workload: w.clone(),
-        })
-        .collect();
-    Ok(Json(Items::<RolloutJson> { items }).into_response())
+    let plan = {
+        let store = state.store.lock().await;
+        let probes = state.probes.lock().await;
+        rollout_view::plan(&store.tables, &probes, Scope::All)
+    };
+    let items = read_data_path(&state, move |dp| {
+        rollout_view::view(plan, dp).map_err(|e| data_path_error("reading rollout counters", e))
+    })
+    .await?;
+    Ok(Json(Items { items }).into_response())
 }
 
 /// The LoadBalancer IP assigner's view: whether this agent holds the Lease, pools, who holds

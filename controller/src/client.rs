@@ -219,32 +219,69 @@ pub fn rollouts(api: SocketAddr, json: bool) -> anyhow::Result<String> {
     if json {
         return Ok(serde_json::to_string_pretty(&v)? + "\n");
     }
-    let rows: Vec<Vec<String>> = items(&v)
-        .iter()
-        .map(|r| {
-            let w = r.get("workload").unwrap_or(r);
-            let key = &w["key"];
-            vec![
-                format!("{}/{}", s(&key["namespace"]), s(&key["name"])),
-                format!("{}/{}", s(&w["ready"]), s(&w["desired"])),
-                s(&w["updated"]),
-                s(&w["available"]),
-                s(&w["revision"]),
-                s(r.get("status").unwrap_or(&Value::Null)),
-            ]
-        })
-        .collect();
-    Ok(table(
+    Ok(render_rollouts(&v))
+}
+
+/// `sluice rollouts`' table from the `/sluice/v1/rollouts` JSON: one line per Deployment,
+/// then one indented line per ReplicaSet with its backends (ready/all), new flows and share.
+pub fn render_rollouts(v: &Value) -> String {
+    let backends = |b: &Value| -> (u64, u64) {
+        let n = |k: &str| b[k].as_u64().unwrap_or(0);
+        let ready = n("ready");
+        (ready, ready + n("serving_terminating") + n("not_serving"))
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for r in items(v) {
+        let w = r.get("workload").unwrap_or(&r);
+        let key = &w["key"];
+        let replicasets = r["replicasets"].as_array().cloned().unwrap_or_default();
+        let (ready, all) = replicasets
+            .iter()
+            .map(|rs| backends(&rs["backends"]))
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+        rows.push(vec![
+            format!("{}/{}", s(&key["namespace"]), s(&key["name"])),
+            format!("{}/{}", s(&w["ready"]), s(&w["desired"])),
+            s(&w["updated"]),
+            s(&w["available"]),
+            s(&w["revision"]),
+            format!("{ready}/{all}"),
+            s(r.get("new_flows").unwrap_or(&Value::Null)),
+            String::new(),
+            s(r.get("status").unwrap_or(&Value::Null)),
+        ]);
+        for rs in &replicasets {
+            let (ready, all) = backends(&rs["backends"]);
+            rows.push(vec![
+                format!("  {}", s(&rs["name"])),
+                format!("{}/{}", s(&rs["ready"]), s(&rs["desired"])),
+                String::new(),
+                s(&rs["available"]),
+                s(&rs["revision"]),
+                format!("{ready}/{all}"),
+                s(&rs["new_flows"]),
+                rs["new_flow_share"]
+                    .as_f64()
+                    .map(|f| format!("{:.1}%", f * 100.0))
+                    .unwrap_or_else(|| "-".into()),
+                String::new(),
+            ]);
+        }
+    }
+    table(
         &[
             "DEPLOYMENT",
             "READY",
             "UP-TO-DATE",
             "AVAILABLE",
             "REVISION",
+            "BACKENDS",
+            "NEW FLOWS",
+            "SHARE",
             "STATUS",
         ],
         &rows,
-    ))
+    )
 }
 
 fn encode(name: &str) -> String {

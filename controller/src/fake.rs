@@ -1,15 +1,43 @@
 //! An in-memory [`DataPath`] for tests and golden files: it keeps the specs it was given,
 //! hands out ids like the real one (lowest free, never 0) and dumps a readable text.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+};
 
 use lb_datapath::{
     BackendDump, Capacities, DataPath, EndpointState, EndpointStatus, Error, MapOccupancy, Reason,
-    ServiceDump, ServiceSpec, ServiceStats,
+    ServiceDump, ServiceSpec, ServiceStats, Stats,
 };
 
 /// Calls recorded by a [`FakeDataPath`] made with [`FakeDataPath::with_journal`].
-pub type Journal = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub type Journal = Arc<Mutex<Vec<String>>>;
+
+/// The per-backend counters a [`FakeDataPath`] serves through `service_stats` (zero unless
+/// set), settable while the fake sits behind a `Box<dyn DataPath>`: clone
+/// [`FakeDataPath::counters`] before boxing it.
+#[derive(Clone, Debug, Default)]
+pub struct Counters(Arc<Mutex<BTreeMap<(String, SocketAddr), Stats>>>);
+
+impl Counters {
+    /// Sets the new-flow counter of `backend` in the data-path service `service`.
+    pub fn set_new_flows(&self, service: &str, backend: SocketAddr, new_flows: u64) {
+        let mut c = self.0.lock().expect("counters");
+        c.entry((service.to_string(), backend))
+            .or_default()
+            .new_flows = new_flows;
+    }
+
+    fn get(&self, service: &str, backend: SocketAddr) -> Stats {
+        let c = self.0.lock().expect("counters");
+        c.get(&(service.to_string(), backend))
+            .copied()
+            .unwrap_or_default()
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct FakeDataPath {
@@ -24,6 +52,8 @@ pub struct FakeDataPath {
     pub calls: Vec<String>,
     /// Fail upserts of this service (error-path tests).
     pub fail_on: Option<String>,
+    /// Per-backend counters (see [`Counters`]).
+    pub counters: Counters,
 }
 
 impl FakeDataPath {
@@ -172,14 +202,17 @@ impl DataPath for FakeDataPath {
             .services
             .get(name)
             .ok_or_else(|| Error::UnknownService(name.into()))?;
-        Ok(ServiceStats {
-            service: Default::default(),
-            backends: s
-                .backends
-                .iter()
-                .map(|b| (b.addr, Default::default()))
-                .collect(),
-        })
+        let backends: Vec<(SocketAddr, Stats)> = s
+            .backends
+            .iter()
+            .map(|b| (b.addr, self.counters.get(name, b.addr)))
+            .collect();
+        let service = backends.iter().fold(Stats::default(), |t, (_, b)| Stats {
+            packets: t.packets + b.packets,
+            bytes: t.bytes + b.bytes,
+            new_flows: t.new_flows + b.new_flows,
+        });
+        Ok(ServiceStats { service, backends })
     }
 
     fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error> {

@@ -12,6 +12,7 @@
 //!   [`peers`]: the other agents (drain handshake);
 //! - [`memory`]: returning freed heap after bulk work;
 //! - [`metrics`]: Prometheus metrics (kube-proxy's names where the meaning is the same);
+//! - [`rollouts`]: Deployments' rollouts, their ReplicaSets' backends and new-flow split;
 //! - [`agent`]: `sluice run`, wiring it all; [`client`]: the CLI's client subcommands;
 //! - [`fake`]: an in-memory data path for tests.
 
@@ -30,6 +31,7 @@ pub mod model;
 pub mod objects;
 pub mod peers;
 pub mod reconcile;
+pub mod rollouts;
 pub mod state;
 pub mod store;
 pub mod tables;

@@ -7,10 +7,20 @@
 //! services of 10 endpoints, a 30 MB scrape) are off unless `per_backend_metrics` is set;
 //! `sluice backends` shows the same counters on demand. Series of services that are gone
 //! are dropped after [`IDLE_TIMEOUT`] without an update.
+//!
+//! Rollouts ([`export_rollouts`]): `sluice_rollout_new_flows_total{namespace, deployment,
+//! replicaset, revision}` and `sluice_rollout_backends{namespace, deployment, replicaset}`,
+//! computed at scrape time only for Deployments whose pods of two or more ReplicaSets are
+//! backends (mid-rollout), and only for ReplicaSets with backends: a scrape of a
+//! 10 000-service cluster reads the counters of the rolling Deployments' services, not every
+//! backend's, and a finished rollout's series go after [`IDLE_TIMEOUT`]. Replica counts per
+//! Deployment are left to kube-state-metrics (`kube_deployment_status_replicas_*`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lb_datapath::{DataPath, EndpointState};
+
+use crate::rollouts::Rollout;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_util::MetricKindMask;
@@ -43,15 +53,17 @@ pub fn reconcile_error(op: &'static str) {
     counter!("sluice_reconcile_errors_total", "op" => op).increment(1);
 }
 
-/// A reconcile round ended after `took`; `programmed`: time from the oldest change it
-/// carried to now (only rounds that wrote something).
-pub fn sync_done(took: Duration, programmed: Option<Duration>) {
+/// A reconcile round ended after `took`; `programmed`: kube-proxy's network-programming
+/// latencies of the services it programmed, one per
+/// `endpoints.kubernetes.io/last-change-trigger-time` of their changed slices (see
+/// [`crate::reconcile::programming_latencies`]).
+pub fn sync_done(took: Duration, programmed: &[Duration]) {
     histogram!(SYNC_DURATION).record(took.as_secs_f64());
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     gauge!(LAST_SYNC).set(now.as_secs_f64());
-    if let Some(p) = programmed {
+    for p in programmed {
         histogram!(PROGRAMMING_DURATION).record(p.as_secs_f64());
     }
 }
@@ -120,6 +132,31 @@ pub fn export_datapath(dp: &dyn DataPath, per_backend: bool) {
         ] {
             gauge!("sluice_map_entries", "map" => map).set(used as f64);
             gauge!("sluice_map_capacity", "map" => map).set(cap as f64);
+        }
+    }
+}
+
+/// The new-flow split of rollouts under way (see the module docs): `rollouts` as
+/// [`crate::rollouts::view`] computed them for [`crate::rollouts::Scope::MidRollout`].
+pub fn export_rollouts(rollouts: &[Rollout]) {
+    for r in rollouts {
+        let (ns, deployment) = (&r.workload.key.namespace, &r.workload.key.name);
+        for rs in r.replicasets.iter().filter(|rs| rs.backends.total() > 0) {
+            counter!(
+                "sluice_rollout_new_flows_total",
+                "namespace" => ns.clone(),
+                "deployment" => deployment.clone(),
+                "replicaset" => rs.name.clone(),
+                "revision" => rs.revision.clone().unwrap_or_default(),
+            )
+            .absolute(rs.new_flows);
+            gauge!(
+                "sluice_rollout_backends",
+                "namespace" => ns.clone(),
+                "deployment" => deployment.clone(),
+                "replicaset" => rs.name.clone(),
+            )
+            .set(f64::from(rs.backends.total()));
         }
     }
 }

@@ -10,12 +10,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
 use lb_datapath::{DataPath, Error, ServiceSpec};
 
-use crate::{desired::Specs, metrics, model::Key};
+use crate::{desired::Specs, metrics, model::Key, tables::Triggers};
 
 /// The digest of a spec that [`Reconciler`] keeps of what it applied.
 fn digest(spec: &ServiceSpec) -> u64 {
@@ -62,6 +62,9 @@ pub struct Reconciler<D: DataPath> {
     failed: BTreeMap<Key, String>,
     /// Services that failed in the round under way.
     failed_now: BTreeSet<Key>,
+    /// Trigger times of changes not programmed yet (their service failed): observed once it
+    /// is.
+    triggers: Triggers,
     pruning_allowed: bool,
 }
 
@@ -83,6 +86,7 @@ impl<D: DataPath> Reconciler<D> {
             owners: HashMap::new(),
             failed: BTreeMap::new(),
             failed_now: BTreeSet::new(),
+            triggers: Triggers::new(),
             pruning_allowed: false,
         }
     }
@@ -112,9 +116,10 @@ impl<D: DataPath> Reconciler<D> {
     }
 
     /// Applies the desired specs of the services in `changes` (an empty map: the service is
-    /// gone). `changed_at`: when the oldest change this round carries was seen by a source
-    /// (network-programming latency).
-    pub fn reconcile(&mut self, changes: Vec<(Key, Specs)>, changed_at: Option<Instant>) -> Round {
+    /// gone). `triggers`: the trigger times of the changes they carry; each service that is
+    /// programmed by the round (nothing of it failed) observes its network-programming
+    /// latency once per trigger time.
+    pub fn reconcile(&mut self, changes: Vec<(Key, Specs)>, triggers: Triggers) -> Round {
         let started = Instant::now();
         let mut round = Round::default();
         let mut retry = Vec::new();
@@ -148,20 +153,20 @@ impl<D: DataPath> Reconciler<D> {
                 Err(e) => self.fail(key, &spec.name, e, &mut round),
             }
         }
+        for (key, times) in triggers {
+            self.triggers.entry(key).or_default().extend(times);
+        }
+        let now = SystemTime::now();
+        let mut latencies = Vec::new();
         for (key, _) in &changes {
             if !self.failed_now.contains(key) {
                 self.failed.remove(key);
+                let programmed = self.triggers.remove(key).unwrap_or_default();
+                latencies.extend(programming_latencies(now, &programmed));
             }
         }
         self.failed_now.clear();
-        metrics::sync_done(
-            started.elapsed(),
-            round
-                .wrote()
-                .then_some(changed_at)
-                .flatten()
-                .map(|t| t.elapsed()),
-        );
+        metrics::sync_done(started.elapsed(), &latencies);
         round
     }
 
@@ -258,7 +263,7 @@ impl<D: DataPath> Reconciler<D> {
 
     /// A full pass for tests and the resync: `changes` for every service, then pruning.
     pub fn reconcile_all(&mut self, changes: Vec<(Key, Specs)>) -> Round {
-        let mut round = self.reconcile(changes, None);
+        let mut round = self.reconcile(changes, Triggers::new());
         round.absorb(self.prune_unowned());
         round
     }
@@ -287,5 +292,17 @@ pub fn sync_dirty<D: DataPath>(
             (k, specs)
         })
         .collect();
-    rec.reconcile(work, dirty.since)
+    rec.reconcile(work, dirty.triggers)
+}
+
+/// kube-proxy's network-programming latency: from each trigger time of a service's changes
+/// to `now`, when they are programmed (a trigger time in the future, from a skewed clock,
+/// counts as 0).
+pub fn programming_latencies<'a>(
+    now: SystemTime,
+    triggers: impl IntoIterator<Item = &'a SystemTime>,
+) -> impl Iterator<Item = Duration> {
+    triggers
+        .into_iter()
+        .map(move |t| now.duration_since(*t).unwrap_or_default())
 }

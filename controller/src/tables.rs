@@ -4,13 +4,17 @@
 //! have changed since the last round ("dirty"). Cilium's StateDB and kube-rs' reflector
 //! stores play this part in the anchors.
 //!
+//! ReplicaSets are indexed by their Deployment, and slices by the ReplicaSets their
+//! endpoints' pods belong to (the pod name without its last `-segment`), so a rollout view
+//! reads one Deployment's ReplicaSets and their slices, never every slice.
+//!
 //! Nothing here walks every object on a change; [`Tables::service_keys`] exists only for the
 //! rare full resync.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use crate::{
@@ -43,15 +47,21 @@ pub fn translate(obj: &Object) -> Result<Model, Invalid> {
     })
 }
 
+/// Per service, the `endpoints.kubernetes.io/last-change-trigger-time`s of its slices that
+/// changed since it was last programmed (each time once).
+pub type Triggers = HashMap<Key, BTreeSet<SystemTime>>;
+
 /// Services to reconcile, taken by the reconcile loop.
 #[derive(Debug, Default)]
 pub struct Dirty {
     pub services: BTreeSet<Key>,
     /// When the oldest of these changes was seen by a source.
     pub since: Option<Instant>,
+    /// The trigger times these changes carry (network-programming latency).
+    pub triggers: Triggers,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tables {
     services: HashMap<Key, ServiceModel>,
     /// Services skipped as kube-proxy skips them, with why (for status views).
@@ -62,12 +72,62 @@ pub struct Tables {
     probed: BTreeSet<Key>,
     workloads: BTreeMap<Key, WorkloadModel>,
     replicasets: BTreeMap<Key, ReplicaSetModel>,
+    /// The ReplicaSets each Deployment owns.
+    replicasets_of: HashMap<Key, BTreeSet<Key>>,
+    /// The slices holding endpoints whose pod would belong to a ReplicaSet, by the
+    /// ReplicaSet's key (whether or not that ReplicaSet is known).
+    slices_of_replicaset: HashMap<Key, BTreeSet<Key>>,
     nodes: BTreeMap<String, NodeModel>,
     dirty: Dirty,
     /// Nodes whose object changed since [`Tables::take_node_change`] last looked.
     nodes_changed: BTreeSet<String>,
     /// Bumped on every change of any table.
     pub generation: u64,
+    /// Trigger times before this are not recorded: as kube-proxy, changes from before the
+    /// agent started were programmed by its previous run (or describe history), and would
+    /// report hours of latency after every restart.
+    pub triggers_since: SystemTime,
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables {
+            services: HashMap::new(),
+            skipped: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            probed: BTreeSet::new(),
+            workloads: BTreeMap::new(),
+            replicasets: BTreeMap::new(),
+            replicasets_of: HashMap::new(),
+            slices_of_replicaset: HashMap::new(),
+            nodes: BTreeMap::new(),
+            dirty: Dirty::default(),
+            nodes_changed: BTreeSet::new(),
+            generation: 0,
+            triggers_since: SystemTime::now(),
+        }
+    }
+}
+
+/// The ReplicaSet keys a slice's endpoints name (candidates, deduplicated).
+fn replicasets_named(slice: &SliceModel) -> BTreeSet<Key> {
+    slice
+        .endpoints
+        .iter()
+        .filter_map(|e| e.replicaset_name())
+        .map(|rs| Key::new(slice.key.namespace.clone(), rs))
+        .collect()
+}
+
+/// Removes `item` from the set under `key`, and the set once empty.
+fn unindex(index: &mut HashMap<Key, BTreeSet<Key>>, key: &Key, item: &Key) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(item);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
 }
 
 impl Tables {
@@ -117,16 +177,37 @@ impl Tables {
                 } else {
                     self.probed.remove(&key);
                 }
-                if let Some(old) = self.slices.insert(key.clone(), m)
-                    && old.service != service
-                {
-                    self.unlink(&old.service, &key);
-                    self.touch(Some(old.service));
+                let trigger = m.trigger_time.filter(|t| *t >= self.triggers_since);
+                let replicasets = replicasets_named(&m);
+                let old = self.slices.insert(key.clone(), m);
+                let old_trigger = old.as_ref().and_then(|o| o.trigger_time);
+                if let Some(old) = old {
+                    for rs in replicasets_named(&old).difference(&replicasets) {
+                        unindex(&mut self.slices_of_replicaset, rs, &key);
+                    }
+                    if old.service != service {
+                        self.unlink(&old.service, &key);
+                        self.touch(Some(old.service));
+                    }
+                }
+                for rs in replicasets {
+                    self.slices_of_replicaset
+                        .entry(rs)
+                        .or_default()
+                        .insert(key.clone());
                 }
                 self.slices_of
                     .entry(service.clone())
                     .or_default()
                     .insert(key);
+                // A change that kept its trigger time (a label edit) is not a new trigger.
+                if let Some(t) = trigger.filter(|t| old_trigger != Some(*t)) {
+                    self.dirty
+                        .triggers
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(t);
+                }
                 self.touch(Some(service));
             }
             Model::Slice(Translated::Skipped(_)) => return self.remove(Kind::EndpointSlice, &key),
@@ -141,7 +222,16 @@ impl Tables {
                 if self.replicasets.get(&key) == Some(&m) {
                     return false;
                 }
-                self.replicasets.insert(key, m);
+                let deployment = m.deployment.clone();
+                if let Some(old) = self.replicasets.insert(key.clone(), m)
+                    && let Some(d) = old.deployment
+                    && deployment.as_ref() != Some(&d)
+                {
+                    unindex(&mut self.replicasets_of, &d, &key);
+                }
+                if let Some(d) = deployment {
+                    self.replicasets_of.entry(d).or_default().insert(key);
+                }
                 self.touch(None);
             }
             Model::Node(m) => {
@@ -157,12 +247,7 @@ impl Tables {
     }
 
     fn unlink(&mut self, service: &Key, slice: &Key) {
-        if let Some(set) = self.slices_of.get_mut(service) {
-            set.remove(slice);
-            if set.is_empty() {
-                self.slices_of.remove(service);
-            }
-        }
+        unindex(&mut self.slices_of, service, slice);
     }
 
     /// Removes an object. Returns whether it was there.
@@ -181,6 +266,9 @@ impl Tables {
                     return false;
                 };
                 self.probed.remove(key);
+                for rs in replicasets_named(&old) {
+                    unindex(&mut self.slices_of_replicaset, &rs, key);
+                }
                 self.unlink(&old.service, key);
                 self.touch(Some(old.service));
                 true
@@ -193,11 +281,14 @@ impl Tables {
                 had
             }
             Kind::ReplicaSet => {
-                let had = self.replicasets.remove(key).is_some();
-                if had {
-                    self.touch(None);
+                let Some(old) = self.replicasets.remove(key) else {
+                    return false;
+                };
+                if let Some(d) = &old.deployment {
+                    unindex(&mut self.replicasets_of, d, key);
                 }
-                had
+                self.touch(None);
+                true
             }
             Kind::Node => {
                 let had = self.nodes.remove(&key.name).is_some();
@@ -291,6 +382,42 @@ impl Tables {
         self.replicasets.values()
     }
 
+    pub fn workload(&self, key: &Key) -> Option<&WorkloadModel> {
+        self.workloads.get(key)
+    }
+
+    /// The ReplicaSets a Deployment owns.
+    pub fn replicasets_of<'a>(
+        &'a self,
+        deployment: &Key,
+    ) -> impl Iterator<Item = &'a ReplicaSetModel> {
+        self.replicasets_of
+            .get(deployment)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.replicasets.get(k))
+    }
+
+    /// The slices holding endpoints of the ReplicaSet `replicaset`'s pods (each slice may
+    /// also hold others: filter its endpoints with [`EndpointModel::replicaset_name`]).
+    ///
+    /// [`EndpointModel::replicaset_name`]: crate::model::EndpointModel::replicaset_name
+    pub fn slices_of_replicaset<'a>(
+        &'a self,
+        replicaset: &Key,
+    ) -> impl Iterator<Item = &'a SliceModel> {
+        self.slices_of_replicaset
+            .get(replicaset)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+    }
+
+    /// Whether any slice holds endpoints of the ReplicaSet's pods (no slice is read).
+    pub fn replicaset_has_endpoints(&self, replicaset: &Key) -> bool {
+        self.slices_of_replicaset.contains_key(replicaset)
+    }
+
     /// If the Node `name` changed since the last call: its addresses now (empty when it is
     /// gone).
     pub fn take_node_change(&mut self, name: &str) -> Option<Vec<IpAddr>> {
@@ -306,5 +433,88 @@ impl Tables {
 
     pub fn node(&self, name: &str) -> Option<&NodeModel> {
         self.nodes.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::EndpointModel;
+
+    fn slice(pods: &[&str]) -> Model {
+        let endpoints = pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| EndpointModel {
+                addr: IpAddr::from([10, 0, 0, i as u8 + 1]),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: None,
+                pod: Some(p.to_string()),
+            })
+            .collect();
+        Model::Slice(Translated::Model(SliceModel {
+            key: Key::new("ns", "web-abc"),
+            service: Key::new("ns", "web"),
+            ipv6: false,
+            ports: Vec::new(),
+            endpoints,
+            probe: None,
+            trigger_time: None,
+        }))
+    }
+
+    fn replicaset(name: &str, deployment: &str) -> Model {
+        Model::ReplicaSet(ReplicaSetModel {
+            key: Key::new("ns", name),
+            deployment: Some(Key::new("ns", deployment)),
+            pod_template_hash: None,
+            revision: None,
+            desired: 1,
+            ready: 1,
+            available: 1,
+        })
+    }
+
+    fn names<'a>(it: impl Iterator<Item = &'a ReplicaSetModel>) -> Vec<String> {
+        it.map(|r| r.key.name.clone()).collect()
+    }
+
+    #[test]
+    fn replicaset_indexes_follow_changes_and_removals() {
+        let mut t = Tables::default();
+        let (a, b) = (Key::new("ns", "web-a1"), Key::new("ns", "web-b2"));
+        t.put(a.clone(), replicaset("web-a1", "web"));
+        t.put(b.clone(), replicaset("web-b2", "web"));
+        assert_eq!(
+            names(t.replicasets_of(&Key::new("ns", "web"))),
+            ["web-a1", "web-b2"]
+        );
+
+        let key = Key::new("ns", "web-abc");
+        t.put(key.clone(), slice(&["web-a1-x", "web-b2-y"]));
+        assert!(t.replicaset_has_endpoints(&a) && t.replicaset_has_endpoints(&b));
+        assert_eq!(t.slices_of_replicaset(&a).count(), 1);
+        // The slice no longer holds a pod of web-a1.
+        t.put(key.clone(), slice(&["web-b2-y", "web-b2-z"]));
+        assert!(!t.replicaset_has_endpoints(&a));
+        assert_eq!(t.slices_of_replicaset(&b).count(), 1);
+        t.remove(Kind::EndpointSlice, &key);
+        assert!(!t.replicaset_has_endpoints(&b));
+
+        // A ReplicaSet adopted by another Deployment moves; a removed one goes.
+        t.put(b.clone(), replicaset("web-b2", "other"));
+        assert_eq!(names(t.replicasets_of(&Key::new("ns", "web"))), ["web-a1"]);
+        assert_eq!(
+            names(t.replicasets_of(&Key::new("ns", "other"))),
+            ["web-b2"]
+        );
+        t.remove(Kind::ReplicaSet, &a);
+        assert_eq!(t.replicasets_of(&Key::new("ns", "web")).count(), 0);
+        assert!(
+            !t.replicasets_of.contains_key(&Key::new("ns", "web")),
+            "no empty set is left behind"
+        );
     }
 }

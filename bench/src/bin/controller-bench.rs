@@ -28,7 +28,9 @@
 //!   every BPF map it holds a descriptor of (`/proc/<pid>/fdinfo`);
 //! - idle CPU: utime + stime of the agent over 10 s without changes, as % of one core;
 //! - the agent's `kubeproxy_sync_proxy_rules_duration_seconds` and
-//!   `kubeproxy_network_programming_duration_seconds`, scraped last.
+//!   `kubeproxy_network_programming_duration_seconds` (from each changed slice's
+//!   `endpoints.kubernetes.io/last-change-trigger-time`, set when it is applied), scraped
+//!   last.
 //!
 //! The capacities are the same for every N (sized for the largest), so only N differs. The
 //! table goes to stdout, `target/bench/controller.json` holds the rows, the agents' logs go

@@ -104,6 +104,12 @@ pub fn slice(i: usize, addrs: &[Ipv4Addr]) -> Value {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
             "name": format!("{name}-x7k2q"), "namespace": NAMESPACE,
+            // Set to the time of each change, as the EndpointSlice controller does: the
+            // agent's network-programming latency is measured from it.
+            "annotations": {
+                "endpoints.kubernetes.io/last-change-trigger-time":
+                    k8s_openapi::jiff::Timestamp::now().to_string(),
+            },
             "labels": {
                 "kubernetes.io/service-name": name,
                 "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",

@@ -12,7 +12,7 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use k8s_openapi::jiff::Timestamp;
 
-use crate::{metrics, state::Shared};
+use crate::{metrics, rollouts, state::Shared};
 
 #[derive(Clone)]
 pub struct Health {
@@ -71,9 +71,19 @@ fn rfc3339(unix: u64) -> String {
 }
 
 async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
+    // The tables first (released before the data path is read): only rolling Deployments.
+    let plan = {
+        let store = h.shared.store.lock().await;
+        let probes = h.shared.probes.lock().await;
+        rollouts::plan(&store.tables, &probes, rollouts::Scope::MidRollout)
+    };
     {
         let rec = h.shared.reconciler.lock().await;
         metrics::export_datapath(rec.data_path(), h.per_backend);
+        match rollouts::view(plan, rec.data_path()) {
+            Ok(v) => metrics::export_rollouts(&v),
+            Err(e) => tracing::debug!(error = %e, "reading rollout counters for /metrics failed"),
+        }
     }
     (
         [(

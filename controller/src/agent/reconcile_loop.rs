@@ -69,7 +69,7 @@ pub async fn run(shared: Shared, health: Health, resync: Duration, node: String)
         let work = changes(&shared, dirty.services).await;
         {
             let mut rec = shared.reconciler.lock().await;
-            let mut round = rec.reconcile(work, dirty.since);
+            let mut round = rec.reconcile(work, dirty.triggers);
             if let Some(addrs) = node_addrs {
                 round.errors.extend(rec.set_node_addresses(&addrs).errors);
             }
@@ -159,7 +159,7 @@ async fn resync_all(shared: &Shared) {
     let round = if rec.pruning_allowed() {
         rec.reconcile_all(work)
     } else {
-        rec.reconcile(work, None)
+        rec.reconcile(work, Default::default())
     };
     log("resync", &round, started.elapsed());
     if round.wrote() {

@@ -1,6 +1,6 @@
 //! EndpointSlice -> [`SliceModel`]: endpoints with kube-proxy's reading of their conditions.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::SystemTime};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use lb_datapath::Protocol;
@@ -13,6 +13,9 @@ use crate::{health::Probe, objects::Kind};
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// An active readiness probe for the slice's endpoints (standalone mode).
 pub const PROBE_ANNOTATION: &str = "sluice.io/readiness-probe";
+/// When the change this slice carries was triggered (RFC 3339), set by the EndpointSlice
+/// controller; network-programming latency is measured from it, as kube-proxy does.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EndpointModel {
@@ -21,10 +24,22 @@ pub struct EndpointModel {
     pub serving: bool,
     pub terminating: bool,
     pub node_name: Option<String>,
+    /// The pod it is (`targetRef` of kind Pod).
     pub pod: Option<String>,
 }
 
 impl EndpointModel {
+    /// The ReplicaSet its pod would belong to: the pod name without its last `-segment`
+    /// (`<replicaset>-<suffix>`). A candidate only: whether such a ReplicaSet exists is for
+    /// the tables to say.
+    pub fn replicaset_name(&self) -> Option<&str> {
+        self.pod
+            .as_deref()
+            .and_then(|p| p.rsplit_once('-'))
+            .map(|(rs, _)| rs)
+            .filter(|rs| !rs.is_empty())
+    }
+
     /// The owning pod's pod-template-hash (from a Deployment's pod name
     /// `<deploy>-<hash>-<id>`), derived rather than stored: one string less per endpoint.
     pub fn pod_template_hash(&self) -> Option<&str> {
@@ -43,6 +58,9 @@ pub struct SliceModel {
     pub endpoints: Vec<EndpointModel>,
     /// An active readiness probe declared with the `sluice.io/readiness-probe` annotation.
     pub probe: Option<Probe>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`; unset or unparsable: none (it is
+    /// informational, as kube-proxy treats it).
+    pub trigger_time: Option<SystemTime>,
 }
 
 /// `<deployment>-<pod-template-hash>-<suffix>`: the hash of a Deployment's pod.
@@ -144,6 +162,13 @@ impl SliceModel {
                 }
             },
         };
+        let trigger_time = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TRIGGER_TIME_ANNOTATION))
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(SystemTime::from);
         errs.finish(Translated::Model(SliceModel {
             key,
             service,
@@ -151,6 +176,7 @@ impl SliceModel {
             ports,
             endpoints,
             probe,
+            trigger_time,
         }))
     }
 
@@ -176,5 +202,28 @@ mod tests {
         assert_eq!(template_hash("web-7d4b9c-x2x9k"), Some("7d4b9c"));
         assert_eq!(template_hash("standalone"), None);
         assert_eq!(template_hash("a-b"), None);
+    }
+
+    #[test]
+    fn the_replicaset_candidate_is_the_pod_name_without_its_last_segment() {
+        let e = |pod: Option<&str>| EndpointModel {
+            addr: [10, 0, 0, 1].into(),
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            pod: pod.map(Into::into),
+        };
+        assert_eq!(
+            e(Some("web-7d4b9c-x2x9k")).replicaset_name(),
+            Some("web-7d4b9c")
+        );
+        assert_eq!(
+            e(Some("my-app-v2-5485cc6795-2xk8v")).replicaset_name(),
+            Some("my-app-v2-5485cc6795")
+        );
+        assert_eq!(e(Some("standalone")).replicaset_name(), None);
+        assert_eq!(e(Some("-x")).replicaset_name(), None);
+        assert_eq!(e(None).replicaset_name(), None);
     }
 }
