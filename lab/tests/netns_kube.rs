@@ -12,7 +12,9 @@
 //! 5. (mock only) API-server trouble: down for a while (a change made meanwhile arrives once
 //!    it is back), then compaction + disconnected watches (410, relist): the relist removes
 //!    nothing that exists and a change made after it reaches the data path;
-//! 6. the Service is deleted: the NodePort refuses (TCP RST).
+//! 6. the Service becomes a LoadBalancer: the agent (holding the IPAM Lease) writes an
+//!    address of its pool into the Service's status and serves it: traffic through it works;
+//! 7. the Service is deleted: the NodePort refuses (TCP RST).
 //!
 //! Bounded load runs in both connection modes (keep-alive and a new connection per request)
 //! during every phase, and every request is counted: 0 failed (`retried` is reported). Every
@@ -47,6 +49,11 @@ const SLICE: &str = "web-x7k2p";
 const NODE_PORT: u16 = 30480;
 /// In envtest's service range (10.96.0.0/12); no traffic is ever sent to it.
 const CLUSTER_IP: &str = "10.96.0.80";
+/// The LoadBalancer IP pool: 203.0.113.65 and .66 (the lab routes 203.0.113.0/24 from the
+/// client to the node).
+const LB_POOL: &str = "203.0.113.64/30";
+/// The first address the assigner hands out.
+const LB_IP: &str = "203.0.113.65";
 /// The data-path name of the Service's one port.
 const SPEC: &str = "default/web:http/TCP";
 /// Pods in the lab: 0..3 are in the slice at some point, 3 only after the relist (mock).
@@ -435,9 +442,12 @@ fn kind_label(kind: &str) -> String {
 /// log file; terminated by PID on drop.
 fn start_agent(lab: &Lab, dir: &WorkDir, pins: &PinDir, node_name: &str) -> Process {
     let log = std::fs::File::create(dir.log()).expect("agent log");
+    // LoadBalancer IP assignment on, from a pool of the lab's VIP range (step 6).
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("ipam:\n  pools: [\"{LB_POOL}\"]\n")).expect("agent config");
     let mut cmd = lab.node().command(sluice_bin());
+    cmd.arg("run").arg("--config").arg(&config);
     cmd.args([
-        "run",
         "--interface",
         lab.node_uplink(),
         "--api-listen",
@@ -561,7 +571,7 @@ fn scenario<C: Cluster + Sync>(
     println!("start: /readyz 200 after {:.2} s", ready.as_secs_f64());
     if let Some(mock) = mock {
         for resource in WATCHED {
-            w.block_on(mock.wait_for_watchers(resource, 1, WAIT))
+            w.block_on(mock.wait_for_watchers(resource, watches(resource), WAIT))
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         println!(
@@ -675,7 +685,40 @@ fn scenario<C: Cluster + Sync>(
         api_server_trouble(w, mock, servers, &mut pods, &mut phases);
     }
 
-    // 6. Delete the Service: the NodePort refuses (RST) shortly after.
+    // 6. The Service becomes a LoadBalancer: the agent, the Lease holder, assigns it an
+    // address of its pool through the status subresource, and the data path serves it.
+    let mut lb = service_object();
+    lb["spec"]["type"] = "LoadBalancer".into();
+    lb["metadata"]["uid"] = w.service_uid.clone().into();
+    w.apply(lb);
+    let frontend = format!("{LB_IP}:80");
+    let assigned = wait_for("the assigned LoadBalancer IP in the data path", || {
+        w.get(API, "/sluice/v1/dataplane/services")
+            .is_some_and(|(s, body)| s == 200 && body.contains(&frontend))
+    })
+    .unwrap_or_else(|e| panic!("{e}: IPAM {:?}", w.get_json("/sluice/v1/ipam")));
+    let ipam = w.get_json("/sluice/v1/ipam").expect("/sluice/v1/ipam");
+    assert_eq!(ipam["leader"], true, "{ipam}");
+    assert_eq!(
+        ipam["assignments"][LB_IP],
+        format!("{NAMESPACE}/{SERVICE}"),
+        "{ipam}"
+    );
+    let through_vip = load_from_client(
+        lab,
+        SocketAddr::new(LB_IP.parse().unwrap(), 80),
+        LoadProtocol::http("/"),
+        ConnectionMode::NewConnectionPerRequest,
+        40,
+        4,
+    );
+    println!(
+        "LoadBalancer: {LB_IP} assigned and served {:.3} s after the type change; 40 new connections: {through_vip}",
+        assigned.as_secs_f64()
+    );
+    assert_eq!(through_vip.outcomes.ok, 40, "{through_vip}");
+
+    // 7. Delete the Service: the NodePort refuses (RST) shortly after.
     let text = w.metrics();
     let rejected = metric(&text, "sluice_objects_rejected_total", "");
     assert_eq!(rejected, 0.0, "no object was rejected by the agent");
@@ -773,7 +816,7 @@ fn api_server_trouble<C: Cluster + Sync>(
         errors(&w.metrics()).iter().sum::<f64>() - errors_before.iter().sum::<f64>();
     let back = Instant::now();
     for resource in WATCHED {
-        w.block_on(mock.wait_for_watchers(resource, 1, WAIT + WAIT))
+        w.block_on(mock.wait_for_watchers(resource, watches(resource), WAIT + WAIT))
             .unwrap_or_else(|e| panic!("{e}"));
     }
     let rewatched = back.elapsed();
@@ -825,7 +868,7 @@ fn api_server_trouble<C: Cluster + Sync>(
     })
     .unwrap_or_else(|e| panic!("{e}: lists {lists_before:?} -> {lists_after:?}"));
     for resource in WATCHED {
-        w.block_on(mock.wait_for_watchers(resource, 1, WAIT))
+        w.block_on(mock.wait_for_watchers(resource, watches(resource), WAIT))
             .unwrap_or_else(|e| panic!("{e}"));
     }
     assert_eq!(w.backends(), held, "the relist removed nothing that exists");
@@ -855,8 +898,18 @@ fn api_server_trouble<C: Cluster + Sync>(
     // One relist per watch, not one per retry (counted by the mock, across the whole phase).
     let lists_now: Vec<usize> = WATCHED.iter().map(|r| mock.list_count(r)).collect();
     println!("relist: lists answered by the mock for {WATCHED:?}: {mock_lists:?} -> {lists_now:?}");
-    let once: Vec<usize> = mock_lists.iter().map(|n| n + 1).collect();
+    let once: Vec<usize> = WATCHED
+        .iter()
+        .zip(&mock_lists)
+        .map(|(r, n)| n + watches(r))
+        .collect();
     assert_eq!(lists_now, once, "each watch relisted exactly once");
+}
+
+/// How many watches the agent keeps on `resource`: Services are watched by the source and by
+/// the LoadBalancer IP assigner (the agent holds the IPAM Lease).
+fn watches(resource: &str) -> usize {
+    if resource == "services" { 2 } else { 1 }
 }
 
 fn summary(backend: &str, phases: &[Phase], took: Duration) {
