@@ -305,6 +305,9 @@ struct EndpointVerdict {
     selecting: usize,
     /// Tracked flows naming it (0 when not counted).
     flows: u64,
+    /// Entries whose flow count is unknown (`null`: not counted, or the conntrack GC has
+    /// not completed its first pass): with `--flows`, never a false "drained".
+    flows_unknown: usize,
 }
 
 impl EndpointVerdict {
@@ -322,16 +325,17 @@ impl EndpointVerdict {
                 .iter()
                 .map(|e| e["flows"].as_u64().unwrap_or(0))
                 .sum(),
+            flows_unknown: entries.iter().filter(|e| e["flows"].is_null()).count(),
         }
     }
 
     fn drained(self, flows: bool) -> bool {
-        self.selecting == 0 && (!flows || self.flows == 0)
+        self.selecting == 0 && (!flows || (self.flows == 0 && self.flows_unknown == 0))
     }
 }
 
 fn endpoint_path(addr: IpAddr, flows: bool) -> String {
-    // Flows are counted (a walk of the conntrack table) only when they are waited for.
+    // Flows are asked for only when they are waited for (the conntrack GC's last count).
     format!("/sluice/v1/dataplane/endpoints/{addr}?flows={flows}")
 }
 

@@ -242,6 +242,9 @@ impl DataPath for FakeDataPath {
     fn capacities(&self) -> Capacities {
         Capacities::default()
     }
+    fn conntrack_stats(&self) -> lb_datapath::ConntrackStats {
+        lb_datapath::ConntrackStats::default()
+    }
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
         self.record(format!("node addresses {addrs:?}"));
         self.node_addresses = addrs.to_vec();

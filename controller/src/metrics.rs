@@ -116,6 +116,18 @@ pub fn export_datapath(dp: &dyn DataPath, per_backend: bool) {
             gauge!("sluice_backends", "service" => svc.clone(), "state" => label).set(n as f64);
         }
     }
+    // The conntrack GC's last pass (a scrape never walks the tables).
+    let ct = dp.conntrack_stats();
+    for (table, state, n) in &ct.flows {
+        gauge!("sluice_conntrack_flows", "table" => table.clone(), "state" => state.clone())
+            .set(*n as f64);
+    }
+    for (table, n) in &ct.entries {
+        gauge!("sluice_conntrack_entries", "table" => table.clone()).set(*n as f64);
+    }
+    counter!("sluice_conntrack_expired_total").absolute(ct.expired);
+    counter!("sluice_conntrack_gc_runs_total").absolute(ct.gc_runs);
+    counter!("sluice_conntrack_gc_passes_total").absolute(ct.gc_passes);
     if let Ok(reasons) = dp.reasons() {
         for (r, v) in reasons {
             counter!("sluice_datapath_events_total", "reason" => r.label()).absolute(v);
@@ -127,7 +139,11 @@ pub fn export_datapath(dp: &dyn DataPath, per_backend: bool) {
             ("frontends", o.frontends, caps.frontends),
             ("backends", o.backends, caps.backends),
             ("slots", o.slots, caps.slots),
-            ("conntrack", o.conntrack, caps.conntrack),
+            (
+                "conntrack",
+                o.conntrack,
+                caps.conntrack + caps.conntrack_syn + caps.conntrack_other,
+            ),
             ("node_addresses", o.node_addresses, caps.node_addresses),
         ] {
             gauge!("sluice_map_entries", "map" => map).set(used as f64);

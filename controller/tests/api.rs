@@ -649,6 +649,9 @@ impl DataPath for BrokenDataPath {
     fn capacities(&self) -> Capacities {
         Capacities::default()
     }
+    fn conntrack_stats(&self) -> lb_datapath::ConntrackStats {
+        lb_datapath::ConntrackStats::default()
+    }
     fn set_node_addresses(&mut self, _: &[IpAddr]) -> Result<(), Error> {
         Err(broken())
     }

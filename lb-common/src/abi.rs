@@ -14,6 +14,8 @@ pub mod map_names {
     pub const BACKENDS: &str = "BACKENDS";
     pub const SLOTS: &str = "SLOTS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const CT_SYN: &str = "CT_SYN";
+    pub const CT_OTHER: &str = "CT_OTHER";
     pub const NODE_ADDRS: &str = "NODE_ADDRS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -30,6 +32,8 @@ pub mod map_names {
         BACKENDS,
         SLOTS,
         CONNTRACK,
+        CT_SYN,
+        CT_OTHER,
         NODE_ADDRS,
         SERVICE_STATS,
         BACKEND_STATS,
@@ -142,6 +146,11 @@ pub struct Backend {
     pub _pad: u8,
     /// The service this backend belongs to (lets a restarted agent restore its state).
     pub service_id: u32,
+    /// Bumped each time the id is given to a new backend: a conntrack or affinity entry
+    /// that names this id with another generation is stale (so removing a backend never
+    /// walks the flow tables, and its id can be reused at once).
+    pub generation: u32,
+    pub _pad2: u32,
 }
 
 /// Longest service name `SERVICE_NAMES` keeps.
@@ -187,7 +196,11 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// A conntrack entry (both directions share this type and the one LRU map).
+/// A conntrack entry. Both directions of a flow share this type and live in one of three
+/// LRU maps: `CT_SYN` (TCP flows not confirmed by both sides yet), `CONNTRACK` (confirmed
+/// TCP flows) and `CT_OTHER` (UDP). The FORWARD entry carries the flow's lifecycle
+/// (`state`, `flags`, `last_seen_s`); the REPLY entry is valid only while the FORWARD
+/// entry it points back to is alive and names the same backend.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
 pub struct CtEntry {
@@ -195,9 +208,38 @@ pub struct CtEntry {
     pub nat_addr: NetAddr,
     /// REPLY entries: the frontend port the client dialled.
     pub nat_port: NetPort,
-    pub _pad: [u8; 2],
+    /// FORWARD entries: one of [`ct_state`].
+    pub state: u8,
+    /// FORWARD entries: [`ct_flags`].
+    pub flags: u8,
     pub service_id: u32,
     pub backend_id: u32,
+    /// The backend's generation when the flow was tracked ([`Backend::generation`]).
+    pub backend_gen: u32,
+    /// FORWARD entries: when a packet of the flow (either direction) was last seen, in
+    /// seconds of the kernel's monotonic clock (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+    pub last_seen_s: u32,
+}
+
+/// The lifecycle of a tracked flow ([`CtEntry::state`]); each state has its timeout
+/// ([`GlobalConfig`]).
+pub mod ct_state {
+    /// Not TCP (UDP): one timeout.
+    pub const OTHER: u8 = 0;
+    /// TCP: a SYN (or a mid-flow packet without an entry) was seen; not confirmed yet.
+    pub const NEW: u8 = 1;
+    /// TCP: the backend answered and the client went on: confirmed.
+    pub const ESTABLISHED: u8 = 2;
+    /// TCP: a FIN was seen (either side).
+    pub const CLOSING: u8 = 3;
+    /// TCP: a RST was seen (either side).
+    pub const CLOSED: u8 = 4;
+}
+
+/// Flags of a FORWARD entry ([`CtEntry::flags`]).
+pub mod ct_flags {
+    /// The backend answered (a reply was reverse-translated).
+    pub const SEEN_REPLY: u8 = 1;
 }
 
 /// Per-service and per-backend traffic counters (per CPU; userspace sums them).
@@ -219,6 +261,12 @@ pub struct GlobalConfig {
     /// Generated refusals (TCP RST, ICMP port unreachable) per CPU and second; more are
     /// dropped (and counted).
     pub refusals_per_sec: u32,
+    /// Conntrack timeouts in seconds, by state ([`ct_state`]): an entry not seen for
+    /// longer is expired (its next packet is a new flow; GC deletes it).
+    pub ct_tcp_new_s: u32,
+    pub ct_tcp_established_s: u32,
+    pub ct_tcp_closing_s: u32,
+    pub ct_other_s: u32,
 }
 
 /// ClientIP session affinity: which backend a client was sent to, per service.
@@ -233,7 +281,8 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
 pub struct AffinityEntry {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The backend's generation when it was chosen ([`Backend::generation`]).
+    pub backend_gen: u32,
     /// `bpf_ktime_get_ns` of the client's last new flow.
     pub last_ns: u64,
 }
@@ -251,12 +300,12 @@ const _: () = {
     assert!(core::mem::size_of::<NetPort>() == 2);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceValue>() == 20);
-    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<ServiceName>() == 128);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<CtEntry>() == 28);
+    assert!(core::mem::size_of::<CtEntry>() == 36);
     assert!(core::mem::size_of::<TrafficStats>() == 24);
-    assert!(core::mem::size_of::<GlobalConfig>() == 8);
+    assert!(core::mem::size_of::<GlobalConfig>() == 24);
     assert!(core::mem::size_of::<AffinityKey>() == 20);
     assert!(core::mem::size_of::<AffinityEntry>() == 16);
     assert!(core::mem::size_of::<RefusalWindow>() == 16);
@@ -293,12 +342,12 @@ mod tests {
     fn abi_sizes_and_alignment() {
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (20, 4));
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
-        assert_eq!((size_of::<CtEntry>(), align_of::<CtEntry>()), (28, 4));
+        assert_eq!((size_of::<CtEntry>(), align_of::<CtEntry>()), (36, 4));
         assert_eq!(
             (size_of::<TrafficStats>(), align_of::<TrafficStats>()),
             (24, 8)
         );
-        assert_eq!(size_of::<Backend>(), 24);
+        assert_eq!(size_of::<Backend>(), 32);
     }
 
     #[test]

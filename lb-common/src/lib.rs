@@ -22,4 +22,8 @@ pub use reason::Reason;
 /// - v1: the first layout.
 /// - v2: `SLOTS` holds blocks of [`SLOTS_PER_ENTRY`] slots; `SLOTS`, `BACKENDS` and
 ///   `SERVICE_NAMES` are `BPF_F_MMAPABLE` ([`map_flags::MMAPABLE`]).
-pub const LAYOUT_VERSION: u32 = 2;
+/// - v3: conntrack with a lifecycle: `CtEntry` carries state, flags, the backend's
+///   generation and when it was last seen; TCP flows not confirmed yet live in `CT_SYN`,
+///   UDP in `CT_OTHER`; `Backend` and `AffinityEntry` carry a generation; `GlobalConfig`
+///   the timeouts.
+pub const LAYOUT_VERSION: u32 = 3;

@@ -75,6 +75,18 @@ reasons! {
     TcIcmpErrorTranslated = "tc_icmp_error_translated",
     /// TC: rewriting a reply failed (helper error): passed as is.
     TcRewriteFailed = "tc_rewrite_failed",
+    /// Event: a packet matched a flow whose entry had expired (its state's timeout ran);
+    /// it was treated as a new flow.
+    CtExpired = "ct_expired",
+    /// Event: a TCP flow was confirmed (the backend answered, the client went on) and moved
+    /// from the SYN table to the established one.
+    CtConfirmed = "ct_confirmed",
+    /// Event: a flow's REPLY entry had been evicted and was written again.
+    CtReplyRebuilt = "ct_reply_rebuilt",
+    /// TC: a reply matched a REPLY entry whose flow is expired, or closed and this is a new
+    /// handshake, or names another backend (a connection straight to the backend reusing
+    /// the client port): passed untouched.
+    TcPassStale = "tc_pass_stale",
 }
 
 impl Reason {

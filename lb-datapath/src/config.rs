@@ -21,8 +21,12 @@ pub struct Capacities {
     pub slots: u32,
     /// ClientIP session-affinity entries (LRU), one per client and service with affinity.
     pub affinity: u32,
-    /// Conntrack entries (LRU); each flow takes two (forward and reply).
+    /// Confirmed TCP conntrack entries (LRU); each flow takes two (forward and reply).
     pub conntrack: u32,
+    /// TCP flows not confirmed yet (LRU, two entries a flow): a SYN flood evicts only these.
+    pub conntrack_syn: u32,
+    /// Non-TCP (UDP) conntrack entries (LRU, two a flow): UDP churn evicts only these.
+    pub conntrack_other: u32,
     /// Addresses of the attached interfaces (NodePort frontends).
     pub node_addresses: u32,
     /// Devices that may receive redirected frames.
@@ -38,6 +42,8 @@ impl Default for Capacities {
             slots: 1 << 20,
             affinity: 1 << 16,
             conntrack: 1 << 18,
+            conntrack_syn: 1 << 16,
+            conntrack_other: 1 << 17,
             node_addresses: 256,
             redirect_ports: 256,
         }
@@ -87,6 +93,41 @@ pub struct DataplaneConfig {
     /// (for tests and tools) pins nothing.
     #[serde(default = "PinConfig::default_some")]
     pub pin: Option<PinConfig>,
+    /// Conntrack timeouts and garbage collection.
+    pub conntrack: ConntrackConfig,
+}
+
+/// How long a tracked flow lives without a packet, by state, and how the background GC
+/// walks the tables. The defaults are Cilium's timeouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConntrackConfig {
+    /// TCP, a SYN seen, not confirmed by both sides yet.
+    pub tcp_syn_seconds: u32,
+    /// TCP, confirmed.
+    pub tcp_established_seconds: u32,
+    /// TCP after a FIN or RST (either side).
+    pub tcp_closing_seconds: u32,
+    /// Non-TCP (UDP).
+    pub other_seconds: u32,
+    /// The GC wakes this often...
+    pub gc_interval_millis: u64,
+    /// ...and reads at most this many entries of each table per wake-up, resuming where it
+    /// stopped (a pass over a table of N entries takes N / gc_batch wake-ups).
+    pub gc_batch: u32,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            tcp_syn_seconds: 60,
+            tcp_established_seconds: 6 * 3600,
+            tcp_closing_seconds: 10,
+            other_seconds: 60,
+            gc_interval_millis: 1000,
+            gc_batch: 65536,
+        }
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -97,6 +138,7 @@ impl Default for DataplaneConfig {
             hash_seed: 0x5eed_1b00,
             refusals_per_sec_per_cpu: 1000,
             pin: None,
+            conntrack: ConntrackConfig::default(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use lb_common::Reason;
 
 use crate::{
-    dump::{EndpointStatus, MapOccupancy, ServiceDump, ServiceStats},
+    dump::{ConntrackStats, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats},
     error::Error,
     spec::ServiceSpec,
 };
@@ -18,11 +18,12 @@ pub trait DataPath: Send {
     /// Names of the services held, including ones adopted from pins.
     fn service_names(&self) -> Vec<String>;
     fn dump(&self) -> Vec<ServiceDump>;
-    /// Deletes flows of removed services/backends and releases their ids.
+    /// Releases the ids of removed services and backends (no table walk: flow entries
+    /// name a backend generation, so stale ones are ignored by the data path and expire).
     fn purge_stale(&mut self) -> Result<u64, Error>;
     /// The drain handshake for `addr`: per service, whether it is still selected for new
-    /// flows; with `count_flows`, also its tracked flows (a walk of the whole conntrack
-    /// table, so leave it off where only selection matters).
+    /// flows; with `count_flows`, also its live tracked flows as of the conntrack GC's last
+    /// complete pass (never a table walk per call).
     fn endpoint_status(
         &self,
         addr: IpAddr,
@@ -35,6 +36,9 @@ pub trait DataPath: Send {
     fn usage(&self) -> Result<MapOccupancy, Error>;
     /// The configured capacities (for occupancy-vs-capacity metrics).
     fn capacities(&self) -> crate::Capacities;
+    /// Flows by table and state, expirations and GC runs, from the background GC's last
+    /// pass (cheap: for every metrics scrape).
+    fn conntrack_stats(&self) -> ConntrackStats;
     /// Makes `addrs` (this node's Node object's addresses) NodePort addresses besides the
     /// attached interfaces' own, replacing the previous list; interface addresses stay.
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error>;
@@ -77,6 +81,9 @@ impl<T: DataPath + ?Sized> DataPath for Box<T> {
     }
     fn capacities(&self) -> crate::Capacities {
         (**self).capacities()
+    }
+    fn conntrack_stats(&self) -> ConntrackStats {
+        (**self).conntrack_stats()
     }
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
         (**self).set_node_addresses(addrs)

@@ -36,9 +36,26 @@ pub struct EndpointStatus {
     pub state: EndpointState,
     /// Whether the data path still picks this backend for new flows.
     pub selectable: bool,
-    /// Tracked flows (client -> backend) that still name it; `None` when not counted (the
-    /// count walks the whole conntrack table).
+    /// Live tracked flows (client -> backend) that name it, as of the conntrack GC's last
+    /// complete pass (no table walk per call); `None` when not asked for, or before the
+    /// first pass completed.
     pub flows: Option<u64>,
+}
+
+/// The conntrack tables as the background GC saw them in its last complete pass (reading
+/// this never walks a table).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ConntrackStats {
+    /// Live FORWARD entries (one a flow) by (table, state): tables `tcp`, `tcp_syn`,
+    /// `other`; states `new`, `established`, `closing`, `closed`, `other`.
+    pub flows: Vec<(String, String, u64)>,
+    /// Entries of each table (both directions) at the end of the last pass.
+    pub entries: Vec<(String, u64)>,
+    /// Entries the GC deleted because their flow had expired (or had no live flow).
+    pub expired: u64,
+    /// GC wake-ups, and complete passes over all tables.
+    pub gc_runs: u64,
+    pub gc_passes: u64,
 }
 
 /// Entries held by each map, read from the kernel.

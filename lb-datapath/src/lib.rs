@@ -10,9 +10,11 @@ pub mod dump;
 pub mod error;
 pub mod spec;
 
-pub use config::{Capacities, DataplaneConfig, MaglevConfig, PinConfig};
+pub use config::{Capacities, ConntrackConfig, DataplaneConfig, MaglevConfig, PinConfig};
 pub use datapath::DataPath;
-pub use dump::{BackendDump, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats};
+pub use dump::{
+    BackendDump, ConntrackStats, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats,
+};
 pub use error::Error;
 pub use lb_common::{Reason, TrafficStats};
 pub use spec::{

@@ -24,7 +24,7 @@ use lb_common::{
 use crate::{
     conntrack, forward,
     headers::{ETH_HLEN, EthHdr, IPV4_HLEN_MIN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, ptr_at},
-    select,
+
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -79,8 +79,7 @@ pub fn translate_in(ctx: &XdpContext) -> Result<u32, Reason> {
             dir: dir::FORWARD,
             _pad: [0; 2],
         };
-        let ct = conntrack::lookup(&flow).ok_or(Reason::PassNotOurs)?;
-        let backend = select::backend(ct.backend_id).ok_or(Reason::PassNotOurs)?;
+        let backend = conntrack::translated(&flow).ok_or(Reason::PassNotOurs)?;
         let (old_addr, new_addr) = (e.quoted.saddr, backend.addr.v4_raw());
         let (old_port, new_port) = (e.q_sport, backend.port.raw());
 
@@ -142,7 +141,7 @@ pub fn translate_out(ctx: &TcContext) -> Result<Reason, Reason> {
         dir: dir::REPLY,
         _pad: [0; 2],
     };
-    let ct = conntrack::lookup(&key).ok_or(Reason::TcPassNotOurs)?;
+    let (_, ct, _) = conntrack::reply(&key, conntrack::now_s())?;
     let (old_addr, new_addr) = (e.quoted.daddr, ct.nat_addr.v4_raw());
     let (old_port, new_port) = (e.q_dport, ct.nat_port.raw());
     let fail = |_| Reason::TcRewriteFailed;
@@ -250,8 +249,7 @@ pub fn translate_in6(ctx: &XdpContext) -> Result<u32, Reason> {
             dir: dir::FORWARD,
             _pad: [0; 2],
         };
-        let ct = conntrack::lookup(&flow).ok_or(Reason::PassNotOurs)?;
-        let backend = select::backend(ct.backend_id).ok_or(Reason::PassNotOurs)?;
+        let backend = conntrack::translated(&flow).ok_or(Reason::PassNotOurs)?;
         let (old_addr, new_addr) = (e.quoted.saddr, backend.addr.words);
         let (old_port, new_port) = (e.q_sport, backend.port.raw());
 
@@ -313,7 +311,7 @@ pub fn translate_out6(ctx: &TcContext) -> Result<Reason, Reason> {
         dir: dir::REPLY,
         _pad: [0; 2],
     };
-    let ct = conntrack::lookup(&key).ok_or(Reason::TcPassNotOurs)?;
+    let (_, ct, _) = conntrack::reply(&key, conntrack::now_s())?;
     if ct.nat_addr.is_v4() {
         return Err(Reason::TcPassNotOurs);
     }

@@ -24,9 +24,19 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(1, MMAPABLE);
 #[map]
 pub static SLOTS: Array<SlotBlock> = Array::with_max_entries(1, MMAPABLE);
 
-/// Both directions of every tracked flow; shared by all CPUs (the reply path runs elsewhere).
+/// Both directions of every confirmed TCP flow; shared by all CPUs (the reply path runs
+/// elsewhere). See [`crate::conntrack`].
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// TCP flows not confirmed yet (SYN seen, or a mid-flow packet without an entry): a SYN
+/// flood fills this table, never the established one.
+#[map]
+pub static CT_SYN: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
+
+/// Non-TCP (UDP) flows: their churn cannot evict TCP flows.
+#[map]
+pub static CT_OTHER: LruHashMap<FlowKey, CtEntry> = LruHashMap::with_max_entries(1, 0);
 
 /// Addresses of the node's attached interfaces: NodePort frontends match on these.
 #[map]

@@ -23,6 +23,21 @@ const IP6_SADDR_OFF: usize = ETH_HLEN + 8;
 /// few small extension headers and the longest TCP header.
 const IP6_PULL: usize = ETH_HLEN + IPV6_HLEN + 128 + 60;
 
+/// The REPLY entry of a backend -> client packet, when its flow is alive and this packet
+/// belongs to it; moves the flow's lifecycle on. A SYN-ACK for a flow past its handshake is a
+/// new connection straight to the backend that reuses the client port: the old flow is
+/// forgotten and the packet left alone.
+#[inline(always)]
+fn flow_of_reply(key: &FlowKey, tcp_flags: u8) -> Result<lb_common::CtEntry, Reason> {
+    let now = conntrack::now_s();
+    let (table, rev, fwd) = conntrack::reply(key, now)?;
+    if !conntrack::on_reply(fwd, key.proto, tcp_flags, now) {
+        conntrack::forget_reply(table, key, &rev);
+        return Err(Reason::TcPassStale);
+    }
+    Ok(rev)
+}
+
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
     let reason = try_run(ctx).unwrap_or_else(|r| r);
@@ -59,7 +74,7 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
         dir: dir::REPLY,
         _pad: [0; 2],
     };
-    let ct = conntrack::lookup(&key).ok_or(Reason::TcPassNotOurs)?;
+    let ct = flow_of_reply(&key, pkt.tcp_flags)?;
     let new_saddr = ct.nat_addr.v4_raw();
     let new_sport = ct.nat_port.raw();
 
@@ -119,7 +134,7 @@ fn try_run_v6(ctx: &TcContext) -> Result<Reason, Reason> {
         dir: dir::REPLY,
         _pad: [0; 2],
     };
-    let ct = conntrack::lookup(&key).ok_or(Reason::TcPassNotOurs)?;
+    let ct = flow_of_reply(&key, pkt.tcp_flags)?;
     if ct.nat_addr.is_v4() {
         return Err(Reason::TcPassNotOurs);
     }

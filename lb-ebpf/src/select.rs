@@ -40,9 +40,10 @@ pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&key) }.copied()
 }
 
-/// A live backend by id (`None` for id 0, out of range, or deleted).
+/// A live backend by id (`None` for id 0, out of range, or deleted), in place in the map
+/// (no copy: the XDP program's stack is tight).
 #[inline(always)]
-pub fn backend(id: u32) -> Option<Backend> {
+pub fn backend(id: u32) -> Option<&'static Backend> {
     if id == 0 {
         return None;
     }
@@ -50,13 +51,13 @@ pub fn backend(id: u32) -> Option<Backend> {
     if b.flags & backend_flags::PRESENT == 0 {
         return None;
     }
-    Some(*b)
+    Some(b)
 }
 
 /// Picks a backend for a new flow from the service's selection table in force; with ClientIP
 /// affinity, the client's previous backend while it is eligible and the timeout has not run.
 #[inline(always)]
-pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
+pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, &'static Backend)> {
     if svc.slot_count == 0 {
         return None;
     }
@@ -76,17 +77,17 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
     // same backend both flows would be one 4-tuple there. Prefer another slot (at most two
     // more tries) when the backend's reply entry names another frontend.
     let first = slot(svc, h)?;
-    if !conntrack::reply_clash(flow, &first.1) {
+    if !conntrack::reply_clash(flow, first.1) {
         return Some(first);
     }
     count(Reason::CtReplyClash);
     if let Some(second) = slot(svc, h.wrapping_add(1))
-        && !conntrack::reply_clash(flow, &second.1)
+        && !conntrack::reply_clash(flow, second.1)
     {
         return Some(second);
     }
     match slot(svc, h.wrapping_add(2)) {
-        Some(third) if !conntrack::reply_clash(flow, &third.1) => Some(third),
+        Some(third) if !conntrack::reply_clash(flow, third.1) => Some(third),
         _ => Some(first),
     }
 }
@@ -95,7 +96,7 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, Backend)> {
 /// `SLOTS_PER_ENTRY` slots an element; userspace writes each slot with one aligned 4-byte
 /// store, so the load below sees either the old or the new backend id, both valid.
 #[inline(always)]
-fn slot(svc: &ServiceValue, h: u32) -> Option<(u32, Backend)> {
+fn slot(svc: &ServiceValue, h: u32) -> Option<(u32, &'static Backend)> {
     let i = svc.slot_offset.wrapping_add(h % svc.slot_count);
     let block = SLOTS.get(i / SLOTS_PER_ENTRY)?;
     let id = block[(i % SLOTS_PER_ENTRY) as usize];
@@ -103,7 +104,7 @@ fn slot(svc: &ServiceValue, h: u32) -> Option<(u32, Backend)> {
 }
 
 #[inline(always)]
-fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, Backend)> {
+fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, &'static Backend)> {
     let key = AffinityKey {
         client: flow.src,
         service_id: svc.id,
@@ -117,6 +118,7 @@ fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, Ba
         let e = unsafe { &mut *e };
         if now.wrapping_sub(e.last_ns) <= timeout_ns
             && let Some(b) = backend(e.backend_id)
+            && b.generation == e.backend_gen
             && b.flags & backend_flags::ELIGIBLE != 0
         {
             e.last_ns = now;
@@ -129,7 +131,7 @@ fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, Ba
         &key,
         &AffinityEntry {
             backend_id: id,
-            _pad: 0,
+            backend_gen: b.generation,
             last_ns: now,
         },
         0,

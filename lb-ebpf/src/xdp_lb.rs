@@ -98,18 +98,37 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let is_tcp = pkt.proto == lb_common::IPPROTO_TCP;
     let is_syn = is_tcp && pkt.tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
 
-    // An established flow keeps its backend while that backend exists; a SYN always selects
-    // afresh (client ports are reused at high connection rates).
+    // An alive flow keeps its backend while that backend (same generation) exists; a SYN
+    // always selects afresh (client ports are reused at high connection rates); an expired
+    // entry is a new flow.
+    let now = conntrack::now_s();
     let mut chosen = None;
-    match conntrack::lookup(&flow) {
-        Some(_) if is_syn => count(Reason::CtSynReselect),
-        Some(ct) => match select::backend(ct.backend_id) {
-            Some(b) if ct.service_id == svc.id => {
+    match conntrack::forward(&flow) {
+        Some((table, e)) => {
+            // SAFETY: the entry is valid while the program runs; fields are read in place
+            // (no copy: the stack is tight).
+            let ct = unsafe { &*e };
+            let (bid, alive) = (ct.backend_id, conntrack::alive(ct, now));
+            let live = select::backend(bid)
+                .filter(|b| b.generation == ct.backend_gen && ct.service_id == svc.id);
+            if is_syn {
+                count(Reason::CtSynReselect);
+                conntrack::forget(table, &flow, live);
+            } else if !alive {
+                count(Reason::CtExpired);
+                conntrack::forget(table, &flow, live);
+            } else if let Some(b) = live {
                 count(Reason::CtHit);
-                chosen = Some((ct.backend_id, b, false));
+                let flags_now = (u64::from(pkt.tcp_flags) << 32) | u64::from(now);
+                conntrack::on_forward(table, &flow, e, b, flags_now);
+                chosen = Some((bid, b, false));
+            } else {
+                // Its backend is gone (or the id names another backend now): the flow is
+                // selected afresh and tracked anew; the GC deletes the old REPLY entry.
+                count(Reason::CtStaleBackend);
+                conntrack::forget(table, &flow, None);
             }
-            _ => count(Reason::CtStaleBackend),
-        },
+        }
         None if is_tcp && !is_syn => count(Reason::CtMiss),
         None => {}
     }
@@ -138,7 +157,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 });
                 return Ok(action);
             };
-            conntrack::track(&flow, svc.id, id, &b);
+            conntrack::track(&flow, svc.id, id, b, now);
             count(Reason::CtNew);
             (id, b, true)
         }

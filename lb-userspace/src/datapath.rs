@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use lb_common::Reason;
 use lb_datapath::{
-    Capacities, DataPath, EndpointStatus, Error, MapOccupancy, ServiceDump, ServiceSpec,
-    ServiceStats,
+    Capacities, ConntrackStats, DataPath, EndpointStatus, Error, MapOccupancy, ServiceDump,
+    ServiceSpec, ServiceStats,
 };
 
 use crate::dataplane::Dataplane;
@@ -47,6 +47,9 @@ impl DataPath for Dataplane {
     }
     fn capacities(&self) -> Capacities {
         self.config().capacities
+    }
+    fn conntrack_stats(&self) -> ConntrackStats {
+        Dataplane::conntrack_stats(self)
     }
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
         Dataplane::set_node_object_addresses(self, addrs)

@@ -7,10 +7,11 @@
 //!    of `SLOTS`;
 //! 3. the frontends (`SERVICES`) are written, pointing at the table in force, and a table
 //!    that is no longer in force is deleted;
-//! 4. removed backends are deleted; their conntrack and affinity entries are purged by
-//!    [`Dataplane::purge_stale`], and only then are their ids released (a flow can never
-//!    reach a recycled id; until the purge, such a flow finds its backend gone and is
-//!    selected afresh).
+//! 4. removed backends are deleted (flags cleared, generation kept). Their conntrack and
+//!    affinity entries name that generation: the data path ignores them at once (a flow
+//!    of a removed backend is selected afresh) and the conntrack GC ([`crate::ct_gc`])
+//!    deletes them in the background, so no update walks a flow table; an id given to a
+//!    new backend gets the next generation.
 //!
 //! Bookkeeping changes only after the kernel write it describes succeeded, and every
 //! capacity is checked before the first write, so a rejected update changes nothing.
@@ -23,6 +24,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -36,6 +38,7 @@ use crate::{
     BackendDump, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats,
     attach::Attachments,
     config::DataplaneConfig,
+    ct_gc,
     error::Error,
     ids::IdAllocator,
     maglev,
@@ -88,6 +91,11 @@ pub struct Dataplane {
     /// zeroes and need no reset. `None` for adopted maps (any id may hold old counts).
     pub(crate) clean_stats: Option<(u32, u32)>,
     pub(crate) attachments: Attachments,
+    /// The conntrack GC's last complete pass (flows by backend, stats).
+    pub(crate) ct_view: Arc<Mutex<ct_gc::Snapshot>>,
+    /// The GC's walker, stepped by its thread (and by [`Dataplane::conntrack_gc_pass`]).
+    pub(crate) ct_collector: Arc<Mutex<ct_gc::Collector>>,
+    pub(crate) _ct_gc: ct_gc::GcThread,
 }
 
 impl std::fmt::Debug for Dataplane {
@@ -174,13 +182,15 @@ impl Dataplane {
     }
 }
 
-fn backend_value(service_id: u32, addr: SocketAddr, eligible: bool) -> Backend {
+fn backend_value(service_id: u32, addr: SocketAddr, eligible: bool, generation: u32) -> Backend {
     Backend {
         addr: net_addr(addr.ip()),
         port: NetPort::new(addr.port()),
         flags: backend_flags::PRESENT | if eligible { backend_flags::ELIGIBLE } else { 0 },
         _pad: 0,
         service_id,
+        generation,
+        _pad2: 0,
     }
 }
 
@@ -214,6 +224,8 @@ impl Dataplane {
             ("capacities.backends", caps.backends),
             ("capacities.slots", caps.slots),
             ("capacities.conntrack", caps.conntrack),
+            ("capacities.conntrack_syn", caps.conntrack_syn),
+            ("capacities.conntrack_other", caps.conntrack_other),
             ("capacities.node_addresses", caps.node_addresses),
             ("capacities.redirect_ports", caps.redirect_ports),
             ("capacities.affinity", caps.affinity),
@@ -257,13 +269,34 @@ impl Dataplane {
                 GlobalConfig {
                     hash_seed: cfg.hash_seed,
                     refusals_per_sec: cfg.refusals_per_sec_per_cpu,
+                    ct_tcp_new_s: cfg.conntrack.tcp_syn_seconds,
+                    ct_tcp_established_s: cfg.conntrack.tcp_established_seconds,
+                    ct_tcp_closing_s: cfg.conntrack.tcp_closing_seconds,
+                    ct_other_s: cfg.conntrack.other_seconds,
                 },
                 0,
             )
             .map_err(|e| Error::map(names::CONFIG, "write", e))?;
+        let ct_view = Arc::new(Mutex::new(ct_gc::Snapshot::default()));
+        let collector = Arc::new(Mutex::new(ct_gc::Collector::new(
+            maps.gc_tables()
+                .map_err(|e| Error::map(names::CONNTRACK, "open for GC", e))?,
+            maps.gc_backends()
+                .map_err(|e| Error::map(names::BACKENDS, "open for GC", e))?,
+            cfg.conntrack,
+            ct_view.clone(),
+        )));
+        let gc_thread = ct_gc::GcThread::spawn(
+            collector.clone(),
+            Duration::from_millis(cfg.conntrack.gc_interval_millis.max(1)),
+        )
+        .map_err(|e| Error::map(names::CONNTRACK, "start the GC thread", e))?;
         let mut dp = Dataplane {
             ebpf,
             maps,
+            ct_view,
+            ct_collector: collector,
+            _ct_gc: gc_thread,
             cfg,
             services: BTreeMap::new(),
             frontend_owner: HashMap::new(),
@@ -384,28 +417,6 @@ impl Dataplane {
                 self.maps.backends.delete(bid);
                 self.backend_ids.reserve(bid);
                 self.stale_backends.insert(bid);
-            }
-        }
-        // Ids that tracked flows still name must not be handed out before a purge.
-        let live_services: BTreeSet<u32> = self.services.values().map(|s| s.id).collect();
-        let live_backends: BTreeSet<u32> = self
-            .services
-            .values()
-            .flat_map(|s| s.backends.values().map(|b| b.id))
-            .collect();
-        for item in self.maps.conntrack.iter() {
-            let Ok((_, v)) = item else { continue };
-            if v.service_id != 0
-                && !live_services.contains(&v.service_id)
-                && self.service_ids.reserve(v.service_id)
-            {
-                self.stale_services.insert(v.service_id);
-            }
-            if v.backend_id != 0
-                && !live_backends.contains(&v.backend_id)
-                && self.backend_ids.reserve(v.backend_id)
-            {
-                self.stale_backends.insert(v.backend_id);
             }
         }
         tracing::info!(
@@ -693,9 +704,18 @@ impl Dataplane {
                 self.backend_ids.release(bid);
                 return Err(e);
             }
+            // The id's next generation: flows of its previous backend are never taken for
+            // flows of this one (generation 0 is never used).
+            let generation = self
+                .maps
+                .backends
+                .get(bid)
+                .generation
+                .wrapping_add(1)
+                .max(1);
             self.maps
                 .backends
-                .set(bid, &backend_value(id, b.addr, false));
+                .set(bid, &backend_value(id, b.addr, false, generation));
             let svc = self.services.get_mut(&spec.name).expect("present");
             svc.backends.insert(
                 b.addr,
@@ -721,9 +741,10 @@ impl Dataplane {
             let svc = self.services.get_mut(&spec.name).expect("present");
             for (addr, b) in svc.backends.iter_mut() {
                 if b.eligible && !eligible_set.contains(addr) {
+                    let generation = self.maps.backends.get(b.id).generation;
                     self.maps
                         .backends
-                        .set(b.id, &backend_value(id, *addr, false));
+                        .set(b.id, &backend_value(id, *addr, false, generation));
                     b.eligible = false;
                 }
             }
@@ -759,9 +780,10 @@ impl Dataplane {
             let svc = self.services.get_mut(&spec.name).expect("present");
             for (addr, b) in svc.backends.iter_mut() {
                 if !b.eligible && eligible_set.contains(addr) {
+                    let generation = self.maps.backends.get(b.id).generation;
                     self.maps
                         .backends
-                        .set(b.id, &backend_value(id, *addr, true));
+                        .set(b.id, &backend_value(id, *addr, true, generation));
                     b.eligible = true;
                 }
             }
@@ -924,75 +946,34 @@ impl Dataplane {
         (self.stale_services.len(), self.stale_backends.len())
     }
 
-    /// Deletes the conntrack and affinity entries of removed services and backends, in one
-    /// pass over each map, and only then releases their ids for reuse. Until this runs, a
-    /// packet of such a flow finds its backend gone and is selected afresh
-    /// (`ct_stale_backend`), so purging is hygiene and id recycling, not correctness: the
-    /// agent runs it after each sync round, and an update that needs ids runs it first.
-    /// Returns the number of conntrack entries deleted.
+    /// Releases the ids of removed services and backends. Nothing walks the flow tables:
+    /// every conntrack and affinity entry names its backend's generation, which a reused id
+    /// never has again, so the data path ignores entries of removed backends at once and
+    /// the conntrack GC deletes them within a pass. Returns 0 (no entry is deleted here).
     pub fn purge_stale(&mut self) -> Result<u64, Error> {
-        let (services, backends) = (self.stale_services.clone(), self.stale_backends.clone());
-        let n = self.purge_flows(&services, &backends)?;
-        for bid in backends {
+        for bid in std::mem::take(&mut self.stale_backends) {
             self.backend_ids.release(bid);
         }
-        for sid in services {
+        for sid in std::mem::take(&mut self.stale_services) {
             self.service_ids.release(sid);
         }
-        self.stale_backends.clear();
-        self.stale_services.clear();
-        Ok(n)
+        Ok(0)
     }
 
-    /// Deletes every conntrack entry (both directions) and affinity entry that names one of
-    /// these services or backends. Returns how many conntrack entries were deleted.
-    fn purge_flows(
-        &mut self,
-        services: &BTreeSet<u32>,
-        backends: &BTreeSet<u32>,
-    ) -> Result<u64, Error> {
-        if services.is_empty() && backends.is_empty() {
-            return Ok(0);
-        }
-        let mut doomed = Vec::new();
-        for item in self.maps.conntrack.iter() {
-            let (k, v) = match item {
-                Ok(kv) => kv,
-                // An entry evicted while we iterate: nothing to purge there.
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(Error::map(names::CONNTRACK, "iterate", e)),
-            };
-            if services.contains(&v.service_id) || backends.contains(&v.backend_id) {
-                doomed.push(k);
-            }
-        }
-        let mut n = 0;
-        for k in doomed {
-            match self.maps.conntrack.remove(&k) {
-                Ok(()) => n += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(names::CONNTRACK, "delete", e)),
-            }
-        }
-        let mut stale = Vec::new();
-        for item in self.maps.affinity.iter() {
-            match item {
-                Ok((k, v))
-                    if services.contains(&k.service_id) || backends.contains(&v.backend_id) =>
-                {
-                    stale.push(k);
-                }
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(names::AFFINITY, "iterate", e)),
-            }
-        }
-        for k in stale {
-            match self.maps.affinity.remove(&k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(names::AFFINITY, "delete", e)),
-            }
-        }
-        Ok(n)
+    /// Runs the conntrack GC until a pass that started after this call has completed, then
+    /// returns the entries it deleted: for tests and tools that need the flow counts of
+    /// now. The agent never calls it (the GC thread keeps the snapshot fresh).
+    pub fn conntrack_gc_pass(&self) -> Result<u64, Error> {
+        self.ct_collector
+            .lock()
+            .expect("poisoned")
+            .complete_pass(ct_gc::monotonic_s())
+            .map_err(|e| Error::map(names::CONNTRACK, "GC", e))
+    }
+
+    /// Flows by table and state, expirations and GC runs, from the GC's last pass.
+    pub fn conntrack_stats(&self) -> lb_datapath::ConntrackStats {
+        self.ct_view.lock().expect("poisoned").stats.clone()
     }
 
     /// The drain handshake: for every service that has a backend at `addr` (any port),
@@ -1028,16 +1009,16 @@ impl Dataplane {
         if ids.is_empty() || !count_flows {
             return Ok(out);
         }
-        for item in self.maps.conntrack.iter() {
-            match item {
-                Ok((k, v)) if k.dir == lb_common::dir::FORWARD => {
-                    if let Some(f) = ids.get(&v.backend_id).and_then(|&i| out[i].flows.as_mut()) {
-                        *f += 1;
-                    }
-                }
-                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(names::CONNTRACK, "iterate", e)),
-            }
+        // Live flows as of the GC's last complete pass: no walk here.
+        let view = self.ct_view.lock().expect("poisoned");
+        for (&bid, &i) in &ids {
+            out[i].flows = view.complete.then(|| {
+                let generation = self.maps.backends.get(bid).generation;
+                view.by_backend
+                    .get(&(bid, generation))
+                    .copied()
+                    .unwrap_or(0)
+            });
         }
         Ok(out)
     }
@@ -1106,7 +1087,9 @@ impl Dataplane {
             frontends: count(self.maps.services.keys(), names::SERVICES)?,
             backends,
             slots,
-            conntrack: count(self.maps.conntrack.keys(), names::CONNTRACK)?,
+            conntrack: count(self.maps.conntrack.keys(), names::CONNTRACK)?
+                + count(self.maps.ct_syn.keys(), names::CT_SYN)?
+                + count(self.maps.ct_other.keys(), names::CT_OTHER)?,
             node_addresses: count(self.maps.node_addrs.keys(), names::NODE_ADDRS)?,
         })
     }
@@ -1116,14 +1099,16 @@ impl Dataplane {
     /// addresses counted in the kernel. [`Dataplane::occupancy`] counts everything in the
     /// kernel (the selection array entry by entry).
     pub fn usage(&self) -> Result<MapOccupancy, Error> {
-        let mut conntrack = 0;
-        for k in self.maps.conntrack.keys() {
-            match k {
-                Ok(_) => conntrack += 1,
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(names::CONNTRACK, "iterate", e)),
-            }
-        }
+        // The GC's last pass: a scrape never walks conntrack.
+        let conntrack = self
+            .ct_view
+            .lock()
+            .expect("poisoned")
+            .stats
+            .entries
+            .iter()
+            .map(|(_, n)| n)
+            .sum();
         Ok(MapOccupancy {
             frontends: self.frontend_owner.len() as u64,
             backends: self

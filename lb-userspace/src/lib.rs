@@ -17,6 +17,7 @@
 
 pub mod attach;
 pub mod baseline;
+mod ct_gc;
 mod datapath;
 pub mod dataplane;
 pub mod ids;
@@ -36,10 +37,10 @@ pub use baseline::BaselineProgram;
 // one import path.
 pub use dataplane::Dataplane;
 pub use lb_datapath::{
-    AddressFamily, BackendDump, BackendSpec, Capacities, DataPath, DataplaneConfig, EndpointState,
-    EndpointStatus, Error, Frontend, MaglevConfig, MapOccupancy, PinConfig, Protocol, Reason,
-    ServiceDump, ServiceSpec, ServiceStats, Stats, TrafficStats, config, dump, eligible, error,
-    spec,
+    AddressFamily, BackendDump, BackendSpec, Capacities, ConntrackConfig, ConntrackStats, DataPath,
+    DataplaneConfig, EndpointState, EndpointStatus, Error, Frontend, MaglevConfig, MapOccupancy,
+    PinConfig, Protocol, Reason, ServiceDump, ServiceSpec, ServiceStats, Stats, TrafficStats,
+    config, dump, eligible, error, spec,
 };
 pub use pass::PassProgram;
 pub use testrun::{TestRunOutput, XdpTestRunner};

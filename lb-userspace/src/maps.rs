@@ -6,25 +6,60 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
 };
 use lb_common::{
-    AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, SLOTS_PER_ENTRY,
-    ServiceKey, ServiceName, ServiceValue, TrafficStats, backend_flags, map_names as names,
+    Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, SLOTS_PER_ENTRY, ServiceKey, ServiceName,
+    ServiceValue, TrafficStats, backend_flags, map_names as names,
 };
 
-use crate::{config::Capacities, error::Error, mmap::MmapArray};
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::{
+    config::Capacities,
+    ct_gc::{GcBackends, GcTable},
+    error::Error,
+    mmap::MmapArray,
+};
 
 pub(crate) struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: Backends,
     pub slots: Slots,
+    /// Confirmed TCP flows, TCP flows not confirmed yet, other flows.
     pub conntrack: HashMap<MapData, FlowKey, CtEntry>,
+    pub ct_syn: HashMap<MapData, FlowKey, CtEntry>,
+    pub ct_other: HashMap<MapData, FlowKey, CtEntry>,
+    /// Duplicates of the three conntrack maps' fds, for the GC's own handles.
+    ct_fds: Vec<(&'static str, OwnedFd)>,
     pub node_addrs: HashMap<MapData, NetAddr, u32>,
     pub service_stats: PerCpuArray<MapData, TrafficStats>,
     pub backend_stats: PerCpuArray<MapData, TrafficStats>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub tx_ports: DevMapHash<MapData>,
     pub config: Array<MapData, GlobalConfig>,
-    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub service_names: Names,
+}
+
+/// A conntrack map, and a duplicate of its fd.
+fn take_ct(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<(HashMap<MapData, FlowKey, CtEntry>, OwnedFd), Error> {
+    let map = ebpf.take_map(name).ok_or(Error::MissingMap(name))?;
+    let fd = match &map {
+        Map::LruHashMap(data) | Map::HashMap(data) => data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::map(name, "duplicate the fd", e))?,
+        _ => {
+            return Err(Error::map(
+                name,
+                "open",
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a hash map"),
+            ));
+        }
+    };
+    let handle = HashMap::try_from(map).map_err(|e| Error::map(name, "open", e))?;
+    Ok((handle, fd))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Error>
@@ -55,6 +90,9 @@ impl Maps {
         let (backends_fd, backends) = take_mapped(ebpf, names::BACKENDS)?;
         let (slots_fd, slots) = take_mapped(ebpf, names::SLOTS)?;
         let (names_fd, service_names) = take_mapped(ebpf, names::SERVICE_NAMES)?;
+        let (conntrack, ct_fd) = take_ct(ebpf, names::CONNTRACK)?;
+        let (ct_syn, syn_fd) = take_ct(ebpf, names::CT_SYN)?;
+        let (ct_other, other_fd) = take_ct(ebpf, names::CT_OTHER)?;
         Ok(Maps {
             services: take(ebpf, names::SERVICES)?,
             backends: Backends {
@@ -65,19 +103,36 @@ impl Maps {
                 mem: slots,
                 _fd: slots_fd,
             },
-            conntrack: take(ebpf, names::CONNTRACK)?,
+            conntrack,
+            ct_syn,
+            ct_other,
+            ct_fds: vec![("tcp", ct_fd), ("tcp_syn", syn_fd), ("other", other_fd)],
             node_addrs: take(ebpf, names::NODE_ADDRS)?,
             service_stats: take(ebpf, names::SERVICE_STATS)?,
             backend_stats: take(ebpf, names::BACKEND_STATS)?,
             reasons: take(ebpf, names::REASONS)?,
             tx_ports: take(ebpf, names::TX_PORTS)?,
             config: take(ebpf, names::CONFIG)?,
-            affinity: take(ebpf, names::AFFINITY)?,
             service_names: Names {
                 mem: service_names,
                 _fd: names_fd,
             },
         })
+    }
+}
+
+impl Maps {
+    /// The GC's own handles of the conntrack maps.
+    pub fn gc_tables(&self) -> std::io::Result<Vec<GcTable>> {
+        self.ct_fds
+            .iter()
+            .map(|(label, fd)| GcTable::open(label, fd.as_fd()))
+            .collect()
+    }
+
+    /// The GC's own handle of `BACKENDS`.
+    pub fn gc_backends(&self) -> std::io::Result<GcBackends> {
+        GcBackends::open(self.backends._fd.fd().as_fd())
     }
 }
 
@@ -121,7 +176,9 @@ impl Slots {
 
 /// Word of [`Backend`] that holds `flags` (with the port).
 const BACKEND_FLAGS_WORD: usize = std::mem::offset_of!(Backend, flags) / 4;
-const _: () = assert!(BACKEND_FLAGS_WORD == 4 && std::mem::size_of::<Backend>() == 24);
+/// Words of a [`Backend`].
+const BACKEND_WORDS: usize = std::mem::size_of::<Backend>() / 4;
+const _: () = assert!(BACKEND_FLAGS_WORD == 4 && BACKEND_WORDS == 8);
 
 /// `BACKENDS` through its mmap.
 pub(crate) struct Backends {
@@ -135,7 +192,7 @@ impl Backends {
     }
 
     pub fn get(&self, id: u32) -> Backend {
-        self.mem.load_value::<Backend, 6>(id)
+        self.mem.load_value::<Backend, BACKEND_WORDS>(id)
     }
 
     /// Writes backend `id`. A live entry's flags are stored last, an entry losing `PRESENT`
@@ -144,16 +201,17 @@ impl Backends {
     /// (which checks `PRESENT` before it uses an entry) never sees a half-written backend.
     pub fn set(&self, id: u32, b: &Backend) {
         let order = if b.flags & backend_flags::PRESENT != 0 {
-            [0, 1, 2, 3, 5, BACKEND_FLAGS_WORD]
+            [0, 1, 2, 3, 5, 6, 7, BACKEND_FLAGS_WORD]
         } else {
-            [BACKEND_FLAGS_WORD, 0, 1, 2, 3, 5]
+            [BACKEND_FLAGS_WORD, 0, 1, 2, 3, 5, 6, 7]
         };
-        self.mem.store_value::<Backend, 6>(id, b, order);
+        self.mem.store_value::<Backend, BACKEND_WORDS>(id, b, order);
     }
 
     /// Deletes backend `id`: clears its flags (`PRESENT` first) and leaves the rest, so a
     /// packet racing the delete reads the old backend or none, never a mix with zeroes. The
-    /// id is reused only after its flows were purged, and then written whole.
+    /// generation stays: the id's next backend gets the next one, so flows of this one are
+    /// never taken for flows of that one.
     pub fn delete(&self, id: u32) {
         let mut b = self.get(id);
         b.flags = 0;
@@ -185,12 +243,14 @@ impl Names {
 
 /// Max entries of every map from the capacities (ids are 1-based, so arrays get one more;
 /// `SLOTS` holds `SLOTS_PER_ENTRY` slots an element).
-pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 12] {
+pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 14] {
     [
         (names::SERVICES, c.frontends),
         (names::BACKENDS, c.backends + 1),
         (names::SLOTS, c.slots.div_ceil(SLOTS_PER_ENTRY)),
         (names::CONNTRACK, c.conntrack),
+        (names::CT_SYN, c.conntrack_syn),
+        (names::CT_OTHER, c.conntrack_other),
         (names::NODE_ADDRS, c.node_addresses),
         (names::SERVICE_STATS, c.services + 1),
         (names::BACKEND_STATS, c.backends + 1),

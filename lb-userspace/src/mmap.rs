@@ -219,9 +219,11 @@ mod tests {
             flags: backend_flags::PRESENT,
             _pad: 0,
             service_id: 7,
+            generation: 9,
+            _pad2: 0,
         };
-        let w: [u32; 6] = to_words(&b);
-        assert_eq!(w[5], 7);
+        let w: [u32; 8] = to_words(&b);
+        assert_eq!((w[5], w[6]), (7, 9));
         let back: Backend = from_words(w);
         assert_eq!(back, b);
     }

@@ -22,6 +22,8 @@ fn setting_of(map: &str) -> &'static str {
         names::BACKENDS | names::BACKEND_STATS => "capacities.backends",
         names::SLOTS => "capacities.slots",
         names::CONNTRACK => "capacities.conntrack",
+        names::CT_SYN => "capacities.conntrack_syn",
+        names::CT_OTHER => "capacities.conntrack_other",
         names::NODE_ADDRS => "capacities.node_addresses",
         names::SERVICE_STATS | names::SERVICE_NAMES => "capacities.services",
         names::TX_PORTS => "capacities.redirect_ports",

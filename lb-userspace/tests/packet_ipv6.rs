@@ -924,6 +924,9 @@ fn ipv6_mixed_family_spec_is_rejected() {
         assert_eq!(dst_of(&out), b6);
         dp.remove_service("mixed").unwrap();
         dp.purge_stale().unwrap();
+        // The flow's entries go with the GC (two passes: the REPLY entry may come first).
+        dp.conntrack_gc_pass().unwrap();
+        dp.conntrack_gc_pass().unwrap();
         let occ = dp.occupancy().unwrap();
         assert_eq!(
             (occ.frontends, occ.backends, occ.slots, occ.conntrack),

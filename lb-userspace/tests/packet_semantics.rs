@@ -80,8 +80,12 @@ fn terminating_gets_new_flows_only_as_fallback_and_not_serving_keeps_flows() {
             d.contains(&("ct_stale_backend", 1)),
             "the removed backend's flow is re-selected: {d:?}"
         );
-        // After the purge the entry is gone: the next packet is a plain miss.
-        dp.purge_stale().unwrap();
+        // No purge walks conntrack; the GC deletes the entries of the removed backend
+        // (two passes: a REPLY entry may be visited before its FORWARD entry), and then
+        // the next packet is a plain miss.
+        assert_eq!(dp.purge_stale().unwrap(), 0);
+        dp.conntrack_gc_pass().unwrap();
+        dp.conntrack_gc_pass().unwrap();
         let (_, d) = delta(dp, |dp| {
             run(dp, env, &tcp(NODE, NODE_PORT, 46001, TcpFlags::ACK).build())
         });
@@ -395,6 +399,8 @@ fn drain_handshake_reports_selectable_and_tracked_flows() {
             })
             .count() as u64;
         assert!(to_b0 > 0);
+        // Flows are counted by the conntrack GC (its last pass), never by a walk per call.
+        dp.conntrack_gc_pass().unwrap();
         let st = dp.endpoint_status(b0, true).unwrap();
         assert_eq!(st.len(), 1);
         assert!(st[0].selectable);
@@ -402,6 +408,7 @@ fn drain_handshake_reports_selectable_and_tracked_flows() {
         // Terminating: no longer selected for new flows, its flows still tracked.
         spec.backends[0].state = EndpointState::ServingTerminating;
         dp.upsert_service(&spec).unwrap();
+        dp.conntrack_gc_pass().unwrap();
         let st = &dp.endpoint_status(b0, true).unwrap()[0];
         assert!(!st.selectable);
         assert_eq!(st.flows, Some(to_b0));
