@@ -243,8 +243,15 @@ async fn assigns_refuses_releases_and_survives_restarts_and_takeovers() {
         ]
     );
     assert!(ingress(&mock, "default", "metallb-owned").is_empty());
+    let want: std::collections::BTreeMap<std::net::IpAddr, String> = [
+        ("192.0.2.1".parse().unwrap(), "default/extra".to_string()),
+        ("192.0.2.2".parse().unwrap(), "shop/api-copy".to_string()),
+    ]
+    .into();
     let before = a
-        .until("node-a counted its writes", |s| s.status_writes == 5)
+        .until("node-a counted its writes and assignments", |s| {
+            s.status_writes == 5 && s.assignments == want
+        })
         .await;
 
     // Restart (same node, same Lease identity): every assignment kept, nothing written.
@@ -256,7 +263,12 @@ async fn assigns_refuses_releases_and_survives_restarts_and_takeovers() {
         })
         .await;
     assert_eq!(after.assignments, before.assignments);
-    assert_eq!(after.status_writes, 0);
+    assert_eq!(
+        after.status_writes,
+        0,
+        "a restart writes nothing: {:?}",
+        status_writes(&mock.requests())
+    );
     assert_eq!(status_writes(&mock.requests()).len(), 5);
 
     // A second agent: it does not hold the Lease, so it never writes.
