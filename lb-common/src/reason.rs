@@ -75,6 +75,10 @@ reasons! {
     TcIcmpErrorTranslated = "tc_icmp_error_translated",
     /// TC: rewriting a reply failed (helper error): passed as is.
     TcRewriteFailed = "tc_rewrite_failed",
+    /// XDP: no usable backend, and the refusal would go to an address that must never get
+    /// one (the packet's source is broadcast, multicast, unspecified, loopback, IPv4-mapped
+    /// or one of this node's addresses): dropped, nothing sent.
+    DropRefusalBadDestination = "xdp_drop_refusal_bad_destination",
 }
 
 impl Reason {
