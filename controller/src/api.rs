@@ -22,8 +22,12 @@
 //! does are parsed strictly and validated by the model ([`crate::store::Store::put_api`]): what
 //! the data path does not enforce yet is rejected rather than silently ignored. A DELETE
 //! answers `{"kind": "Status", "status": "Success", ...}`. Objects defined by manifest files
-//! belong to their file: the API answers 409 to changes of them. A rejected request changes
-//! nothing; an accepted write wakes the reconcile loop.
+//! belong to their file: the API answers 409 to changes of them. A Service asking for a
+//! frontend (NodePort, or clusterIP / externalIP / LoadBalancer IP and port) another service
+//! holds is answered 409 naming that service; one the node's protections refuse (a NodePort
+//! outside `node_port_range`, one of the agent's ports or one a socket listens on, an address
+//! of the node) 422. A rejected request changes nothing; an accepted write wakes the
+//! reconcile loop.
 //!
 //! # Data path views (`/sluice/v1`, read-only)
 //!
@@ -157,7 +161,9 @@ pub enum AppError {
     /// 405: the route exists, the method does not.
     #[error("{0}")]
     MethodNotAllowed(String),
-    /// 409: the object belongs to a manifest file.
+    /// 409: the object belongs to a manifest file (or the cluster), or a frontend it asks for
+    /// (NodePort, clusterIP/externalIP/LoadBalancer IP and port) is held by another service,
+    /// which the message names.
     #[error("{0}")]
     Conflict(String),
     /// 413: body larger than [`BODY_LIMIT`].
@@ -167,7 +173,8 @@ pub enum AppError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// 422: well-formed JSON whose content is not a valid object (unknown field, wrong type,
-    /// invalid or not enforced value).
+    /// invalid or not enforced value), or a service the node's protections refuse (a NodePort
+    /// outside the range, the agent's own or listened on; an address of the node).
     #[error("{0}")]
     Unprocessable(String),
     /// 500: the agent failed (e.g. reading the data path); logged when answered.
@@ -242,9 +249,9 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
         let message = e.to_string();
         match e {
-            StoreError::OwnedByFile { .. } | StoreError::OwnedByCluster { .. } => {
-                AppError::Conflict(message)
-            }
+            StoreError::OwnedByFile { .. }
+            | StoreError::OwnedByCluster { .. }
+            | StoreError::Conflict { .. } => AppError::Conflict(message),
             StoreError::NotFound { .. } => AppError::NotFound(message),
             StoreError::Invalid { .. } => AppError::Unprocessable(message),
             StoreError::Persist { .. } => AppError::Internal {

@@ -54,6 +54,10 @@ pub struct FakeDataPath {
     pub fail_on: Option<String>,
     /// Per-backend counters (see [`Counters`]).
     pub counters: Counters,
+    /// The attached interfaces' addresses it reports besides the Node object's.
+    pub interface_addresses: Vec<IpAddr>,
+    /// The hash seed last set, readable behind a `Box<dyn DataPath>` (clone it first).
+    pub hash_seed: Arc<Mutex<Option<u32>>>,
 }
 
 impl FakeDataPath {
@@ -248,6 +252,21 @@ impl DataPath for FakeDataPath {
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
         self.record(format!("node addresses {addrs:?}"));
         self.node_addresses = addrs.to_vec();
+        Ok(())
+    }
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, Error> {
+        let mut all: Vec<IpAddr> = self
+            .interface_addresses
+            .iter()
+            .chain(&self.node_addresses)
+            .copied()
+            .collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+    fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
+        *self.hash_seed.lock().expect("hash seed") = Some(seed);
         Ok(())
     }
 }

@@ -186,3 +186,69 @@ impl Directory {
         fresh
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A NodePort service `name` on `node_port` (its clusterIP derived from it).
+    fn service(name: &str, node_port: u16) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  type: NodePort\n  clusterIP: 10.96.1.{}\n  ports: [{{port: 80, nodePort: {node_port}}}]\n",
+            node_port % 200
+        )
+    }
+
+    #[test]
+    fn a_service_taking_another_files_frontend_is_reported_for_its_file() {
+        let dir =
+            std::env::temp_dir().join(format!("sluice-files-conflict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), service("a", 30001)).unwrap();
+        let mut store = Store::default();
+        let mut d = Directory::new(dir.clone());
+        assert_eq!(d.scan(&mut store), Vec::new());
+        // b.yaml asks for a's NodePort, besides a service of its own.
+        let b = dir.join("b.yaml");
+        std::fs::write(
+            &b,
+            format!("{}---\n{}", service("b", 30001), service("c", 30003)),
+        )
+        .unwrap();
+        let errs = d.scan(&mut store);
+        assert_eq!(
+            errs,
+            vec![FileError {
+                path: b.clone(),
+                line: None,
+                message: "Service default/b: frontend nodePort 30001/TCP is already used by \
+                          Service default/a"
+                    .into(),
+            }]
+        );
+        assert_eq!(d.errors(), errs, "kept as the file's error");
+        let key = |n: &str| Key::new("default", n);
+        assert_eq!(
+            store.tables.frontend_holder(&crate::tables::FrontendKey {
+                protocol: lb_datapath::Protocol::Tcp,
+                addr: None,
+                port: 30001,
+            }),
+            Some(&key("a")),
+            "the earlier holder keeps it"
+        );
+        assert!(store.tables.service(&key("b")).is_none());
+        assert!(
+            store
+                .get(crate::objects::Kind::Service, &key("b"))
+                .is_none()
+        );
+        assert!(
+            store.tables.service(&key("c")).is_some(),
+            "the file's other objects apply"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod peers;
+pub mod protections;
 pub mod reconcile;
 pub mod rollouts;
 pub mod state;

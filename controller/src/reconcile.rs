@@ -235,6 +235,12 @@ impl<D: DataPath> Reconciler<D> {
         round
     }
 
+    /// Sets the flow hash and Maglev seed (before the first write; see
+    /// [`crate::agent::seed`]).
+    pub fn set_hash_seed(&mut self, seed: u32) -> Result<(), lb_datapath::Error> {
+        self.dp.set_hash_seed(seed)
+    }
+
     /// This node's Node addresses as NodePort addresses (besides the attached interfaces').
     pub fn set_node_addresses(&mut self, addrs: &[std::net::IpAddr]) -> Round {
         let mut round = Round::default();

@@ -5,6 +5,11 @@
 //! every object: the Kubernetes source writes into the tables directly and the HTTP API
 //! refuses object writes.
 //!
+//! A Service that asks for a frontend another service holds, or that breaks the node's
+//! protections ([`crate::protections`]), is refused the same way: the API answers 409 naming
+//! the holder (422 for a protection), a manifest file reports it for that file, and the
+//! earlier holder keeps the frontend.
+//!
 //! Objects written through the API are saved one file each under the state directory
 //! (`<state_dir>/api-objects/<Kind>/<namespace>/<name>.json`, written to a temporary file
 //! and renamed), so a write costs one small file, never a rewrite of every object.
@@ -19,7 +24,8 @@ use serde::Serialize;
 use crate::{
     model::{Invalid, Key},
     objects::{Kind, Object},
-    tables::{self, Tables},
+    protections::Protections,
+    tables::{self, FrontendKey, Rejected, Tables},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -54,6 +60,13 @@ pub enum StoreError {
         kind: Kind,
         key: Key,
         invalid: Invalid,
+    },
+    #[error("{kind} {key}: frontend {frontend} is already used by Service {holder}")]
+    Conflict {
+        kind: Kind,
+        key: Key,
+        frontend: FrontendKey,
+        holder: Key,
     },
     /// The change could not be saved, so it was not made.
     #[error("cannot save API object to {}: {reason}; the change was not applied", path.display())]
@@ -178,14 +191,20 @@ impl Store {
             .map(|((_, key), e)| (key, e))
     }
 
-    /// A store whose API objects are saved under (and restored from) `state_dir`.
-    pub fn open(state_dir: &Path) -> Result<Store, String> {
+    /// A store whose API objects are saved under (and restored from) `state_dir`, checked
+    /// against `protections`. A saved object that no longer passes them (the node port
+    /// range changed, say) is left out with a warning and stays saved.
+    pub fn open(state_dir: &Path, protections: Protections) -> Result<Store, String> {
         let persist = Persist {
             dir: state_dir.join("api-objects"),
         };
         let mut store = Store::default();
+        store.tables.set_protections(protections);
         for obj in persist.load()? {
-            store.insert(Origin::Api, obj);
+            let what = format!("{} {}", obj.kind(), Key::of(obj.kind(), obj.metadata()));
+            if let Err(e) = store.insert(Origin::Api, obj) {
+                tracing::warn!(object = %what, error = %e, "a saved API object is refused now; left out (delete or fix it through the API)");
+            }
         }
         // The single-file format of earlier versions: moved to one file per object.
         let legacy = state_dir.join("api-objects.json");
@@ -198,7 +217,9 @@ impl Store {
                     .object;
                 validate(&obj).map_err(|e| format!("{}: {e}", legacy.display()))?;
                 persist.save(&obj).map_err(|e| e.to_string())?;
-                store.insert(Origin::Api, obj);
+                if let Err(e) = store.insert(Origin::Api, obj) {
+                    tracing::warn!(error = %e, "a saved API object is refused now; left out");
+                }
             }
             std::fs::remove_file(&legacy).map_err(|e| format!("{}: {e}", legacy.display()))?;
         }
@@ -206,15 +227,12 @@ impl Store {
         Ok(store)
     }
 
-    /// Puts a validated object into the objects and the tables.
-    fn insert(&mut self, origin: Origin, object: Object) -> Option<Entry> {
+    /// Puts an object into the tables and, if they take it, the objects.
+    fn insert(&mut self, origin: Origin, object: Object) -> Result<Option<Entry>, Rejected> {
         let kind = object.kind();
         let key = Key::of(kind, object.metadata());
-        if let Err(e) = self.tables.apply(&object) {
-            // Callers validate first; a failure here is a bug, reported rather than hidden.
-            tracing::error!(%kind, object = %key, error = %e, "a validated object failed translation");
-        }
-        self.objects.insert((kind, key), Entry { origin, object })
+        self.tables.apply(&object)?;
+        Ok(self.objects.insert((kind, key), Entry { origin, object }))
     }
 
     fn owner_check(&self, kind: Kind, key: &Key) -> Result<(), StoreError> {
@@ -243,13 +261,25 @@ impl Store {
         let kind = obj.kind();
         let key = Key::of(kind, obj.metadata());
         self.owner_check(kind, &key)?;
-        if let Err(invalid) = validate(&obj) {
-            return Err(StoreError::Invalid { kind, key, invalid });
-        }
+        let refused = |r: Rejected| match r {
+            Rejected::Invalid(invalid) => StoreError::Invalid {
+                kind,
+                key: key.clone(),
+                invalid,
+            },
+            Rejected::Conflict { frontend, holder } => StoreError::Conflict {
+                kind,
+                key: key.clone(),
+                frontend,
+                holder,
+            },
+        };
+        // Checked before it is saved, so a refused object leaves no trace.
+        self.tables.check(&obj).map_err(refused)?;
         if let Some(p) = &self.persist {
             p.save(&obj)?;
         }
-        Ok(self.insert(Origin::Api, obj).is_none())
+        Ok(self.insert(Origin::Api, obj).map_err(refused)?.is_none())
     }
 
     pub fn delete_api(&mut self, kind: Kind, key: &Key) -> Result<(), StoreError> {
@@ -270,12 +300,15 @@ impl Store {
 
     /// Replaces every object of one file (valid objects only; the caller keeps a file's
     /// previous objects when the file has errors). Objects the API or another file owns are
-    /// not taken over: they are reported back as conflicts. Unchanged objects cost nothing.
+    /// not taken over, and services the tables refuse (a frontend another service holds, a
+    /// protection) are not taken: both are reported back as conflicts, and a refused object
+    /// keeps its previous version from this file in force. Unchanged objects cost nothing.
     pub fn replace_file(&mut self, path: &Path, objs: Vec<Object>) -> Vec<String> {
         let mut conflicts = Vec::new();
         let origin = Origin::File(path.to_path_buf());
         let old = self.by_file.remove(path).unwrap_or_default();
         let mut keep = BTreeSet::new();
+        let mut refused = Vec::new();
         for obj in objs {
             let k = (obj.kind(), Key::of(obj.kind(), obj.metadata()));
             match self.objects.get(&k) {
@@ -307,8 +340,26 @@ impl Store {
                 }
                 _ => {}
             }
+            match self.insert(origin.clone(), obj.clone()) {
+                Ok(_) => {
+                    keep.insert(k);
+                }
+                Err(_) => refused.push((k, obj)),
+            }
+        }
+        // A frontend may move between two objects of the file: what was refused is tried
+        // once more after the others (in file order, as the API server would take them).
+        for (k, obj) in refused {
+            match self.insert(origin.clone(), obj) {
+                Ok(_) => {}
+                Err(e) => {
+                    conflicts.push(format!("{} {}: {e}", k.0, k.1));
+                    if !old.contains(&k) {
+                        continue;
+                    }
+                }
+            }
             keep.insert(k);
-            self.insert(origin.clone(), obj);
         }
         for k in old {
             if !keep.contains(&k) {

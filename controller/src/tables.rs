@@ -10,12 +10,20 @@
 //!
 //! Nothing here walks every object on a change; [`Tables::service_keys`] exists only for the
 //! rare full resync.
+//!
+//! Frontends are indexed too: (protocol, address or NodePort, port) -> the service holding
+//! it, kept up to date on every put and removal. A service that asks for a frontend another
+//! service holds is rejected ([`Rejected::Conflict`], naming the holder), and so is one that
+//! breaks the node's [`Protections`]: the earlier holder keeps the frontend and a rejected
+//! object changes nothing.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     time::{Instant, SystemTime},
 };
+
+use lb_datapath::Protocol;
 
 use crate::{
     health::Probe,
@@ -24,7 +32,68 @@ use crate::{
         WorkloadModel,
     },
     objects::{Kind, Object},
+    protections::Protections,
 };
+
+/// One frontend a service takes: `addr` `None` is the NodePort on every node address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    pub protocol: Protocol,
+    pub addr: Option<IpAddr>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for FrontendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            None => write!(f, "nodePort {}/{}", self.port, self.protocol),
+            Some(a) => write!(
+                f,
+                "{}/{}",
+                std::net::SocketAddr::new(a, self.port),
+                self.protocol
+            ),
+        }
+    }
+}
+
+/// Every frontend of a service (clusterIPs, externalIPs, LoadBalancer IPs, NodePorts).
+pub fn frontends_of(m: &ServiceModel) -> BTreeSet<FrontendKey> {
+    let mut out = BTreeSet::new();
+    for p in &m.ports {
+        let addrs = m
+            .cluster_ips
+            .iter()
+            .chain(&m.external_ips)
+            .chain(&m.load_balancer_ips);
+        for a in addrs {
+            out.insert(FrontendKey {
+                protocol: p.protocol,
+                addr: Some(*a),
+                port: p.port,
+            });
+        }
+        if let Some(n) = p.node_port {
+            out.insert(FrontendKey {
+                protocol: p.protocol,
+                addr: None,
+                port: n,
+            });
+        }
+    }
+    out
+}
+
+/// Why an object was not taken into the tables.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The object is invalid, or breaks the node's protections.
+    #[error("{0}")]
+    Invalid(#[from] Invalid),
+    /// A frontend it asks for is held by another service (which keeps it).
+    #[error("frontend {frontend} is already used by Service {holder}")]
+    Conflict { frontend: FrontendKey, holder: Key },
+}
 
 /// The model of one object, before it goes into the tables.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +147,12 @@ pub struct Tables {
     /// ReplicaSet's key (whether or not that ReplicaSet is known).
     slices_of_replicaset: HashMap<Key, BTreeSet<Key>>,
     nodes: BTreeMap<String, NodeModel>,
+    /// Which service holds each frontend.
+    frontends: HashMap<FrontendKey, Key>,
+    /// What services may not take on this node.
+    protections: Protections,
+    /// The UID of the `default/kubernetes` Service (Kubernetes mode: names the cluster).
+    cluster_uid: Option<String>,
     dirty: Dirty,
     /// Nodes whose object changed since [`Tables::take_node_change`] last looked.
     nodes_changed: BTreeSet<String>,
@@ -102,6 +177,9 @@ impl Default for Tables {
             replicasets_of: HashMap::new(),
             slices_of_replicaset: HashMap::new(),
             nodes: BTreeMap::new(),
+            frontends: HashMap::new(),
+            protections: Protections::default(),
+            cluster_uid: None,
             dirty: Dirty::default(),
             nodes_changed: BTreeSet::new(),
             generation: 0,
@@ -139,15 +217,123 @@ impl Tables {
         }
     }
 
-    /// Translates and puts an object. An invalid object changes nothing (a source that had a
-    /// good version keeps it in force). Returns whether anything changed.
-    pub fn apply(&mut self, obj: &Object) -> Result<bool, Invalid> {
+    /// Translates and puts an object. An invalid object, or a service that conflicts with
+    /// another or breaks the node's protections, changes nothing (a source that had a good
+    /// version keeps it in force). Returns whether anything changed.
+    pub fn apply(&mut self, obj: &Object) -> Result<bool, Rejected> {
         let key = Key::of(obj.kind(), obj.metadata());
-        let model = translate(obj)?;
+        let model = self.check(obj)?;
+        if let Object::Service(s) = obj
+            && key.namespace == "default"
+            && key.name == "kubernetes"
+        {
+            self.cluster_uid = s.metadata.uid.clone();
+        }
         Ok(self.put(key, model))
     }
 
-    /// Puts a translated model under `key`. Returns whether anything changed.
+    /// Translates an object and checks a service against the frontend index and the
+    /// protections, without changing anything.
+    pub fn check(&self, obj: &Object) -> Result<Model, Rejected> {
+        let model = translate(obj)?;
+        if let Model::Service(Translated::Model(m)) = &model {
+            self.check_service(m)?;
+        }
+        Ok(model)
+    }
+
+    /// Whether `m` may take its frontends: none held by another service (the first such is
+    /// the error), no NodePort the protections refuse, no address of the node.
+    pub fn check_service(&self, m: &ServiceModel) -> Result<(), Rejected> {
+        let mut problems = Vec::new();
+        let node_addrs = self.node_addresses();
+        for f in frontends_of(m) {
+            let holder = self.frontends.get(&f);
+            if let Some(h) = holder
+                && *h != m.key
+            {
+                return Err(Rejected::Conflict {
+                    frontend: f,
+                    holder: h.clone(),
+                });
+            }
+            match f.addr {
+                None => problems.extend(self.protections.node_port_problem(
+                    f.protocol,
+                    f.port,
+                    holder.is_none(),
+                )),
+                Some(a) if node_addrs.contains(&a) => {
+                    let p = format!(
+                        "{a} is an address of this node: a service address (clusterIP, \
+                         externalIP, LoadBalancer ingress) must not be one (its traffic \
+                         belongs to the node)"
+                    );
+                    if !problems.contains(&p) {
+                        problems.push(p);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Rejected::Invalid(Invalid(problems)))
+        }
+    }
+
+    /// This node's addresses: the attached interfaces' and its Node object's.
+    pub fn node_addresses(&self) -> BTreeSet<IpAddr> {
+        let mut out = self.protections.interface_addresses.clone();
+        if let Some(n) = self
+            .protections
+            .node_name
+            .as_ref()
+            .and_then(|n| self.nodes.get(n))
+        {
+            out.extend(n.addresses.iter().copied());
+        }
+        out
+    }
+
+    /// Sets what services may not take. Services already in the tables keep what they hold
+    /// (the agent sets this before any source starts).
+    pub fn set_protections(&mut self, p: Protections) {
+        self.protections = p;
+    }
+
+    pub fn protections(&self) -> &Protections {
+        &self.protections
+    }
+
+    /// The UID of the `default/kubernetes` Service, once applied.
+    pub fn cluster_uid(&self) -> Option<&str> {
+        self.cluster_uid.as_deref()
+    }
+
+    /// The service holding a frontend.
+    pub fn frontend_holder(&self, f: &FrontendKey) -> Option<&Key> {
+        self.frontends.get(f)
+    }
+
+    /// Moves the frontend index from `old`'s frontends to `new`.
+    /// A frontend another service holds is left to it ([`Tables::check_service`] refuses
+    /// such a model before it gets here).
+    fn reindex(&mut self, key: &Key, old: Option<&ServiceModel>, new: BTreeSet<FrontendKey>) {
+        let old = old.map(frontends_of).unwrap_or_default();
+        for f in old.difference(&new) {
+            if self.frontends.get(f) == Some(key) {
+                self.frontends.remove(f);
+            }
+        }
+        for f in new.difference(&old) {
+            self.frontends.entry(*f).or_insert_with(|| key.clone());
+        }
+    }
+
+    /// Puts a translated model under `key`. Returns whether anything changed. Unchecked:
+    /// [`Tables::apply`] checks services first.
     pub fn put(&mut self, key: Key, model: Model) -> bool {
         match model {
             Model::Service(Translated::Model(m)) => {
@@ -155,11 +341,15 @@ impl Tables {
                 if self.services.get(&key) == Some(&m) {
                     return false;
                 }
-                self.services.insert(key.clone(), m);
+                let fronts = frontends_of(&m);
+                let old = self.services.insert(key.clone(), m);
+                self.reindex(&key, old.as_ref(), fronts);
                 self.touch(Some(key));
             }
             Model::Service(Translated::Skipped(why)) => {
-                let had = self.services.remove(&key).is_some();
+                let old = self.services.remove(&key);
+                self.reindex(&key, old.as_ref(), BTreeSet::new());
+                let had = old.is_some();
                 let same = self.skipped.get(&key) == Some(&why);
                 self.skipped.insert(key.clone(), why);
                 if !had && same {
@@ -255,7 +445,9 @@ impl Tables {
         match kind {
             Kind::Service => {
                 let skipped = self.skipped.remove(key).is_some();
-                let had = self.services.remove(key).is_some();
+                let old = self.services.remove(key);
+                self.reindex(key, old.as_ref(), BTreeSet::new());
+                let had = old.is_some();
                 if had || skipped {
                     self.touch(had.then(|| key.clone()));
                 }

@@ -655,6 +655,12 @@ impl DataPath for BrokenDataPath {
     fn set_node_addresses(&mut self, _: &[IpAddr]) -> Result<(), Error> {
         Err(broken())
     }
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, Error> {
+        Err(broken())
+    }
+    fn set_hash_seed(&mut self, _: u32) -> Result<(), Error> {
+        Err(broken())
+    }
 }
 
 #[tokio::test]
@@ -1240,6 +1246,9 @@ async fn invalid_requests_are_refused_and_change_nothing() {
         .expect(StatusCode::CREATED);
     let file_owned = Object::from_value(with(service(), |v| {
         v["metadata"]["name"] = json!("from-file");
+        // Its own frontends: another service's would be refused.
+        v["spec"]["clusterIP"] = json!("10.96.0.11");
+        port(v)["nodePort"] = json!(30081);
     }))
     .unwrap()
     .object;
@@ -1327,4 +1336,213 @@ async fn unknown_and_informational_fields_are_accepted_unknown_ones_with_a_warni
         .send(&state)
         .await
         .expect(StatusCode::CREATED);
+}
+
+/// `service()` as `name`, with its own clusterIP and NodePort, then `edit`ed.
+fn other_service(name: &str, edit: impl FnOnce(&mut Value)) -> Value {
+    with(service(), |v| {
+        v["metadata"]["name"] = json!(name);
+        v["spec"]["clusterIP"] = json!("10.96.0.20");
+        port(v)["nodePort"] = json!(30090);
+        edit(v);
+    })
+}
+
+/// The data path's services as the API shows them.
+async fn dataplane(state: &Shared) -> Value {
+    Call::get("/sluice/v1/dataplane/services")
+        .send(state)
+        .await
+        .expect(StatusCode::OK)
+        .body
+}
+
+/// Each `(what, body, status, says)`: PUT as `other` is refused with `status`, its error
+/// says every `|`-separated piece, and neither the store nor the data path changes.
+async fn refused_and_unchanged(state: &Shared, cases: Vec<(&str, Value, StatusCode, &str)>) {
+    reconcile(state).await;
+    while woken(state).await {}
+    let (before, dp_before) = (snapshot(state).await, dataplane(state).await);
+    for (what, body, status, says) in cases {
+        let answer = Call::put("/api/v1/namespaces/default/services/other", &body)
+            .send(state)
+            .await
+            .expect(status);
+        for piece in says.split('|') {
+            assert!(
+                answer.error().contains(piece),
+                "{what}: {:?} does not say {piece:?}",
+                answer.error()
+            );
+        }
+        assert_eq!(snapshot(state).await, before, "{what}: the store changed");
+        assert!(!woken(state).await, "{what}: woke the reconcile loop");
+        reconcile(state).await;
+        assert_eq!(
+            dataplane(state).await,
+            dp_before,
+            "{what}: the data path changed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_frontend_another_service_holds_is_409_naming_it_and_changes_nothing() {
+    let state = state();
+    let web = with(service(), |v| {
+        v["spec"]["externalIPs"] = json!(["203.0.113.5"]);
+    });
+    Call::put(SVC, &web)
+        .send(&state)
+        .await
+        .expect(StatusCode::CREATED);
+    const C: StatusCode = StatusCode::CONFLICT;
+    refused_and_unchanged(
+        &state,
+        vec![
+            (
+                "the same NodePort",
+                other_service("other", |v| port(v)["nodePort"] = json!(30080)),
+                C,
+                "Service default/other|frontend nodePort 30080/TCP|already used by Service default/web",
+            ),
+            (
+                "the same clusterIP and port",
+                other_service("other", |v| v["spec"]["clusterIP"] = json!("10.96.0.10")),
+                C,
+                "frontend 10.96.0.10:8080/TCP|default/web",
+            ),
+            (
+                "the same externalIP and port",
+                other_service("other", |v| v["spec"]["externalIPs"] = json!(["203.0.113.5"])),
+                C,
+                "frontend 203.0.113.5:8080/TCP|default/web",
+            ),
+            (
+                "the same LoadBalancer IP and port as its externalIP",
+                other_service("other", |v| {
+                    v["spec"]["type"] = json!("LoadBalancer");
+                    v["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}});
+                }),
+                C,
+                "frontend 203.0.113.5:8080/TCP|default/web",
+            ),
+        ],
+    )
+    .await;
+
+    // Another protocol, or another port of the same address, is another frontend.
+    let udp = other_service("other", |v| {
+        port(v)["nodePort"] = json!(30080);
+        port(v)["protocol"] = json!("UDP");
+        v["spec"]["externalIPs"] = json!(["203.0.113.5"]);
+    });
+    Call::put("/api/v1/namespaces/default/services/other", &udp)
+        .send(&state)
+        .await
+        .expect(StatusCode::CREATED);
+    // A service may keep and change its own frontends; once web lets its NodePort go,
+    // another service can take it.
+    let moved = with(web, |v| port(v)["nodePort"] = json!(30085));
+    Call::put(SVC, &moved)
+        .send(&state)
+        .await
+        .expect(StatusCode::OK);
+    let taker = other_service("third", |v| {
+        v["spec"]["clusterIP"] = json!("10.96.0.30");
+        port(v)["nodePort"] = json!(30080);
+    });
+    Call::put("/api/v1/namespaces/default/services/third", &taker)
+        .send(&state)
+        .await
+        .expect(StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn node_ports_and_addresses_the_node_protects_are_422_and_change_nothing() {
+    use controller::protections::{Listening, Protections};
+    let state = state();
+    {
+        let mut store = state.store.lock().await;
+        store.tables.set_protections(Protections {
+            agent_ports: [10260, 10249].into(),
+            interface_addresses: ["192.0.2.1".parse().unwrap()].into(),
+            node_name: Some("node-a".into()),
+            sockets: Some(std::sync::Arc::new(Listening {
+                tcp: [30777].into(),
+                udp: Default::default(),
+            })),
+            ..Default::default()
+        });
+        let node = Object::from_value(json!({
+            "apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.50"}]}
+        }))
+        .unwrap()
+        .object;
+        store.tables.apply(&node).unwrap();
+    }
+    Call::put(SVC, &service())
+        .send(&state)
+        .await
+        .expect(StatusCode::CREATED);
+    const U: StatusCode = StatusCode::UNPROCESSABLE_ENTITY;
+    let node_port = |n: u16| other_service("other", move |v| port(v)["nodePort"] = json!(n));
+    refused_and_unchanged(
+        &state,
+        vec![
+            (
+                "a NodePort below the range",
+                node_port(8080),
+                U,
+                "nodePort 8080 is outside the node port range 30000-32767",
+            ),
+            (
+                "a NodePort above the range",
+                node_port(32768),
+                U,
+                "nodePort 32768 is outside the node port range 30000-32767",
+            ),
+            (
+                "a NodePort a socket listens on",
+                node_port(30777),
+                U,
+                "nodePort 30777/TCP: a socket on the node listens on it",
+            ),
+            (
+                "an externalIP of an interface",
+                other_service("other", |v| v["spec"]["externalIPs"] = json!(["192.0.2.1"])),
+                U,
+                "192.0.2.1 is an address of this node",
+            ),
+            (
+                "a LoadBalancer IP of the Node object",
+                other_service("other", |v| {
+                    v["spec"]["type"] = json!("LoadBalancer");
+                    v["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.50"}]}});
+                }),
+                U,
+                "192.0.2.50 is an address of this node",
+            ),
+        ],
+    )
+    .await;
+    // The agent's own ports are outside the default range: a range that covers them still
+    // refuses them.
+    {
+        let mut store = state.store.lock().await;
+        let mut p = store.tables.protections().clone();
+        p.node_port_range = "10000-20000".parse().unwrap();
+        store.tables.set_protections(p);
+    }
+    refused_and_unchanged(
+        &state,
+        vec![(
+            "the agent's API port",
+            node_port(10260),
+            U,
+            "nodePort 10260/TCP is a port of the agent itself",
+        )],
+    )
+    .await;
 }

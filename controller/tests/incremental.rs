@@ -112,7 +112,7 @@ fn api_objects_are_saved_one_file_each_and_restored() {
     let dir = std::env::temp_dir().join(format!("sluice-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut store = Store::open(&dir).unwrap();
+    let mut store = Store::open(&dir, Default::default()).unwrap();
     for i in 0..3 {
         store.put_api(service(i)).unwrap();
     }
@@ -128,7 +128,7 @@ fn api_objects_are_saved_one_file_each_and_restored() {
         .delete_api(Kind::Service, &Key::new("bench", "svc-2"))
         .unwrap();
     assert!(!file(2).exists() && file(1).exists());
-    let restored = Store::open(&dir).unwrap();
+    let restored = Store::open(&dir, Default::default()).unwrap();
     let names: Vec<String> = restored
         .list(Kind::Service)
         .map(|(k, _)| k.to_string())
@@ -151,7 +151,7 @@ fn the_single_file_of_earlier_versions_is_migrated() {
     std::fs::create_dir_all(&dir).unwrap();
     let legacy = json!([service(5).to_value().unwrap()]);
     std::fs::write(dir.join("api-objects.json"), legacy.to_string()).unwrap();
-    let store = Store::open(&dir).unwrap();
+    let store = Store::open(&dir, Default::default()).unwrap();
     assert!(store.tables.service(&Key::new("bench", "svc-5")).is_some());
     assert!(!dir.join("api-objects.json").exists());
     assert!(dir.join("api-objects/Service/bench/svc-5.json").exists());

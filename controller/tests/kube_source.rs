@@ -424,6 +424,7 @@ async fn readyz_waits_for_every_watch_and_the_first_round() {
         health.clone(),
         Duration::from_secs(300),
         NODE.to_string(),
+        controller::agent::seed::SeedPlan::Fixed(7),
     ));
     mock.wait_for_refused(5, WAIT).await.unwrap();
     let (status, body) = readyz().await;

@@ -87,6 +87,10 @@ reasons! {
     /// handshake, or names another backend (a connection straight to the backend reusing
     /// the client port): passed untouched.
     TcPassStale = "tc_pass_stale",
+    /// XDP: no usable backend, and the refusal would go to an address that must never get
+    /// one (the packet's source is broadcast, multicast, unspecified, loopback, IPv4-mapped
+    /// or one of this node's addresses): dropped, nothing sent.
+    DropRefusalBadDestination = "xdp_drop_refusal_bad_destination",
 }
 
 impl Reason {

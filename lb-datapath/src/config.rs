@@ -80,9 +80,14 @@ impl Default for MaglevConfig {
 pub struct DataplaneConfig {
     pub capacities: Capacities,
     pub maglev: MaglevConfig,
-    /// Seed of the flow hash and of Maglev; the same on every node so that every node picks
-    /// the same backend for the same flow.
-    pub hash_seed: u32,
+    /// Seed of the flow hash and of Maglev. It must be the same on every node of a cluster
+    /// (so that every node picks the same backend for the same flow) and should differ
+    /// between clusters (so that nobody can predict the backend of a flow). `None`: the agent
+    /// chooses it before the first data-path write (`DataPath::set_hash_seed`): from the
+    /// cluster's `default/kubernetes` Service UID in Kubernetes mode, random and kept in
+    /// `<state_dir>/hash-seed` in standalone mode; a data path opened without one keeps the
+    /// seed of the pinned state it adopts, else uses 0 until it is set.
+    pub hash_seed: Option<u32>,
     /// TCP RSTs and ICMP port unreachables sent for services without a usable endpoint, per
     /// CPU and second; beyond that such packets are dropped (and counted).
     pub refusals_per_sec_per_cpu: u32,
@@ -135,7 +140,7 @@ impl Default for DataplaneConfig {
         DataplaneConfig {
             capacities: Capacities::default(),
             maglev: MaglevConfig::default(),
-            hash_seed: 0x5eed_1b00,
+            hash_seed: None,
             refusals_per_sec_per_cpu: 1000,
             pin: None,
             conntrack: ConntrackConfig::default(),

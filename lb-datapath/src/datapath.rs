@@ -42,6 +42,11 @@ pub trait DataPath: Send {
     /// Makes `addrs` (this node's Node object's addresses) NodePort addresses besides the
     /// attached interfaces' own, replacing the previous list; interface addresses stay.
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error>;
+    /// Every NodePort address: the attached interfaces' and the Node object's.
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, Error>;
+    /// Sets the seed of the flow hash and of Maglev (the same on every node); a change
+    /// rebuilds each service's table at its next upsert.
+    fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error>;
 }
 
 impl<T: DataPath + ?Sized> DataPath for Box<T> {
@@ -87,5 +92,11 @@ impl<T: DataPath + ?Sized> DataPath for Box<T> {
     }
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
         (**self).set_node_addresses(addrs)
+    }
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, Error> {
+        (**self).node_addresses()
+    }
+    fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
+        (**self).set_hash_seed(seed)
     }
 }

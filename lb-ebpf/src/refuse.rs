@@ -2,20 +2,27 @@
 //! or an ICMP / ICMPv6 port unreachable, sent back out of the interface it came in on
 //! (XDP_TX), so clients fail fast instead of timing out. Rate-limited per CPU, one budget
 //! for both families.
+//!
+//! A refusal goes to the packet's source, so it is never sent where a forged source would
+//! aim it at many hosts or at the node itself: a source that is broadcast (255.255.255.255),
+//! multicast (224.0.0.0/4, ff00::/8), unspecified, loopback, IPv4-mapped on IPv6, or one of
+//! the node's own addresses (`NODE_ADDRS`) gets nothing; the packet is dropped and counted
+//! as [`Reason::DropRefusalBadDestination`]. Directed broadcasts of attached subnets are not
+//! recognised (the program does not know the prefixes).
 
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
-use lb_common::{Reason, csum};
+use lb_common::{NetAddr, Reason, csum};
 
 use crate::{
     headers::{
         ETH_HLEN, EthHdr, IPV4_HLEN_MIN, IPV6_HLEN, Ipv4Hdr, Ipv4Packet, Ipv6Hdr, Ipv6Packet,
         TcpHdr, ptr_at,
     },
-    maps::{CONFIG, REFUSALS},
+    maps::{CONFIG, NODE_ADDRS, REFUSALS},
 };
 
 const TCP_FLAG_FIN: u8 = 0x01;
@@ -34,6 +41,30 @@ const ICMPV6_QUOTE: usize = 8 + IPV6_HLEN + 8;
 /// Version 6, traffic class 0, flow label 0 (raw).
 const IPV6_VTC_FLOW_RAW: u32 = 0x6000_0000u32.to_be();
 const OUT_HOP_LIMIT: u8 = 64;
+
+/// Whether a refusal may be sent to the IPv4 address `raw` (network byte order in memory).
+#[inline(always)]
+fn refusable_v4(raw: u32) -> bool {
+    let first = raw.to_ne_bytes()[0];
+    if raw == 0 || raw == u32::MAX || first & 0xf0 == 0xe0 || first == 127 {
+        return false;
+    }
+    // SAFETY: the value is plain data and not kept.
+    unsafe { NODE_ADDRS.get(&NetAddr::from_v4_raw(raw)) }.is_none()
+}
+
+/// Whether a refusal may be sent to the IPv6 address `words` (raw).
+#[inline(always)]
+fn refusable_v6(words: [u32; 4]) -> bool {
+    let addr = NetAddr { words };
+    let loopback = words[0] == 0 && words[1] == 0 && words[2] == 0 && words[3] == 1u32.to_be();
+    if addr == NetAddr::UNSPECIFIED || loopback || words[0].to_ne_bytes()[0] == 0xff || addr.is_v4()
+    {
+        return false;
+    }
+    // SAFETY: the value is plain data and not kept.
+    unsafe { NODE_ADDRS.get(&addr) }.is_none()
+}
 
 /// Takes one refusal from this CPU's budget for the current second.
 #[inline(always)]
@@ -157,10 +188,14 @@ pub fn refuse(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
     if pkt.l4_off != ETH_HLEN + IPV4_HLEN_MIN {
         return Err(Reason::DropNoBackend);
     }
+    if pkt.proto == lb_common::IPPROTO_TCP && pkt.tcp_flags & TCP_FLAG_RST != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    // SAFETY: the parser checked that the IPv4 header is in bounds.
+    if !refusable_v4(unsafe { (*pkt.ip).saddr }) {
+        return Err(Reason::DropRefusalBadDestination);
+    }
     if pkt.proto == lb_common::IPPROTO_TCP {
-        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
-            return Err(Reason::DropNoBackend);
-        }
         if !budget() {
             return Err(Reason::DropRefusalRateLimited);
         }
@@ -262,10 +297,14 @@ pub fn refuse6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
     if pkt.l4_off != ETH_HLEN + IPV6_HLEN {
         return Err(Reason::DropNoBackend);
     }
+    if pkt.proto == lb_common::IPPROTO_TCP && pkt.tcp_flags & TCP_FLAG_RST != 0 {
+        return Err(Reason::DropNoBackend);
+    }
+    // SAFETY: the parser checked that the IPv6 header is in bounds.
+    if !refusable_v6(unsafe { (*pkt.ip).saddr }) {
+        return Err(Reason::DropRefusalBadDestination);
+    }
     if pkt.proto == lb_common::IPPROTO_TCP {
-        if pkt.tcp_flags & TCP_FLAG_RST != 0 {
-            return Err(Reason::DropNoBackend);
-        }
         if !budget() {
             return Err(Reason::DropRefusalRateLimited);
         }

@@ -23,7 +23,9 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Err(reason) => {
             count(reason);
             match reason {
-                Reason::DropNoBackend | Reason::DropRefusalRateLimited => xdp_action::XDP_DROP,
+                Reason::DropNoBackend
+                | Reason::DropRefusalRateLimited
+                | Reason::DropRefusalBadDestination => xdp_action::XDP_DROP,
                 _ => xdp_action::XDP_PASS,
             }
         }

@@ -54,4 +54,13 @@ impl DataPath for Dataplane {
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error> {
         Dataplane::set_node_object_addresses(self, addrs)
     }
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, Error> {
+        Ok(Dataplane::node_addresses(self)?
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect())
+    }
+    fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
+        Dataplane::set_hash_seed(self, seed)
+    }
 }

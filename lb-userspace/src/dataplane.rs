@@ -263,11 +263,17 @@ impl Dataplane {
             .map_err(|e| Error::Load { source: e.into() })?;
         crate::attach::load_programs(&mut ebpf)?;
         let mut maps = Maps::take(&mut ebpf)?;
+        let mut cfg = cfg;
+        if cfg.hash_seed.is_none() {
+            // Adopted state keeps the seed its tables were built with until the agent sets one.
+            let pinned = adopt.then(|| maps.config.get(&0, 0).ok()).flatten();
+            cfg.hash_seed = Some(pinned.map_or(0, |c| c.hash_seed));
+        }
         maps.config
             .set(
                 0,
                 GlobalConfig {
-                    hash_seed: cfg.hash_seed,
+                    hash_seed: cfg.hash_seed.unwrap_or_default(),
                     refusals_per_sec: cfg.refusals_per_sec_per_cpu,
                     ct_tcp_new_s: cfg.conntrack.tcp_syn_seconds,
                     ct_tcp_established_s: cfg.conntrack.tcp_established_seconds,
@@ -435,6 +441,37 @@ impl Dataplane {
 
     pub fn config(&self) -> &DataplaneConfig {
         &self.cfg
+    }
+
+    /// The seed of the flow hash and of the Maglev tables in force.
+    pub fn hash_seed(&self) -> u32 {
+        self.cfg.hash_seed.unwrap_or_default()
+    }
+
+    /// Sets the seed of the flow hash and of Maglev (`CONFIG`). A different seed than the
+    /// one in force marks every table as stale, so each service's next upsert rebuilds its
+    /// table with it (tracked flows keep their backends; only new flows hash differently).
+    /// The agent sets it once, before its first service write, so this walk is of the
+    /// services adopted from pins at most.
+    pub fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
+        if self.cfg.hash_seed == Some(seed) {
+            return Ok(());
+        }
+        let mut global = self
+            .maps
+            .config
+            .get(&0, 0)
+            .map_err(|e| Error::map(names::CONFIG, "read", e))?;
+        global.hash_seed = seed;
+        self.maps
+            .config
+            .set(0, global, 0)
+            .map_err(|e| Error::map(names::CONFIG, "write", e))?;
+        self.cfg.hash_seed = Some(seed);
+        for svc in self.services.values_mut() {
+            svc.table_current = false;
+        }
+        Ok(())
     }
 
     fn validate(&self, spec: &ServiceSpec) -> Result<(), Error> {
@@ -765,7 +802,7 @@ impl Dataplane {
                 .map(|a| a.to_string().into_bytes())
                 .collect();
             let ids: Vec<u32> = eligible.iter().map(|a| svc.backends[a].id).collect();
-            let owners = maglev::build(self.cfg.hash_seed, &keys, size);
+            let owners = maglev::build(self.hash_seed(), &keys, size);
             for (slot, &owner) in owners.iter().enumerate() {
                 let (at, bid) = (new_offset + slot as u32, ids[owner as usize]);
                 // In place, each store replaces one valid backend by another; a fresh range

@@ -113,6 +113,9 @@ struct RunArgs {
     /// Directory keeping the API's objects across restarts (default /var/lib/sluice).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The NodePorts services may take, FIRST-LAST (default 30000-32767, as Kubernetes').
+    #[arg(long)]
+    node_port_range: Option<controller::protections::PortRange>,
 }
 
 fn run_config(a: RunArgs) -> anyhow::Result<AgentConfig> {
@@ -144,6 +147,7 @@ fn run_config(a: RunArgs) -> anyhow::Result<AgentConfig> {
     if let Some(d) = a.state_dir {
         cfg.state_dir = d;
     }
+    cfg.node_port_range = a.node_port_range.unwrap_or(cfg.node_port_range);
     if let Some(pin) = cfg.dataplane.pin.as_mut() {
         if let Some(r) = a.pin_root {
             pin.root = r;

@@ -6,7 +6,11 @@ use anyhow::{Context as _, bail};
 use lb_datapath::{DataplaneConfig, PinConfig};
 use serde::Deserialize;
 
-use crate::ipam::IpamConfig;
+use crate::{
+    agent::seed::SeedPlan,
+    ipam::IpamConfig,
+    protections::{PortRange, ProcSockets, Protections},
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
@@ -46,6 +50,10 @@ pub struct AgentConfig {
     /// DaemonSet, at its port named `api`: `drain-wait --all-nodes` asks each of them.
     /// `null` turns peer discovery off.
     pub peer_service: Option<String>,
+    /// The NodePorts a service may take (`FIRST-LAST`, Kubernetes' default 30000-32767);
+    /// `--node-port-range` overrides it. Never one of the agent's own ports or a port a
+    /// socket of the node listens on.
+    pub node_port_range: PortRange,
     /// LoadBalancer IP assignment (Kubernetes mode; off unless `ipam.pools` is set).
     pub ipam: IpamConfig,
     pub dataplane: DataplaneConfig,
@@ -73,6 +81,7 @@ impl Default for AgentConfig {
                 crate::peers::DEFAULT_NAMESPACE,
                 crate::peers::DEFAULT_NAME
             )),
+            node_port_range: PortRange::default(),
             ipam: IpamConfig::default(),
             dataplane: DataplaneConfig {
                 pin: Some(PinConfig::default()),
@@ -99,6 +108,33 @@ impl AgentConfig {
                     .map(|h| h.trim().to_string())
             })
             .unwrap_or_default()
+    }
+
+    /// What services may not take on this node; `interface_addresses`: the attached
+    /// interfaces' (the data path's NodePort addresses).
+    pub fn protections(
+        &self,
+        interface_addresses: impl IntoIterator<Item = std::net::IpAddr>,
+    ) -> Protections {
+        Protections {
+            node_port_range: self.node_port_range,
+            agent_ports: [self.api_listen.port(), self.metrics_listen.port()]
+                .into_iter()
+                .collect(),
+            interface_addresses: interface_addresses.into_iter().collect(),
+            node_name: Some(self.node_name()).filter(|n| !n.is_empty()),
+            sockets: Some(std::sync::Arc::new(ProcSockets::default())),
+        }
+    }
+
+    /// How the hash seed is chosen (see [`crate::agent::seed`]).
+    pub fn seed_plan(&self) -> SeedPlan {
+        let state_dir = self.state_dir.clone();
+        match self.dataplane.hash_seed {
+            Some(s) => SeedPlan::Fixed(s),
+            None if self.kubernetes() => SeedPlan::Cluster { state_dir },
+            None => SeedPlan::Standalone { state_dir },
+        }
     }
 
     /// Checks everything that can be checked before touching the node. Returns the API

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod endpoints;
 pub mod reconcile_loop;
+pub mod seed;
 pub mod standalone;
 
 use std::time::Duration;
@@ -51,12 +52,24 @@ pub async fn run(
             "adopted pinned services; none is removed before every source listed once"
         );
     }
+    let interface_addresses = dp
+        .node_addresses()
+        .context("reading the data path's node addresses")?;
+    let protections = cfg.protections(interface_addresses);
+    tracing::info!(
+        node_port_range = %protections.node_port_range,
+        agent_ports = ?protections.agent_ports,
+        node_addresses = ?protections.interface_addresses,
+        "services may take no NodePort outside the range, of the agent or listened on, and no address of the node"
+    );
     let store = if kube.is_some() {
         let mut s = Store::default();
+        s.tables.set_protections(protections);
         s.set_cluster_mode();
         s
     } else {
-        Store::open(&cfg.state_dir).map_err(|e| anyhow::anyhow!("restoring API objects: {e}"))?
+        Store::open(&cfg.state_dir, protections)
+            .map_err(|e| anyhow::anyhow!("restoring API objects: {e}"))?
     };
     let peers = cfg
         .peer_service
@@ -125,6 +138,7 @@ pub async fn run(
         health,
         Duration::from_secs(cfg.resync_seconds),
         cfg.node_name(),
+        cfg.seed_plan(),
     ));
 
     shutdown_signal().await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::time::sleep_until;
 
-use super::endpoints::Health;
+use super::{endpoints::Health, seed::SeedPlan};
 use crate::{desired, model::Key, reconcile::Round, state::Shared};
 
 /// How often services whose write failed are tried again.
@@ -45,9 +45,32 @@ async fn changes(
         .collect()
 }
 
+/// Chooses the hash seed and sets it in the data path. A failure is logged and the data
+/// path keeps the seed it has (its tables stay consistent; only other nodes may differ).
+async fn set_seed(shared: &Shared, plan: &SeedPlan) {
+    let resolved = plan.resolve(&shared.store.lock().await.tables);
+    match resolved {
+        Ok((seed, source)) => match shared.reconciler.lock().await.set_hash_seed(seed) {
+            Ok(()) => tracing::info!(
+                seed = %format!("{seed:#010x}"),
+                source = source.describe(),
+                "hash seed set (it must be the same on every node)"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "setting the hash seed in the data path failed");
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "choosing the hash seed failed; the data path keeps its own");
+        }
+    }
+}
+
 /// Runs until aborted. `node`: this node's name (its Node object's addresses become NodePort
-/// addresses).
-pub async fn run(shared: Shared, health: Health, resync: Duration, node: String) {
+/// addresses). `seed`: how the hash seed is chosen, once every source listed and before the
+/// first data-path write.
+pub async fn run(shared: Shared, health: Health, resync: Duration, node: String, seed: SeedPlan) {
+    let mut seed = Some(seed);
     let mut next_resync = Instant::now() + resync;
     let mut purge_at: Option<Instant> = None;
     let mut retry_at: Option<Instant>;
@@ -57,6 +80,9 @@ pub async fn run(shared: Shared, health: Health, resync: Duration, node: String)
         if !shared.sources.all_synced() {
             shared.changed.notified().await;
             continue;
+        }
+        if let Some(plan) = seed.take() {
+            set_seed(&shared, &plan).await;
         }
         let started = Instant::now();
         let (dirty, node_addrs) = {

@@ -74,14 +74,43 @@ mod tests {
 
     use super::*;
 
+    /// A NodePort service; its clusterIP is derived from the NodePort, so two services of
+    /// different NodePorts hold no frontend in common.
     fn svc(name: &str, port: i32) -> Service {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": "default"},
-            "spec": {"type": "NodePort", "clusterIP": "10.96.0.1",
+            "spec": {"type": "NodePort", "clusterIP": format!("10.96.{}.{}", port / 256 % 256, port % 256),
                      "ports": [{"port": 80, "nodePort": port}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_frontend_another_service_holds_is_rejected_and_the_holder_keeps_it() {
+        let mut t = Tables::default();
+        let mut r = Relist::new(Kind::Service);
+        let with_external_ip = |name: &str, port: i32| {
+            let mut s = svc(name, port);
+            s.spec.as_mut().unwrap().external_ips = Some(vec!["203.0.113.7".into()]);
+            s
+        };
+        assert!(
+            r.apply(&mut t, Event::Apply(with_external_ip("a", 30001)))
+                .changed
+        );
+        let out = r.apply(&mut t, Event::Apply(with_external_ip("b", 30002)));
+        assert!(!out.changed, "a rejected object changes nothing");
+        assert_eq!(out.invalid.len(), 1);
+        assert_eq!(
+            out.invalid[0].1,
+            "frontend 203.0.113.7:80/TCP is already used by Service default/a"
+        );
+        assert!(t.service(&Key::new("default", "b")).is_none());
+        // "a" lets it go: "b" takes it at its next event.
+        r.apply(&mut t, Event::Delete(with_external_ip("a", 30001)));
+        let out = r.apply(&mut t, Event::Apply(with_external_ip("b", 30002)));
+        assert!(out.changed && out.invalid.is_empty(), "{out:?}");
     }
 
     #[test]
