@@ -22,4 +22,6 @@ pub use reason::Reason;
 /// - v1: the first layout.
 /// - v2: `SLOTS` holds blocks of [`SLOTS_PER_ENTRY`] slots; `SLOTS`, `BACKENDS` and
 ///   `SERVICE_NAMES` are `BPF_F_MMAPABLE` ([`map_flags::MMAPABLE`]).
-pub const LAYOUT_VERSION: u32 = 2;
+/// - v3: [`ServiceName`] holds 252 bytes (whole controller names); NodePort entries carry
+///   [`service_flags::NODE_PORT`].
+pub const LAYOUT_VERSION: u32 = 3;

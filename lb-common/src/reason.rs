@@ -75,6 +75,9 @@ reasons! {
     TcIcmpErrorTranslated = "tc_icmp_error_translated",
     /// TC: rewriting a reply failed (helper error): passed as is.
     TcRewriteFailed = "tc_rewrite_failed",
+    /// Event: a selection-table slot, a tracked flow or an affinity entry named a backend
+    /// whose service id differs from the frontend's; that backend was not used.
+    BackendServiceMismatch = "backend_service_mismatch",
 }
 
 impl Reason {

@@ -80,7 +80,7 @@ pub fn translate_in(ctx: &XdpContext) -> Result<u32, Reason> {
             _pad: [0; 2],
         };
         let ct = conntrack::lookup(&flow).ok_or(Reason::PassNotOurs)?;
-        let backend = select::backend(ct.backend_id).ok_or(Reason::PassNotOurs)?;
+        let backend = select::backend(ct.backend_id, ct.service_id).ok_or(Reason::PassNotOurs)?;
         let (old_addr, new_addr) = (e.quoted.saddr, backend.addr.v4_raw());
         let (old_port, new_port) = (e.q_sport, backend.port.raw());
 
@@ -251,7 +251,7 @@ pub fn translate_in6(ctx: &XdpContext) -> Result<u32, Reason> {
             _pad: [0; 2],
         };
         let ct = conntrack::lookup(&flow).ok_or(Reason::PassNotOurs)?;
-        let backend = select::backend(ct.backend_id).ok_or(Reason::PassNotOurs)?;
+        let backend = select::backend(ct.backend_id, ct.service_id).ok_or(Reason::PassNotOurs)?;
         let (old_addr, new_addr) = (e.quoted.saddr, backend.addr.words);
         let (old_port, new_port) = (e.q_sport, backend.port.raw());
 

@@ -103,7 +103,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let mut chosen = None;
     match conntrack::lookup(&flow) {
         Some(_) if is_syn => count(Reason::CtSynReselect),
-        Some(ct) => match select::backend(ct.backend_id) {
+        Some(ct) => match select::backend(ct.backend_id, svc.id) {
             Some(b) if ct.service_id == svc.id => {
                 count(Reason::CtHit);
                 chosen = Some((ct.backend_id, b, false));

@@ -12,6 +12,7 @@ use lb_userspace::{BackendSpec, Dataplane, DataplaneConfig, Frontend, Protocol, 
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
 
