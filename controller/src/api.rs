@@ -720,9 +720,59 @@ struct Items<T> {
     items: Vec<T>,
 }
 
+/// One item of `/sluice/v1/dataplane/services`: what the data path holds, and whether the
+/// last write of it succeeded. A service that never fitted has no dump, only its error.
+#[derive(Debug, Serialize)]
+struct ServiceJson {
+    name: String,
+    /// True when the service's current spec is in force; false when its last write failed
+    /// (`error` says why, e.g. the capacity setting to raise).
+    programmed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(flatten)]
+    dump: Option<ServiceDumpFields>,
+}
+
+/// [`lb_datapath::ServiceDump`] without its name (flattened into [`ServiceJson`]).
+#[derive(Debug, Serialize)]
+struct ServiceDumpFields {
+    id: u32,
+    protocol: lb_datapath::Protocol,
+    frontends: Vec<lb_datapath::Frontend>,
+    table_size: u32,
+    backends: Vec<lb_datapath::BackendDump>,
+}
+
 async fn dataplane_services(State(state): State<Shared>) -> ApiResult {
+    let mut failures = state.reconciler.lock().await.failures();
     let dump = read_data_path(&state, |dp| Ok(dp.dump())).await?;
-    Ok(Json(Items { items: dump }).into_response())
+    let mut items: Vec<ServiceJson> = dump
+        .into_iter()
+        .map(|d| {
+            let error = failures.remove(&d.name);
+            ServiceJson {
+                programmed: error.is_none(),
+                error,
+                name: d.name,
+                dump: Some(ServiceDumpFields {
+                    id: d.id,
+                    protocol: d.protocol,
+                    frontends: d.frontends,
+                    table_size: d.table_size,
+                    backends: d.backends,
+                }),
+            }
+        })
+        .collect();
+    items.extend(failures.into_iter().map(|(name, error)| ServiceJson {
+        name,
+        programmed: false,
+        error: Some(error),
+        dump: None,
+    }));
+    items.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(Items { items }).into_response())
 }
 
 /// One backend of [`BackendsJson`]: the dump's view and the counters.

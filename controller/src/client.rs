@@ -141,17 +141,29 @@ pub fn services(api: SocketAddr, json: bool) -> anyhow::Result<String> {
                 .as_array()
                 .map(|a| a.iter().filter(|b| b["state"] == "Ready").count())
                 .unwrap_or(0);
+            let held = svc.get("id").is_some();
+            let status = match (svc["programmed"].as_bool(), held) {
+                (Some(false), true) => format!("previous state in force: {}", s(&svc["error"])),
+                (Some(false), false) => format!("not programmed: {}", s(&svc["error"])),
+                _ => "programmed".into(),
+            };
+            let or_dash = |v: &Value| if held { s(v) } else { "-".into() };
             vec![
                 s(&svc["name"]),
-                s(&svc["protocol"]),
-                fronts.join(","),
-                format!("{ready}/{backends}"),
-                s(&svc["table_size"]),
+                or_dash(&svc["protocol"]),
+                if held { fronts.join(",") } else { "-".into() },
+                if held {
+                    format!("{ready}/{backends}")
+                } else {
+                    "-".into()
+                },
+                or_dash(&svc["table_size"]),
+                status,
             ]
         })
         .collect();
     Ok(table(
-        &["NAME", "PROTOCOL", "FRONTENDS", "READY", "SLOTS"],
+        &["NAME", "PROTOCOL", "FRONTENDS", "READY", "SLOTS", "STATUS"],
         &rows,
     ))
 }
@@ -171,6 +183,8 @@ pub fn backends(api: SocketAddr, service: Option<&str>, json: bool) -> anyhow::R
         Some(n) => vec![n.to_string()],
         None => items(&get_json(api, "/sluice/v1/dataplane/services")?)
             .iter()
+            // A service that never fitted has no backends in the data path.
+            .filter(|v| v.get("id").is_some())
             .map(|v| s(&v["name"]))
             .collect(),
     };

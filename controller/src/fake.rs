@@ -52,6 +52,9 @@ pub struct FakeDataPath {
     pub calls: Vec<String>,
     /// Fail upserts of this service (error-path tests).
     pub fail_on: Option<String>,
+    /// Refuse new services beyond this many, as a full service table would
+    /// (`capacities.services`).
+    pub max_services: Option<usize>,
     /// Per-backend counters (see [`Counters`]).
     pub counters: Counters,
     /// The attached interfaces' addresses it reports besides the Node object's.
@@ -121,6 +124,16 @@ impl DataPath for FakeDataPath {
             return Err(Error::InvalidSpec {
                 service: spec.name.clone(),
                 reason: "injected failure".into(),
+            });
+        }
+        if let Some(max) = self.max_services
+            && !self.services.contains_key(&spec.name)
+            && self.services.len() >= max
+        {
+            return Err(Error::CapacityExceeded {
+                what: "the service table",
+                capacity: max as u32,
+                setting: "capacities.services",
             });
         }
         self.record(format!("upsert {}", spec.name));

@@ -49,6 +49,16 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
+/// Data-path names whose last write failed (not programmed, or an older state in force).
+pub fn services_not_programmed(n: usize) {
+    gauge!("sluice_services_not_programmed").set(n as f64);
+}
+
+/// A service did not fit: once per change of that service's error, by the setting to raise.
+pub fn capacity_error(setting: &'static str) {
+    counter!("sluice_capacity_errors_total", "setting" => setting).increment(1);
+}
+
 pub fn reconcile_error(op: &'static str) {
     counter!("sluice_reconcile_errors_total", "op" => op).increment(1);
 }

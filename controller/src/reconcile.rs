@@ -58,8 +58,10 @@ pub struct Reconciler<D: DataPath> {
     applied: HashMap<Key, BTreeMap<String, u64>>,
     /// The service that applied each data-path name.
     owners: HashMap<String, Key>,
-    /// Services whose last write failed (retried by the loop), with the error.
-    failed: BTreeMap<Key, String>,
+    /// Services whose last write failed (retried by the loop): per data-path name, the
+    /// error. A name is logged (and a capacity error counted) when its error changes, not
+    /// on every retry.
+    failed: BTreeMap<Key, BTreeMap<String, String>>,
     /// Services that failed in the round under way.
     failed_now: BTreeSet<Key>,
     /// Trigger times of changes not programmed yet (their service failed): observed once it
@@ -111,8 +113,17 @@ impl<D: DataPath> Reconciler<D> {
     }
 
     /// Services whose last write failed, to be retried.
-    pub fn failed(&self) -> impl Iterator<Item = (&Key, &str)> {
-        self.failed.iter().map(|(k, e)| (k, e.as_str()))
+    pub fn failed(&self) -> impl Iterator<Item = &Key> {
+        self.failed.keys()
+    }
+
+    /// The data-path names whose last write failed, with the error: their previous state
+    /// (or nothing, for a new one) stays in force.
+    pub fn failures(&self) -> BTreeMap<String, String> {
+        self.failed
+            .values()
+            .flat_map(|m| m.iter().map(|(n, e)| (n.clone(), e.clone())))
+            .collect()
     }
 
     /// Applies the desired specs of the services in `changes` (an empty map: the service is
@@ -127,10 +138,15 @@ impl<D: DataPath> Reconciler<D> {
         for (key, want) in &changes {
             for (name, spec) in want {
                 if self.applied.get(key).and_then(|h| h.get(name)) == Some(&digest(spec)) {
+                    // Back to what is in force (a failed change was reverted).
+                    self.clear_failure(key, name);
                     continue;
                 }
                 match self.upsert(key, spec) {
-                    Ok(()) => round.upserted.push(name.clone()),
+                    Ok(()) => {
+                        self.clear_failure(key, name);
+                        round.upserted.push(name.clone());
+                    }
                     // A frontend may be moving from a service handled later in this round.
                     Err(Error::FrontendConflict { .. }) => retry.push((key, spec)),
                     Err(e) => self.fail(key, name, e, &mut round),
@@ -149,7 +165,10 @@ impl<D: DataPath> Reconciler<D> {
         }
         for (key, spec) in retry {
             match self.upsert(key, spec) {
-                Ok(()) => round.upserted.push(spec.name.clone()),
+                Ok(()) => {
+                    self.clear_failure(key, &spec.name);
+                    round.upserted.push(spec.name.clone());
+                }
                 Err(e) => self.fail(key, &spec.name, e, &mut round),
             }
         }
@@ -158,14 +177,18 @@ impl<D: DataPath> Reconciler<D> {
         }
         let now = SystemTime::now();
         let mut latencies = Vec::new();
-        for (key, _) in &changes {
+        for (key, want) in &changes {
             if !self.failed_now.contains(key) {
                 self.failed.remove(key);
                 let programmed = self.triggers.remove(key).unwrap_or_default();
                 latencies.extend(programming_latencies(now, &programmed));
+            } else if let Some(f) = self.failed.get_mut(key) {
+                // Names the service no longer has are not failing any more.
+                f.retain(|name, _| want.contains_key(name));
             }
         }
         self.failed_now.clear();
+        metrics::services_not_programmed(self.failed.values().map(BTreeMap::len).sum());
         metrics::sync_done(started.elapsed(), &latencies);
         round
     }
@@ -180,14 +203,30 @@ impl<D: DataPath> Reconciler<D> {
         Ok(())
     }
 
+    fn clear_failure(&mut self, key: &Key, name: &str) {
+        if let Some(f) = self.failed.get_mut(key)
+            && f.remove(name).is_some()
+        {
+            tracing::info!(service = %name, "a service that failed is programmed now");
+            if f.is_empty() {
+                self.failed.remove(key);
+            }
+        }
+    }
+
     fn fail(&mut self, key: &Key, name: &str, e: Error, round: &mut Round) {
         metrics::reconcile_error("upsert");
         let msg = e.to_string();
-        // Logged once per distinct error, not on every retry.
-        if self.failed.get(key) != Some(&msg) {
+        let failed = self.failed.entry(key.clone()).or_default();
+        // Logged and counted once per distinct error of a name (a change of the service or of
+        // what blocks it), not on every retry or resync.
+        if failed.get(name) != Some(&msg) {
+            if let Error::CapacityExceeded { setting, .. } = &e {
+                metrics::capacity_error(setting);
+            }
             tracing::warn!(service = %name, error = %msg, "applying a service failed; its previous state stays in force (retried)");
+            failed.insert(name.to_string(), msg.clone());
         }
-        self.failed.insert(key.clone(), msg.clone());
         self.failed_now.insert(key.clone());
         round.errors.push((name.to_string(), msg));
     }
@@ -311,4 +350,90 @@ pub fn programming_latencies<'a>(
     triggers
         .into_iter()
         .map(move |t| now.duration_since(*t).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_datapath::{Frontend, Protocol};
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+    use crate::fake::FakeDataPath;
+
+    fn key(name: &str) -> Key {
+        Key {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    /// One data-path spec of service `name` (port `port`).
+    fn specs(name: &str, port: u16) -> Specs {
+        let spec = ServiceSpec {
+            name: format!("default/{name}:http/TCP"),
+            protocol: Protocol::Tcp,
+            frontends: vec![Frontend::NodePort(port)],
+            backends: Vec::new(),
+            affinity: None,
+        };
+        [(spec.name.clone(), spec)].into_iter().collect()
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    /// A service that does not fit is retried every round but reported (logged, counted by
+    /// setting) once per change of its error; it is listed as failing with the setting to
+    /// raise, and the gauge of services not programmed follows it until it fits.
+    #[test]
+    fn a_service_that_does_not_fit_is_reported_once_per_change() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let capacity_errors = r#"sluice_capacity_errors_total{setting="capacities.services"}"#;
+        let not_programmed = "sluice_services_not_programmed";
+        let mut fake = FakeDataPath::default();
+        fake.max_services = Some(1);
+        let mut rec = Reconciler::new(fake);
+        let round = |rec: &mut Reconciler<FakeDataPath>, changes: Vec<(Key, Specs)>| {
+            ::metrics::with_local_recorder(&recorder, || rec.reconcile(changes, Triggers::new()))
+        };
+        let r = round(
+            &mut rec,
+            vec![(key("a"), specs("a", 30001)), (key("b"), specs("b", 30002))],
+        );
+        assert_eq!(r.upserted, vec!["default/a:http/TCP".to_string()]);
+        assert_eq!(r.errors.len(), 1);
+        let failures = rec.failures();
+        let error = &failures["default/b:http/TCP"];
+        assert!(error.contains("capacities.services"), "{error}");
+        assert_eq!(rec.failed().cloned().collect::<Vec<_>>(), vec![key("b")]);
+        assert_eq!(sample(&handle.render(), capacity_errors), Some(1.0));
+        assert_eq!(sample(&handle.render(), not_programmed), Some(1.0));
+        // Retries and resyncs fail the same way: tried again, not reported again.
+        for _ in 0..3 {
+            let r = round(&mut rec, vec![(key("b"), specs("b", 30002))]);
+            assert_eq!(r.errors.len(), 1, "still retried");
+        }
+        assert_eq!(sample(&handle.render(), capacity_errors), Some(1.0));
+        // A change of the service that still does not fit: the same error, not a new report;
+        // another error (an injected one) is.
+        round(&mut rec, vec![(key("b"), specs("b", 30003))]);
+        assert_eq!(sample(&handle.render(), capacity_errors), Some(1.0));
+        rec.data_path_mut().fail_on = Some("default/b:http/TCP".into());
+        round(&mut rec, vec![(key("b"), specs("b", 30003))]);
+        assert!(rec.failures()["default/b:http/TCP"].contains("injected"));
+        rec.data_path_mut().fail_on = None;
+        round(&mut rec, vec![(key("b"), specs("b", 30003))]);
+        assert_eq!(sample(&handle.render(), capacity_errors), Some(2.0));
+        // Room made (a removed; removals run after a round's upserts, so b fits on its
+        // next retry): b is programmed, nothing fails any more.
+        round(&mut rec, vec![(key("a"), Specs::new())]);
+        let r = round(&mut rec, vec![(key("b"), specs("b", 30003))]);
+        assert_eq!(r.upserted, vec!["default/b:http/TCP".to_string()]);
+        assert!(rec.failures().is_empty());
+        assert_eq!(rec.failed().count(), 0);
+        assert_eq!(sample(&handle.render(), not_programmed), Some(0.0));
+    }
 }

@@ -104,6 +104,10 @@ pub struct ServiceKey {
 pub mod service_flags {
     /// Choose the backend by client address only and remember it for the affinity timeout.
     pub const CLIENT_IP_AFFINITY: u32 = 1;
+    /// The entry is a NodePort frontend ([`super::scope::NODE_PORT`] key): the flow hash
+    /// leaves out the destination (the node's own address), so every node picks the same
+    /// backend for the same client flow.
+    pub const NODE_PORT: u32 = 2;
 }
 
 /// What a frontend maps to.
@@ -153,8 +157,10 @@ pub struct Backend {
     pub _pad2: u32,
 }
 
-/// Longest service name `SERVICE_NAMES` keeps.
-pub const SERVICE_NAME_MAX: usize = 124;
+/// Longest service name `SERVICE_NAMES` keeps; longer names are refused up front, so a
+/// restarted agent restores every name exactly. The controller's names are
+/// `namespace/name:port/PROTO[/v6]`: at most 63 + 1 + 63 + 1 + 15 + 1 + 4 + 3 = 151 bytes.
+pub const SERVICE_NAME_MAX: usize = 252;
 
 /// A service's name, indexed by service id in `SERVICE_NAMES` (userspace only: lets a
 /// restarted agent match pinned state with its sources).
@@ -301,7 +307,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceValue>() == 20);
     assert!(core::mem::size_of::<Backend>() == 32);
-    assert!(core::mem::size_of::<ServiceName>() == 128);
+    assert!(core::mem::size_of::<ServiceName>() == 256);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<CtEntry>() == 36);
     assert!(core::mem::size_of::<TrafficStats>() == 24);

@@ -26,4 +26,6 @@ pub use reason::Reason;
 ///   generation and when it was last seen; TCP flows not confirmed yet live in `CT_SYN`,
 ///   UDP in `CT_OTHER`; `Backend` and `AffinityEntry` carry a generation; `GlobalConfig`
 ///   the timeouts.
+///   [`ServiceName`] holds 252 bytes (whole controller names); NodePort entries carry
+///   [`service_flags::NODE_PORT`].
 pub const LAYOUT_VERSION: u32 = 3;

@@ -91,6 +91,9 @@ reasons! {
     /// one (the packet's source is broadcast, multicast, unspecified, loopback, IPv4-mapped
     /// or one of this node's addresses): dropped, nothing sent.
     DropRefusalBadDestination = "xdp_drop_refusal_bad_destination",
+    /// Event: a selection-table slot, a tracked flow or an affinity entry named a backend
+    /// whose service id differs from the frontend's; that backend was not used.
+    BackendServiceMismatch = "backend_service_mismatch",
 }
 
 impl Reason {

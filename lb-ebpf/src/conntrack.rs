@@ -316,5 +316,5 @@ pub fn translated(flow: &FlowKey) -> Option<&'static Backend> {
     if !alive(&ct, now_s()) {
         return None;
     }
-    crate::select::backend(ct.backend_id).filter(|b| b.generation == ct.backend_gen)
+    crate::select::backend(ct.backend_id, ct.service_id).filter(|b| b.generation == ct.backend_gen)
 }

@@ -40,15 +40,21 @@ pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&key) }.copied()
 }
 
-/// A live backend by id (`None` for id 0, out of range, or deleted), in place in the map
-/// (no copy: the XDP program's stack is tight).
+/// A live backend of service `service_id` by id, in place in the map (no copy: the XDP
+/// program's stack is tight): `None` for id 0, out of range, deleted, or a backend of
+/// another service (counted: a table or a tracked flow that names another service's
+/// backend is a bookkeeping bug, and its packets must not reach that backend).
 #[inline(always)]
-pub fn backend(id: u32) -> Option<&'static Backend> {
+pub fn backend(id: u32, service_id: u32) -> Option<&'static Backend> {
     if id == 0 {
         return None;
     }
     let b = BACKENDS.get(id)?;
     if b.flags & backend_flags::PRESENT == 0 {
+        return None;
+    }
+    if b.service_id != service_id {
+        count(Reason::BackendServiceMismatch);
         return None;
     }
     Some(b)
@@ -65,10 +71,17 @@ pub fn pick(svc: &ServiceValue, flow: &FlowKey) -> Option<(u32, &'static Backend
     if svc.flags & service_flags::CLIENT_IP_AFFINITY != 0 {
         return pick_affine(svc, flow, seed);
     }
+    // A NodePort flow hashes without the node's own address: every node that receives the
+    // same client flow (ECMP, a client moving between node addresses) picks the same backend.
+    let dst = if svc.flags & service_flags::NODE_PORT != 0 {
+        [0; 4]
+    } else {
+        flow.dst.words
+    };
     let h = lb_common::hash::flow_hash(
         seed,
         &flow.src.words,
-        &flow.dst.words,
+        &dst,
         flow.sport.raw(),
         flow.dport.raw(),
         flow.proto,
@@ -100,7 +113,7 @@ fn slot(svc: &ServiceValue, h: u32) -> Option<(u32, &'static Backend)> {
     let i = svc.slot_offset.wrapping_add(h % svc.slot_count);
     let block = SLOTS.get(i / SLOTS_PER_ENTRY)?;
     let id = block[(i % SLOTS_PER_ENTRY) as usize];
-    Some((id, backend(id)?))
+    Some((id, backend(id, svc.id)?))
 }
 
 #[inline(always)]
@@ -117,7 +130,7 @@ fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, &'
         // CPUs only move `last_ns` forward, which is harmless.
         let e = unsafe { &mut *e };
         if now.wrapping_sub(e.last_ns) <= timeout_ns
-            && let Some(b) = backend(e.backend_id)
+            && let Some(b) = backend(e.backend_id, svc.id)
             && b.generation == e.backend_gen
             && b.flags & backend_flags::ELIGIBLE != 0
         {

@@ -111,7 +111,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
             // (no copy: the stack is tight).
             let ct = unsafe { &*e };
             let (bid, alive) = (ct.backend_id, conntrack::alive(ct, now));
-            let live = select::backend(bid)
+            let live = select::backend(bid, svc.id)
                 .filter(|b| b.generation == ct.backend_gen && ct.service_id == svc.id);
             if is_syn {
                 count(Reason::CtSynReselect);

@@ -6,9 +6,8 @@
 //! ```
 //!
 //! In a fresh network namespace (nothing is attached, nothing is pinned) it loads a
-//! [`Dataplane`] with capacities raised for the test (services 20 000, frontends 40 000,
-//! backends 200 000, slots as the Maglev size needs; the default Maglev configuration unless
-//! `--slots-per-backend` is given), then measures:
+//! [`Dataplane`] with the default capacities (raised only where N x M does not fit them; the
+//! default Maglev configuration unless `--slots-per-backend` is given), then measures:
 //! - the first service (NodePort + one address frontend, M ready backends) on empty maps;
 //! - N such services in all (default 10 000 x 10);
 //! - an unchanged resync of all N;
@@ -16,7 +15,8 @@
 //!   ready and back (the table changes in place), and one endpoint replaced by a new address
 //!   (a rollout step: add one, remove one);
 //! - removing all N;
-//! - memory: each map's `memlock` from `/proc/self/fdinfo` (the kernel's accounting) and the
+//! - memory: a table of every map's `memlock` from `/proc/self/fdinfo` (the kernel's exact
+//!   accounting, per-element overhead and per-CPU copies included; per service too) and the
 //!   process's RSS (`RssAnon` is the heap; `RssFile` holds the mmap'ed maps, which are the
 //!   map memory counted again).
 
@@ -58,22 +58,31 @@ fn main() -> anyhow::Result<()> {
         .context("unshare(CLONE_NEWNET) (run as root)")?;
 
     let table = lb_userspace::maglev::table_size(&maglev, per);
-    // Every table in force, plus room for a few tables being resized at once.
-    let slots = services as u32 * table + 4 * lb_userspace::maglev::table_size(&maglev, 2 * per);
+    // The default capacities, raised only where the requested size does not fit them:
+    // every table in force plus room for a few tables being resized at once.
+    let defaults = Capacities::default();
+    let slots = (services as u32 * table + 4 * lb_userspace::maglev::table_size(&maglev, 2 * per))
+        .next_multiple_of(lb_common::SLOTS_PER_ENTRY);
+    let capacities = Capacities {
+        services: defaults.services.max(services as u32),
+        frontends: defaults.frontends.max(2 * services as u32),
+        backends: defaults.backends.max((services * per) as u32),
+        slots: defaults.slots.max(slots),
+        ..defaults
+    };
     let cfg = DataplaneConfig {
-        capacities: Capacities {
-            services: 20_000,
-            frontends: 40_000,
-            backends: 200_000,
-            slots,
-            ..Capacities::default()
-        },
+        capacities,
         maglev,
         ..DataplaneConfig::default()
     };
     println!(
         "config: {services} services x {per} backends, table {table} slots a service, \
-         capacities.slots {slots}, maglev {maglev:?}"
+         maglev {maglev:?}; capacities {} ({capacities:?})",
+        if capacities == defaults {
+            "the defaults"
+        } else {
+            "raised"
+        }
     );
     let t = Instant::now();
     let mut dp = Dataplane::load(cfg).context("load")?;
@@ -108,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         "resync {services} unchanged services: {:.3} s",
         t.elapsed().as_secs_f64()
     );
-    memory(&dp, rss0)?;
+    memory(&dp, rss0, services)?;
 
     // One endpoint of a service turns not ready, then ready again (in-place table changes).
     let mut lat = Vec::with_capacity(1000);
@@ -148,7 +157,7 @@ fn main() -> anyhow::Result<()> {
         "purge_stale after the replacements: {:.3} ms ({purged} flows)",
         ms(t.elapsed())
     );
-    memory(&dp, rss0)?;
+    memory(&dp, rss0, services)?;
     let t = Instant::now();
     let sizes: std::collections::BTreeSet<u32> = dp.dump().iter().map(|d| d.table_size).collect();
     println!(
@@ -239,7 +248,14 @@ fn rss() -> anyhow::Result<[u64; 4]> {
 
 /// Map memory by the kernel's accounting (`memlock` of every BPF map fd of this process),
 /// and the process's RSS.
-fn memory(_dp: &Dataplane, rss0: [u64; 4]) -> anyhow::Result<()> {
+/// Every map's memory as the kernel accounts it (`memlock` in `/proc/self/fdinfo`, exact:
+/// what the map's creation charged, per-element overhead of hash maps and per-CPU copies
+/// included), one line per map, then the process's RSS.
+fn memory(_dp: &Dataplane, rss0: [u64; 4], services: usize) -> anyhow::Result<()> {
+    let names: std::collections::BTreeMap<u32, String> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .map(|m| (m.id(), m.name_as_str().unwrap_or("?").to_string()))
+        .collect();
     let mut total = 0u64;
     let mut maps = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
@@ -259,26 +275,50 @@ fn memory(_dp: &Dataplane, rss0: [u64; 4]) -> anyhow::Result<()> {
             continue;
         }
         total += memlock;
+        let name = names
+            .get(&(id as u32))
+            .cloned()
+            .unwrap_or_else(|| format!("id {id}"));
         maps.push((
             memlock,
-            id,
-            field("map_type:").unwrap_or(0),
+            name,
             field("max_entries:").unwrap_or(0),
+            field("key_size:").unwrap_or(0),
             field("value_size:").unwrap_or(0),
         ));
     }
     maps.sort_by(|a, b| b.cmp(a));
-    let big: Vec<String> = maps
-        .iter()
-        .take(6)
-        .map(|(m, id, t, n, v)| format!("id {id} type {t} {n}x{v} B: {:.1}", *m as f64 / MIB))
-        .collect();
+    println!(
+        "map memory (memlock; {} possible CPUs for the per-CPU maps):",
+        std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!(
+        "  {:<14} {:>10} {:>5} {:>6} {:>10} {:>12}",
+        "MAP", "ENTRIES", "KEY", "VALUE", "MIB", "B/SERVICE"
+    );
+    for (m, name, n, k, v) in &maps {
+        println!(
+            "  {name:<14} {n:>10} {k:>5} {v:>6} {:>10.2} {:>12.0}",
+            *m as f64 / MIB,
+            *m as f64 / services as f64
+        );
+    }
+    println!(
+        "  {:<14} {:>10} {:>5} {:>6} {:>10.2} {:>12.0}",
+        "total",
+        "",
+        "",
+        "",
+        total as f64 / MIB,
+        total as f64 / services as f64
+    );
     let r = rss()?;
     println!(
-        "memory: maps {:.1} MiB (largest, MiB: {}); RSS {:.1} MiB (anon {:.1}, file {:.1}, \
-         shmem {:.1}; anon before the first upsert {:.1}); maps + anon RSS {:.1} MiB",
+        "memory: maps {:.1} MiB; RSS {:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1}; anon \
+         before the first upsert {:.1}); maps + anon RSS {:.1} MiB",
         total as f64 / MIB,
-        big.join(", "),
         r[0] as f64 / 1024.0,
         r[1] as f64 / 1024.0,
         r[2] as f64 / 1024.0,

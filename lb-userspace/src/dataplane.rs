@@ -70,6 +70,10 @@ pub(crate) struct ServiceState {
     /// version may have built it; the first upsert rebuilds and rewrites what differs).
     pub table_current: bool,
     pub affinity: Option<Duration>,
+    /// Other slot ranges a frontend of this service may still point at (restored frontends
+    /// that disagreed, or a table change cut short): reserved until every frontend points at
+    /// the table in force, then released.
+    pub stray_ranges: Vec<(u32, u32)>,
 }
 
 /// The data path: loaded programs, their maps, and what was written into them.
@@ -326,14 +330,12 @@ impl Dataplane {
     /// what the sources no longer list is the caller's decision, after its first full sync.
     fn restore(&mut self) -> Result<(), Error> {
         let caps = self.cfg.capacities;
-        let mut by_id: BTreeMap<u32, (Vec<ServiceKey>, ServiceValue)> = BTreeMap::new();
+        // Every frontend's value: the frontends of one service normally name one table, but
+        // an agent stopped between two frontend writes leaves some on the old table.
+        let mut by_id: BTreeMap<u32, Vec<(ServiceKey, ServiceValue)>> = BTreeMap::new();
         for item in self.maps.services.iter() {
             let (k, v) = item.map_err(|e| Error::map(names::SERVICES, "iterate", e))?;
-            by_id
-                .entry(v.id)
-                .or_insert_with(|| (Vec::new(), v))
-                .0
-                .push(k);
+            by_id.entry(v.id).or_default().push((k, v));
         }
         let mut backends: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
         for id in 1..=caps.backends {
@@ -342,7 +344,23 @@ impl Dataplane {
                 backends.entry(b.service_id).or_default().push((id, b));
             }
         }
-        for (sid, (keys, v)) in by_id {
+        for (sid, entries) in by_id {
+            let keys: Vec<ServiceKey> = entries.iter().map(|(k, _)| *k).collect();
+            // The table most frontends name is the one in force; every other range a frontend
+            // names stays reserved (never handed out while a frontend reads it).
+            let mut ranges: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+            for (_, v) in &entries {
+                *ranges.entry((v.slot_offset, v.slot_count)).or_default() += 1;
+            }
+            let (&in_force, _) = ranges
+                .iter()
+                .max_by_key(|&(r, n)| (*n, std::cmp::Reverse(*r)))
+                .expect("one entry at least");
+            let v = entries
+                .iter()
+                .map(|(_, v)| *v)
+                .find(|v| (v.slot_offset, v.slot_count) == in_force)
+                .expect("present");
             let raw = self.maps.service_names.get(sid);
             let len = (raw.len as usize).min(raw.bytes.len());
             let mut name = String::from_utf8_lossy(&raw.bytes[..len]).into_owned();
@@ -354,21 +372,22 @@ impl Dataplane {
             } else {
                 Protocol::Tcp
             };
-            // The table is read from the mapped `SLOTS` from now on: it must lie inside.
-            let end = u64::from(v.slot_offset) + u64::from(v.slot_count);
-            if end > self.maps.slots.len() {
-                return Err(Error::map(
-                    names::SERVICES,
-                    "restore",
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "service {sid} names slots {}..{end}, beyond the {} of `SLOTS`",
-                            v.slot_offset,
-                            self.maps.slots.len()
+            // The tables are read from the mapped `SLOTS` from now on: they must lie inside.
+            for &(off, count) in ranges.keys() {
+                let end = u64::from(off) + u64::from(count);
+                if end > self.maps.slots.len() {
+                    return Err(Error::map(
+                        names::SERVICES,
+                        "restore",
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "service {sid} names slots {off}..{end}, beyond the {} of `SLOTS`",
+                                self.maps.slots.len()
+                            ),
                         ),
-                    ),
-                ));
+                    ));
+                }
             }
             let mut svc_backends = BTreeMap::new();
             for (bid, b) in backends.remove(&sid).unwrap_or_default() {
@@ -401,7 +420,21 @@ impl Dataplane {
                 self.frontend_owner.insert(*k, name.clone());
             }
             self.service_ids.reserve(sid);
-            self.slot_ranges.reserve(v.slot_offset, v.slot_count);
+            let mut stray_ranges = Vec::new();
+            for &(off, count) in ranges.keys() {
+                if !self.slot_ranges.reserve_overlapping(off, count) {
+                    // Another service's frontend names (part of) these slots too: a pinned
+                    // state this agent never writes. Keep them reserved; never release them.
+                    tracing::warn!(
+                        service = %name,
+                        offset = off,
+                        count,
+                        "a restored selection table overlaps another service's"
+                    );
+                } else if (off, count) != in_force {
+                    stray_ranges.push((off, count));
+                }
+            }
             self.services.insert(
                 name,
                 ServiceState {
@@ -414,6 +447,7 @@ impl Dataplane {
                     table_current: false,
                     affinity: (v.flags & service_flags::CLIENT_IP_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
+                    stray_ranges,
                 },
             );
         }
@@ -481,6 +515,14 @@ impl Dataplane {
         };
         if spec.name.is_empty() {
             return Err(invalid("the name is empty".into()));
+        }
+        // Stored whole or not at all: a restarted agent matches pinned services by name.
+        if spec.name.len() > lb_common::SERVICE_NAME_MAX {
+            return Err(invalid(format!(
+                "the name is {} bytes; the data path stores names of at most {} bytes",
+                spec.name.len(),
+                lb_common::SERVICE_NAME_MAX
+            )));
         }
         if spec.frontends.is_empty() {
             return Err(invalid("no frontend (NodePort or address)".into()));
@@ -650,7 +692,7 @@ impl Dataplane {
         let _ = old_frontends;
         let eligible = lb_datapath::eligible(&spec.backends);
         let current_size = existing.map_or(0, |s| s.slot_count);
-        let size = maglev::resize(&self.cfg.maglev, current_size, eligible.len());
+        let size = maglev::table_size(&self.cfg.maglev, eligible.len());
         let in_place = size == current_size;
         // A table of another size goes to a fresh range, allocated before any write.
         let new_offset = if in_place {
@@ -672,9 +714,9 @@ impl Dataplane {
                 let id = self.service_ids.allocate().expect("checked above");
                 let mut stored = lb_common::ServiceName::default();
                 let bytes = spec.name.as_bytes();
-                let n = bytes.len().min(lb_common::SERVICE_NAME_MAX);
-                stored.bytes[..n].copy_from_slice(&bytes[..n]);
-                stored.len = n as u32;
+                // validate() refused longer names.
+                stored.bytes[..bytes.len()].copy_from_slice(bytes);
+                stored.len = bytes.len() as u32;
                 self.maps.service_names.set(id, &stored);
                 if let Err(e) = self.zero_stats(true, id) {
                     self.service_ids.release(id);
@@ -694,6 +736,7 @@ impl Dataplane {
                         slot_count: 0,
                         table_current: false,
                         affinity: None,
+                        stray_ranges: Vec::new(),
                     },
                 );
                 id
@@ -839,18 +882,33 @@ impl Dataplane {
             affinity_timeout_s: spec.affinity.map_or(0, |t| t.as_secs() as u32),
         };
         let family = self.family_of(spec);
-        for f in &spec.frontends {
+        for (written, f) in spec.frontends.iter().enumerate() {
             let key = frontend_key(f, spec.protocol, family);
-            self.maps.services.insert(key, value, 0).map_err(|e| {
-                full_or(
+            let value = match f {
+                Frontend::NodePort(_) => ServiceValue {
+                    flags: value.flags | service_flags::NODE_PORT,
+                    ..value
+                },
+                Frontend::Address(_) => value,
+            };
+            if let Err(e) = self.maps.services.insert(key, value, 0) {
+                if written > 0 && !in_place {
+                    // Frontends point at both tables now: keep both reserved until a later
+                    // write moves every frontend to one.
+                    let svc = self.services.get_mut(&spec.name).expect("present");
+                    svc.stray_ranges.push((old_offset, old_count));
+                    svc.slot_offset = new_offset;
+                    svc.slot_count = size;
+                }
+                return Err(full_or(
                     e,
                     "the frontend table",
                     self.cfg.capacities.frontends,
                     "capacities.frontends",
                     names::SERVICES,
                     "write",
-                )
-            })?;
+                ));
+            }
             self.frontend_owner.insert(key, spec.name.clone());
             let svc = self.services.get_mut(&spec.name).expect("present");
             if !svc.frontends.contains(f) {
@@ -873,9 +931,23 @@ impl Dataplane {
         for f in gone {
             self.remove_frontend(&spec.name, f, spec.protocol)?;
         }
-        // The old range is out of force: clear and release it.
+        // The old range is out of force: clear and release it, and any range a frontend
+        // pointed at before (restored, or left by a write cut short): every frontend now
+        // points at the table in force.
         if !in_place {
             self.clear_slots(old_offset, old_count);
+        }
+        let strays = std::mem::take(
+            &mut self
+                .services
+                .get_mut(&spec.name)
+                .expect("present")
+                .stray_ranges,
+        );
+        for (off, count) in strays {
+            if (off, count) != (new_offset, size) {
+                self.clear_slots(off, count);
+            }
         }
 
         // 4. Backends no longer listed.
@@ -962,6 +1034,13 @@ impl Dataplane {
             self.remove_frontend(name, f, proto)?;
         }
         self.clear_slots(offset, slots);
+        let strays =
+            std::mem::take(&mut self.services.get_mut(name).expect("present").stray_ranges);
+        for (off, count) in strays {
+            if (off, count) != (offset, slots) {
+                self.clear_slots(off, count);
+            }
+        }
         self.services.get_mut(name).expect("present").slot_count = 0;
         let backend_ids: BTreeSet<u32> = self.services[name]
             .backends

@@ -6,18 +6,36 @@
 
 use crate::config::MaglevConfig;
 
-/// The table size for `backends` backends: the smallest prime >= slots_per_backend x n,
-/// capped at the largest prime <= max_table_size; 0 for none.
+/// The backend counts at which a table's size steps up: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+/// (powers of two and 1.5 x powers of two). A table is sized for the smallest step >= its
+/// backend count, so between two steps (e.g. 9..=12, 13..=16) adding or removing a backend
+/// keeps the size and moves few slots, and crossing a step (12 -> 13) rebuilds the table at
+/// the next size. Each step is at most 1.5 x the previous one: a table holds 1 to 1.5 x
+/// `slots_per_backend` slots a backend.
 ///
-/// No rounding of n: 10 backends get 1009 slots at 100 a backend (3.9 KiB), not the 1601 a
-/// power-of-two rounding would give; [`resize`] keeps a table through moderate scale events
-/// instead.
+/// (A floor, e.g. one size for 1..=4 backends, would spare small services their rebuilds
+/// but was measured worse: 3 backends in 601 slots is one of Maglev's rare unlucky tables,
+/// 16% disruption for one seed.)
+pub fn size_step(backends: usize) -> u64 {
+    if backends <= 2 {
+        return backends as u64;
+    }
+    let n = backends as u64;
+    let pow = n.next_power_of_two();
+    let three_halves = pow / 4 * 3;
+    if n <= three_halves { three_halves } else { pow }
+}
+
+/// The table size for `backends` backends, a pure function of that count (every node, and
+/// a restarted agent, sizes a service's table the same way whatever its history): the
+/// smallest prime >= slots_per_backend x [`size_step`]`(backends)`, capped at the largest
+/// prime <= max_table_size; 0 for none.
 pub fn table_size(cfg: &MaglevConfig, backends: usize) -> u32 {
     if backends == 0 {
         return 0;
     }
     let max = cfg.max_table_size.max(2);
-    let want = (cfg.slots_per_backend.max(1) as u64).saturating_mul(backends as u64);
+    let want = (cfg.slots_per_backend.max(1) as u64).saturating_mul(size_step(backends));
     // The cap (a prime search down from max_table_size, hundreds of divisions) only when
     // no prime lies between the wanted size and max_table_size.
     if want <= max as u64
@@ -26,26 +44,6 @@ pub fn table_size(cfg: &MaglevConfig, backends: usize) -> u32 {
         return p;
     }
     prev_prime(max)
-}
-
-/// The size to use when a table of `current` slots gets `backends` backends: keep the
-/// current size (a resize rewrites the whole table and moves most flows that have no
-/// conntrack entry) while it gives every backend at least 3/4 of its share of slots and is
-/// at most four times the fresh size. So a freshly sized table survives growth by a third
-/// (a rolling update with the default 25% surge does not resize it), and the tables in
-/// force hold about 3/4 to 4 x slots_per_backend a backend.
-pub fn resize(cfg: &MaglevConfig, current: u32, backends: usize) -> u32 {
-    let fresh = table_size(cfg, backends);
-    if backends == 0 || current == 0 {
-        return fresh;
-    }
-    let floor = (cfg.slots_per_backend.max(1) as u64 * backends as u64 * 3).div_ceil(4);
-    let enough = current as u64 >= floor.min(fresh as u64);
-    if enough && current <= fresh.saturating_mul(4) {
-        current
-    } else {
-        fresh
-    }
 }
 
 fn is_prime(n: u32) -> bool {
@@ -146,6 +144,9 @@ mod tests {
             .collect()
     }
 
+    /// The worst case asserted (the target is 5%, see `MaglevConfig`).
+    const WORST: f64 = 0.05;
+
     /// 100 slots a backend, the size DESIGN.md names (independent of the default).
     const HUNDRED: MaglevConfig = MaglevConfig {
         slots_per_backend: 100,
@@ -159,7 +160,14 @@ mod tests {
             return 0;
         }
         let cap = prev_prime(cfg.max_table_size.max(2));
-        let want = (cfg.slots_per_backend.max(1) as u64 * backends as u64).min(cap as u64) as u32;
+        let step = [
+            1u64, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512,
+        ]
+        .into_iter()
+        .chain((10..40).flat_map(|k| [3u64 << (k - 1), 1 << k]))
+        .find(|&s| s >= backends as u64)
+        .expect("in range");
+        let want = (cfg.slots_per_backend.max(1) as u64 * step).min(cap as u64) as u32;
         let mut p = want.max(2);
         while !is_prime(p) {
             p += 1;
@@ -192,29 +200,31 @@ mod tests {
     }
 
     #[test]
-    fn maglev_table_size_is_prime_and_scales_with_backends() {
+    fn maglev_table_size_is_prime_and_depends_only_on_the_backend_count() {
         let cfg = HUNDRED;
         assert_eq!(table_size(&cfg, 0), 0);
         assert_eq!(table_size(&cfg, 1), 101);
         assert_eq!(table_size(&cfg, 3), 307);
         assert_eq!(table_size(&cfg, 4), 401);
-        assert_eq!(table_size(&cfg, 10), 1009);
+        assert_eq!(table_size(&cfg, 5), 601);
+        // 9..=12 backends share one size, 13..=16 the next.
+        assert_eq!(table_size(&cfg, 9), 1201);
+        assert_eq!(table_size(&cfg, 10), 1201);
+        assert_eq!(table_size(&cfg, 12), 1201);
+        assert_eq!(table_size(&cfg, 13), 1601);
+        assert_eq!(table_size(&cfg, 16), 1601);
         assert_eq!(table_size(&cfg, 10_000), 65521);
         let small = MaglevConfig {
             slots_per_backend: 100,
             max_table_size: 1000,
         };
         assert_eq!(table_size(&small, 50), 997);
-        // A table keeps its size while every backend has >= 75 slots and it is at most four
-        // times the fresh size: 10 -> 13 (a 25% surge) keeps 1009; 14 resizes.
-        assert_eq!(resize(&cfg, 1009, 13), 1009);
-        assert_eq!(resize(&cfg, 1009, 14), 1409);
-        assert_eq!(resize(&cfg, 1009, 3), 1009);
-        assert_eq!(resize(&cfg, 1009, 2), 211);
-        assert_eq!(resize(&cfg, 1009, 0), 0);
-        assert_eq!(resize(&cfg, 0, 10), 1009);
-        // At the cap, the capped size is always enough.
-        assert_eq!(resize(&cfg, 65521, 1000), 65521);
+        // The default: 10 backends get 150 x 12 -> 1801 slots.
+        assert_eq!(table_size(&MaglevConfig::default(), 10), 1801);
+        for n in 5..2000 {
+            let step = size_step(n);
+            assert!(step >= n as u64 && 2 * step <= 3 * n as u64, "{n}: {step}");
+        }
     }
 
     /// The original formulation of the fill (a division per probe): `build` must give the
@@ -326,63 +336,79 @@ mod tests {
         moved as f64 / others as f64
     }
 
-    /// (mean, 95th percentile, worst) disruption over N = 2..=40, every removed backend
-    /// position class (first, middle, last) and `seeds` seeds, at `slots_per_backend` x N.
-    fn disruption_figures(cfg: &MaglevConfig, seeds: u32) -> (f64, f64, f64) {
-        let mut all = Vec::new();
+    /// Disruption of one backend added or removed as the data path sees it: a table for `n`
+    /// backends against the one for `n - 1` (backend `removed` gone), each at the size
+    /// [`table_size`] gives its count. `None` when the two sizes differ (a step crossed: the
+    /// table is rebuilt at the new size, see [`size_step`]).
+    fn disruption_at(cfg: &MaglevConfig, n: usize, removed: usize, seed: u32) -> Option<f64> {
+        let size = table_size(cfg, n);
+        (size == table_size(cfg, n - 1)).then(|| disruption(n, removed, seed, size))
+    }
+
+    /// (mean, 95th percentile, worst, steps crossed) over N = 2..=40 backends before the
+    /// change, every removed position class (first, middle, last) and `seeds` seeds.
+    fn disruption_figures(cfg: &MaglevConfig, seeds: u32) -> (f64, f64, f64, usize) {
+        let (mut all, mut crossed) = (Vec::new(), 0);
         for n in 2..=40usize {
             for seed in 0..seeds {
                 for removed in [0, n / 2, n - 1] {
-                    all.push(disruption(n, removed, seed, table_size(cfg, n)));
+                    match disruption_at(cfg, n, removed, seed) {
+                        Some(d) => all.push(d),
+                        None => crossed += 1,
+                    }
                 }
             }
         }
         all.sort_by(f64::total_cmp);
         let mean = all.iter().sum::<f64>() / all.len() as f64;
-        (mean, all[all.len() * 95 / 100], all[all.len() - 1])
+        (
+            mean,
+            all[all.len() * 95 / 100],
+            all[all.len() - 1],
+            crossed / 3 / seeds as usize,
+        )
     }
 
-    /// Disruption at the default size and at 100 slots a backend: the mean stays within
-    /// ~2% and 95% of the cases within 5%. Measured (5 seeds; `MaglevConfig`'s docs quote
-    /// them): 100 x N mean 2.39%, p95 3.41%, worst 7.06%; 200 x N mean 1.62%, p95 2.24%,
-    /// worst 5.05%; the former 200 x N-rounded-to-a-power-of-two mean 1.42%, worst 4.94%.
+    /// Disruption at the default size: the targets are a mean <= 2% and a worst case <= 5%.
+    /// Measured with 20 seeds (`maglev_disruption_by_table_size` prints these): see
+    /// `MaglevConfig`'s docs.
     #[test]
     fn maglev_disruption_on_remove_and_add_is_small() {
-        for (what, cfg) in [
-            ("the default size", MaglevConfig::default()),
-            ("100 x N", HUNDRED),
-        ] {
-            let (mean, p95, worst) = disruption_figures(&cfg, 5);
-            println!(
-                "maglev disruption at {what} ({cfg:?}): mean {:.2}%, p95 {:.2}%, worst {:.2}%",
-                mean * 100.0,
-                p95 * 100.0,
-                worst * 100.0
-            );
-            assert!(mean <= 0.025, "{what}: mean disruption {mean:.4}");
-            assert!(p95 <= 0.05, "{what}: 95th percentile {p95:.4}");
-            assert!(worst <= 0.10, "{what}: worst disruption {worst:.4}");
-        }
-        // The common demo case: 4 backends, one removed.
-        for removed in 0..4 {
-            let d = disruption(4, removed, 1, table_size(&HUNDRED, 4));
-            assert!(d <= 0.03, "4 backends, removing #{removed}: {d:.4}");
+        let cfg = MaglevConfig::default();
+        let (mean, p95, worst, crossed) = disruption_figures(&cfg, 20);
+        println!(
+            "maglev disruption at {cfg:?}: mean {:.2}%, p95 {:.2}%, worst {:.2}%, {crossed} of \
+             39 counts cross a size step",
+            mean * 100.0,
+            p95 * 100.0,
+            worst * 100.0
+        );
+        assert!(mean <= 0.02, "mean disruption {mean:.4}");
+        assert!(p95 <= 0.05, "95th percentile {p95:.4}");
+        assert!(worst <= WORST, "worst disruption {worst:.4}");
+        // Within a step, e.g. 12 -> 11 -> 10 -> 9 (one size): every backend of one table.
+        for n in [10, 11, 12] {
+            for removed in 0..n {
+                let d = disruption_at(&cfg, n, removed, 1).expect("same size");
+                assert!(d <= 0.03, "{n} backends, removing #{removed}: {d:.4}");
+            }
         }
     }
 
     /// Measurement, not a check: disruption by table size (`--ignored --nocapture`).
     #[test]
-    #[ignore = "a measurement behind the MaglevConfig doc figures, not a check (140 table \
-                builds per size); run with --ignored --nocapture"]
+    #[ignore = "a measurement behind the MaglevConfig doc figures, not a check (thousands of \
+                table builds per size); run with --ignored --nocapture"]
     fn maglev_disruption_by_table_size() {
-        for spb in [50, 75, 100, 125, 150, 200, 400] {
+        for spb in [100, 125, 150, 175, 200, 250] {
             let cfg = MaglevConfig {
                 slots_per_backend: spb,
                 max_table_size: 65521,
             };
-            let (mean, p95, worst) = disruption_figures(&cfg, 20);
+            let (mean, p95, worst, crossed) = disruption_figures(&cfg, 20);
             println!(
-                "{spb:>4} x N (N=10: {:>5} slots): mean {:.2}%, p95 {:.2}%, worst {:.2}%",
+                "{spb:>4} x step (N=10: {:>5} slots): mean {:.2}%, p95 {:.2}%, worst {:.2}%, \
+                 {crossed} steps",
                 table_size(&cfg, 10),
                 mean * 100.0,
                 p95 * 100.0,

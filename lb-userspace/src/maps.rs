@@ -226,18 +226,22 @@ pub(crate) struct Names {
     _fd: MapData,
 }
 
+/// 4-byte words of a [`ServiceName`].
+const NAME_WORDS: usize = std::mem::size_of::<ServiceName>() / 4;
+
 impl Names {
     pub fn get(&self, id: u32) -> ServiceName {
-        self.mem.load_value::<ServiceName, 32>(id)
+        self.mem.load_value::<ServiceName, NAME_WORDS>(id)
     }
 
     pub fn set(&self, id: u32, name: &ServiceName) {
-        let mut order = [0usize; 32];
+        let mut order = [0usize; NAME_WORDS];
         for (i, o) in order.iter_mut().enumerate() {
             // The length (word 0) last: a reader never sees a length over stale bytes.
-            *o = (i + 1) % 32;
+            *o = (i + 1) % NAME_WORDS;
         }
-        self.mem.store_value::<ServiceName, 32>(id, name, order);
+        self.mem
+            .store_value::<ServiceName, NAME_WORDS>(id, name, order);
     }
 }
 

@@ -377,7 +377,11 @@ fn revnat_tc_rewrites_replies_to_the_dialled_frontend() {
 
 #[test]
 fn service_removal_walks_no_flow_table_and_the_gc_empties_conntrack() {
-    in_node(2, |env, dp| {
+    // The background GC sleeps through the test (it is stepped by hand below), so what
+    // the removal itself does to conntrack is seen.
+    let mut cfg = lb_userspace::DataplaneConfig::default();
+    cfg.conntrack.gc_interval_millis = 3_600_000;
+    in_node_with(2, cfg, |env, dp| {
         dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
             .unwrap();
         for sport in 48000..48010 {
@@ -477,4 +481,124 @@ fn capacity_errors_name_the_setting_and_change_nothing() {
             );
         })
         .expect("enter");
+}
+
+/// A NodePort flow hashes without the node's own address: the same client flow to two
+/// addresses of the node (as two nodes would see it: the conntrack of the first pass is
+/// purged by removing and adding the service again, so no reply-clash retry moves the second)
+/// goes to the same backend, while the flows of one client still spread over the backends.
+#[test]
+fn nodeport_flow_picks_the_same_backend_whatever_node_address_it_reached() {
+    in_node(8, |env, dp| {
+        let other_node = Ipv4Addr::new(192, 0, 2, 200);
+        dp.add_node_address(other_node.into()).unwrap();
+        let spec = service("dns", Protocol::Udp, &env.backends);
+        let pass = |dp: &mut Dataplane, node: Ipv4Addr| -> Vec<Vec<u8>> {
+            dp.upsert_service(&spec).unwrap();
+            let (outs, d) = delta(dp, |dp| {
+                (5000..5016)
+                    .map(|sport| {
+                        let (v, out) = run(dp, env, &udp(node, NODE_PORT, sport).build());
+                        assert_eq!(v, XDP_PASS);
+                        out
+                    })
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(d, vec![("ct_new", 16), ("xdp_pass_to_stack", 16)]);
+            dp.remove_service("dns").unwrap();
+            dp.purge_stale().unwrap();
+            // The GC deletes the removed backends' entries (two passes: a REPLY entry may
+            // come before its FORWARD entry).
+            dp.conntrack_gc_pass().unwrap();
+            dp.conntrack_gc_pass().unwrap();
+            outs
+        };
+        let (a, b) = (pass(dp, NODE), pass(dp, other_node));
+        let mut picked = std::collections::BTreeSet::new();
+        for ((sport, a), b) in (5000..5016).zip(a).zip(b) {
+            let backend = dst_of(&a);
+            let SocketAddr::V4(v4) = backend else {
+                panic!("{backend}")
+            };
+            assert_eq!(
+                a,
+                udp(*v4.ip(), TARGET_PORT, sport).build(),
+                "exact DNAT, port {sport}"
+            );
+            assert_eq!(b, a, "port {sport}: the same backend through {other_node}");
+            verify_checksums(&b).unwrap();
+            picked.insert(backend);
+        }
+        assert!(picked.len() >= 4, "16 flows on {} backends", picked.len());
+    });
+}
+
+/// A selection table that names another service's backend (a bookkeeping bug, simulated by
+/// writing the pinned `SLOTS`) never sends a packet there: the slot is refused like an
+/// empty table, and counted.
+#[test]
+fn a_slot_naming_another_services_backend_is_not_used_and_counted() {
+    let dir = lab::PinDir::new("mismatch-pkt").unwrap();
+    let cfg = DataplaneConfig {
+        pin: Some(lb_userspace::PinConfig {
+            root: dir.path().to_path_buf(),
+            instance: "test".into(),
+        }),
+        ..Default::default()
+    };
+    let pin = cfg.pin.clone().unwrap();
+    in_node_with(2, cfg, |env, dp| {
+        let mut a = service("a", Protocol::Udp, &env.backends[..1]);
+        dp.upsert_service(&a).unwrap();
+        let mut b = service("b", Protocol::Udp, &env.backends[1..]);
+        b.frontends = vec![Frontend::NodePort(30999)];
+        dp.upsert_service(&b).unwrap();
+        let b_backend = dp
+            .dump()
+            .into_iter()
+            .find(|s| s.name == "b")
+            .unwrap()
+            .backends[0]
+            .id;
+        let services: aya::maps::HashMap<_, lb_common::ServiceKey, lb_common::ServiceValue> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+                aya::maps::MapData::from_pin(pin.map_path("SERVICES")).unwrap(),
+            ))
+            .unwrap();
+        let a_id = dp.dump().into_iter().find(|s| s.name == "a").unwrap().id;
+        let table = services
+            .iter()
+            .map(|e| e.unwrap().1)
+            .find(|v| v.id == a_id)
+            .unwrap();
+        let mut slots: aya::maps::Array<_, lb_common::SlotBlock> = aya::maps::Array::try_from(
+            aya::maps::Map::Array(aya::maps::MapData::from_pin(pin.map_path("SLOTS")).unwrap()),
+        )
+        .unwrap();
+        let per = lb_common::SLOTS_PER_ENTRY;
+        for i in table.slot_offset..table.slot_offset + table.slot_count {
+            let mut block = slots.get(&(i / per), 0).unwrap();
+            block[(i % per) as usize] = b_backend;
+            slots.set(i / per, block, 0).unwrap();
+        }
+        let pkt = udp(VIP, VIP_PORT, 5500).build();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &pkt));
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(
+            d,
+            vec![
+                ("backend_service_mismatch", 2),
+                ("xdp_tx_refuse_icmp_unreachable", 1)
+            ],
+            "the pick and its retry on a fresh read of the service"
+        );
+        // Exactly the refusal of a service without backends.
+        a.backends.clear();
+        dp.upsert_service(&a).unwrap();
+        let (verdict, refusal) = run(dp, env, &pkt);
+        assert_eq!((verdict, out), (XDP_TX, refusal));
+        dp.remove_service("a").unwrap();
+        dp.remove_service("b").unwrap();
+    });
+    assert!(lb_userspace::pins::uninstall(&pin).unwrap());
 }

@@ -18,8 +18,10 @@ const PURGE_DELAY: Duration = Duration::from_secs(10);
 /// A round that writes this many specs is bulk work: freed heap is returned afterwards.
 const BULK: usize = 1000;
 
+/// A round that wrote something (errors alone are not logged here: the reconciler logs each
+/// service's error once per change, and a retry round that fails again writes nothing).
 fn log(what: &str, round: &Round, took: Duration) {
-    if round.wrote() || !round.errors.is_empty() {
+    if round.wrote() {
         tracing::info!(
             upserted = round.upserted.len(),
             removed = round.removed.len(),
@@ -137,13 +139,7 @@ pub async fn run(shared: Shared, health: Health, resync: Duration, node: String,
         }
         let now = Instant::now();
         if retry_at.is_some_and(|t| t <= now) {
-            let failed: Vec<Key> = shared
-                .reconciler
-                .lock()
-                .await
-                .failed()
-                .map(|(k, _)| k.clone())
-                .collect();
+            let failed: Vec<Key> = shared.reconciler.lock().await.failed().cloned().collect();
             let mut store = shared.store.lock().await;
             for k in failed {
                 store.tables.mark_dirty(k);

@@ -12,6 +12,7 @@ use lb_userspace::{BackendSpec, Dataplane, DataplaneConfig, Frontend, Protocol, 
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 pub const TC_ACT_OK: u32 = 0;
 
@@ -39,8 +40,14 @@ pub struct Env {
 
 /// Builds a lab with `n` backends and runs `f` in its node namespace with a loaded (not
 /// attached) data path whose NodePort addresses are the uplink's.
+///
+/// The background conntrack GC sleeps through the test (an hour between runs): a test that
+/// counts flows or expects an entry gone steps it with `Dataplane::conntrack_gc_pass`, so no
+/// packet races a GC pass.
 pub fn in_node<R: Send>(n: usize, f: impl FnOnce(&Env, &mut Dataplane) -> R + Send) -> R {
-    in_node_with(n, DataplaneConfig::default(), f)
+    let mut cfg = DataplaneConfig::default();
+    cfg.conntrack.gc_interval_millis = 3_600_000;
+    in_node_with(n, cfg, f)
 }
 
 /// [`in_node`] with a given data-path configuration.
