@@ -35,7 +35,7 @@
 //! |---|---|
 //! | `/sluice/v1/dataplane/services` | `{"items": [ServiceDump]}`: frontends, table size, backends with state and slots |
 //! | `/sluice/v1/dataplane/services/{name}/backends` | one service's backends with state, slots, packets, bytes and new flows |
-//! | `/sluice/v1/dataplane/endpoints/{ip}` | the drain handshake: per service, whether `ip` is still `selectable` for new flows and its tracked `flows` (`?flows=false`: not counted, `null`; counting walks the conntrack table) |
+//! | `/sluice/v1/dataplane/endpoints/{ip}` | the drain handshake: per service, whether `ip` is still `selectable` for new flows and its live `flows` as of the conntrack GC's last pass (`?flows=false`, or before a first pass: `null`; never a table walk) |
 //! | `/sluice/v1/dataplane/counters` | packet counters by reason and map occupancy next to capacity |
 //! | `/sluice/v1/peers` | `{"service": "ns/name", "peers": [{"node", "address"}], "note"}`: the agents of the DaemonSet (the ready endpoints of their headless Service, [`crate::peers`]), for `drain-wait --all-nodes`; an empty list says why in `note` |
 //! | `/sluice/v1/rollouts` | `{"items": [Rollout]}` for every Deployment: `workload` (revision, replica counts, conditions), `status`, `new_flows` and `replicasets`, newest revision first, each with its backends by state, `new_flows` and `new_flow_share` (see [`crate::rollouts`]) |
@@ -863,7 +863,7 @@ struct EndpointJson {
 
 #[derive(Debug, Deserialize)]
 struct EndpointQuery {
-    /// Count the endpoint's tracked flows (a walk of the whole conntrack table).
+    /// Report the endpoint's live flows (the conntrack GC's last count; no table walk).
     #[serde(default = "counted")]
     flows: bool,
 }

@@ -64,6 +64,7 @@ pub struct MapOccupancy {
     pub frontends: u64,
     pub backends: u64,
     pub slots: u64,
+    /// Entries of the three conntrack maps (both directions of every flow).
     pub conntrack: u64,
     pub node_addresses: u64,
 }

@@ -14,7 +14,7 @@ use lb_common::{
 use crate::{MapOccupancy, error::Error, mmap::MmapArray, pins::PinConfig};
 
 /// Entries held by the pinned maps of `pin`'s instance, counted in the kernel's maps:
-/// `SERVICES`, `CONNTRACK` and `NODE_ADDRS` by their keys, `BACKENDS` by the elements that
+/// `SERVICES`, the three conntrack maps and `NODE_ADDRS` by their keys, `BACKENDS` by the elements that
 /// carry [`backend_flags::PRESENT`] (an array has every index), `SLOTS` by the slots that
 /// name a backend (non-zero), read through a read-only mmap.
 ///
@@ -31,6 +31,8 @@ pub fn pinned_occupancy(pin: &PinConfig) -> Result<MapOccupancy, Error> {
     let slots_map = MapData::from_pin(&slots_path).map_err(|e| pin_error(&slots_path, e))?;
     let slots = MmapArray::new(names::SLOTS, &slots_map, false)?;
     let conntrack: HashMap<MapData, FlowKey, CtEntry> = open(pin, names::CONNTRACK)?;
+    let ct_syn: HashMap<MapData, FlowKey, CtEntry> = open(pin, names::CT_SYN)?;
+    let ct_other: HashMap<MapData, FlowKey, CtEntry> = open(pin, names::CT_OTHER)?;
     let node_addrs: HashMap<MapData, NetAddr, u32> = open(pin, names::NODE_ADDRS)?;
 
     let mut present = 0;
@@ -50,7 +52,9 @@ pub fn pinned_occupancy(pin: &PinConfig) -> Result<MapOccupancy, Error> {
         frontends: count_keys(services.keys(), names::SERVICES)?,
         backends: present,
         slots: used_slots,
-        conntrack: count_keys(conntrack.keys(), names::CONNTRACK)?,
+        conntrack: count_keys(conntrack.keys(), names::CONNTRACK)?
+            + count_keys(ct_syn.keys(), names::CT_SYN)?
+            + count_keys(ct_other.keys(), names::CT_OTHER)?,
         node_addresses: count_keys(node_addrs.keys(), names::NODE_ADDRS)?,
     })
 }

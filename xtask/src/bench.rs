@@ -18,6 +18,10 @@ pub enum What {
     /// endpoint change until the data path uses it, memory, idle CPU); writes
     /// target/bench/controller.json.
     Controller,
+    /// Tracked flows and the control plane: one-endpoint change latency with 0 and with
+    /// 1 000 000 confirmed TCP flows (the ratio), one GC pass per million entries, conntrack
+    /// map memory; writes target/bench/conntrack.json.
+    Conntrack,
 }
 
 /// Options passed on to the benchmark binary (its defaults apply when absent).
@@ -39,6 +43,9 @@ pub struct Options {
     /// controller: the idle CPU window in seconds (default 10).
     #[arg(long)]
     pub idle_seconds: Option<u32>,
+    /// conntrack: confirmed TCP flows tracked for the second measurement (default 1 000 000).
+    #[arg(long)]
+    pub flows: Option<u32>,
 }
 
 /// A command-line option of a benchmark binary and its value, if given.
@@ -69,6 +76,7 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
             vec![
                 ("--changes", opts.changes),
                 ("--idle-seconds", opts.idle_seconds),
+                ("--flows", opts.flows),
             ],
         ),
         What::Controller => (
@@ -78,7 +86,21 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--changes", opts.changes),
                 ("--idle-seconds", opts.idle_seconds),
             ],
-            vec![("--repeat", opts.repeat), ("--rounds", opts.rounds)],
+            vec![
+                ("--repeat", opts.repeat),
+                ("--rounds", opts.rounds),
+                ("--flows", opts.flows),
+            ],
+        ),
+        What::Conntrack => (
+            "conntrack-bench",
+            vec![("--flows", opts.flows), ("--changes", opts.changes)],
+            vec![
+                ("--repeat", opts.repeat),
+                ("--rounds", opts.rounds),
+                ("--services", opts.services),
+                ("--idle-seconds", opts.idle_seconds),
+            ],
         ),
     };
     if let Some((flag, _)) = refused.iter().find(|(_, v)| v.is_some()) {

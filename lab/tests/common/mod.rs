@@ -89,13 +89,18 @@ pub fn server_counters(p: &mut Process) -> bench::server::ServerCounters {
 
 /// The data path, attached to the node's uplink, redirecting to the pod links.
 pub fn dataplane(lab: &Lab) -> Dataplane {
+    dataplane_with(lab, DataplaneConfig::default())
+}
+
+/// [`dataplane`] with a given configuration.
+pub fn dataplane_with(lab: &Lab, cfg: DataplaneConfig) -> Dataplane {
     let uplink = lab.node_uplink();
     let pod_links: Vec<String> = (0..lab.backends().len())
         .map(|i| lab.node_pod_link(i))
         .collect();
     lab.node()
         .enter(|| {
-            let mut dp = Dataplane::load(DataplaneConfig::default()).expect("load");
+            let mut dp = Dataplane::load(cfg).expect("load");
             dp.attach(uplink).expect("attach");
             for l in &pod_links {
                 dp.allow_redirect(l).expect("redirect port");
