@@ -295,8 +295,9 @@ impl<D: DataPath> Reconciler<D> {
         round
     }
 
-    /// Housekeeping: releases the ids of removed services and backends once their flows are
-    /// purged (see `DataPath::purge_stale`). Not on the update path.
+    /// Housekeeping: releases the ids of removed services and backends (see
+    /// `DataPath::purge_stale`: no flow table is walked; the data path's GC deletes their
+    /// entries). Not on the update path.
     pub fn purge(&mut self) -> Round {
         let mut round = Round::default();
         if let Err(e) = self.dp.purge_stale() {

@@ -65,7 +65,10 @@ pub fn alive(e: &CtEntry, now: u32) -> bool {
         ct_state::CLOSING | ct_state::CLOSED => c.ct_tcp_closing_s,
         _ => c.ct_other_s,
     };
-    now.wrapping_sub(e.last_seen_s) <= timeout
+    // Another CPU may have refreshed `last_seen_s` after this packet read the clock: an entry
+    // seen "in the future" is alive (the difference, read as signed, is negative).
+    let age = now.wrapping_sub(e.last_seen_s);
+    age <= timeout || age > u32::MAX / 2
 }
 
 /// The REPLY key of `fwd` once translated to `backend`.

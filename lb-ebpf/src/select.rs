@@ -129,7 +129,10 @@ fn pick_affine(svc: &ServiceValue, flow: &FlowKey, seed: u32) -> Option<(u32, &'
         // SAFETY: the entry stays valid during this program run; racing writers on other
         // CPUs only move `last_ns` forward, which is harmless.
         let e = unsafe { &mut *e };
-        if now.wrapping_sub(e.last_ns) <= timeout_ns
+        // `last_ns` refreshed by another CPU after this packet read the clock is "in the
+        // future": still within the timeout.
+        let age = now.wrapping_sub(e.last_ns);
+        if (age <= timeout_ns || age > u64::MAX / 2)
             && let Some(b) = backend(e.backend_id, svc.id)
             && b.generation == e.backend_gen
             && b.flags & backend_flags::ELIGIBLE != 0

@@ -107,7 +107,36 @@ pub(crate) fn alive(e: &CtEntry, now: u32, c: &ConntrackConfig) -> bool {
         ct_state::CLOSING | ct_state::CLOSED => c.tcp_closing_seconds,
         _ => c.other_seconds,
     };
-    now.wrapping_sub(e.last_seen_s) <= timeout
+    // The data path may refresh `last_seen_s` after the GC read the clock: an entry seen
+    // "in the future" is alive (the difference, read as signed, is negative).
+    let age = now.wrapping_sub(e.last_seen_s);
+    age <= timeout || age > u32::MAX / 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_by_state_timeout_and_an_entry_refreshed_after_the_clock_was_read() {
+        let c = ConntrackConfig::default();
+        let e = |state, last_seen_s| CtEntry {
+            state,
+            last_seen_s,
+            ..CtEntry::default()
+        };
+        assert!(alive(&e(ct_state::ESTABLISHED, 100), 100 + 21_600, &c));
+        assert!(!alive(&e(ct_state::ESTABLISHED, 100), 100 + 21_601, &c));
+        assert!(!alive(&e(ct_state::CLOSING, 100), 111, &c));
+        assert!(alive(&e(ct_state::NEW, 100), 160, &c));
+        assert!(!alive(&e(ct_state::OTHER, 100), 161, &c));
+        // Refreshed by a packet one second after this clock read: alive, not "expired".
+        assert!(alive(&e(ct_state::CLOSING, 101), 100, &c));
+        assert!(
+            alive(&e(ct_state::OTHER, u32::MAX), 0, &c),
+            "across the wrap"
+        );
+    }
 }
 
 fn state_label(state: u8) -> &'static str {

@@ -13,7 +13,8 @@ use crate::{desired, model::Key, reconcile::Round, state::Shared};
 
 /// How often services whose write failed are tried again.
 const RETRY: Duration = Duration::from_secs(5);
-/// How soon after a removal the flows of removed ids are purged and the ids released.
+/// How soon after a removal the ids of removed services and backends are released (in
+/// one batch for a burst of removals; nothing walks the flow tables).
 const PURGE_DELAY: Duration = Duration::from_secs(10);
 /// A round that writes this many specs is bulk work: freed heap is returned afterwards.
 const BULK: usize = 1000;
