@@ -395,9 +395,14 @@ pub(crate) struct GcThread {
 }
 
 impl GcThread {
+    /// Steps every `interval` while a pass is under way; a new pass starts `pass_interval`
+    /// after the previous one started (at once if that one took longer). So a full table
+    /// costs at most `gc_batch` entries of each table per `interval`, and an idle table
+    /// almost nothing.
     pub fn spawn(
         collector: Arc<Mutex<Collector>>,
         interval: Duration,
+        pass_interval: Duration,
     ) -> std::io::Result<GcThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -405,9 +410,15 @@ impl GcThread {
             .name("sluice-ct-gc".into())
             .spawn(move || {
                 let mut last_error: Option<String> = None;
+                let mut pass_started = std::time::Instant::now();
                 while !flag.load(Ordering::Relaxed) {
                     // Held for one bounded step: a pass forced by a caller waits at most that.
-                    let stepped = collector.lock().expect("poisoned").step(monotonic_s());
+                    let (stepped, completed) = {
+                        let mut c = collector.lock().expect("poisoned");
+                        let before = c.passes;
+                        let r = c.step(monotonic_s());
+                        (r, c.passes != before)
+                    };
                     match stepped {
                         Ok(_) => last_error = None,
                         Err(e) => {
@@ -418,7 +429,12 @@ impl GcThread {
                             }
                         }
                     }
-                    std::thread::park_timeout(interval);
+                    let mut wait = interval;
+                    if completed {
+                        wait = wait.max(pass_interval.saturating_sub(pass_started.elapsed()));
+                        pass_started = std::time::Instant::now() + wait;
+                    }
+                    std::thread::park_timeout(wait);
                 }
             })?;
         Ok(GcThread {

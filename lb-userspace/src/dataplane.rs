@@ -299,6 +299,7 @@ impl Dataplane {
         let gc_thread = ct_gc::GcThread::spawn(
             collector.clone(),
             Duration::from_millis(cfg.conntrack.gc_interval_millis.max(1)),
+            Duration::from_secs(u64::from(cfg.conntrack.gc_pass_interval_seconds)),
         )
         .map_err(|e| Error::map(names::CONNTRACK, "start the GC thread", e))?;
         let mut dp = Dataplane {

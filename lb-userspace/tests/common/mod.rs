@@ -47,6 +47,12 @@ pub struct Env {
 pub fn in_node<R: Send>(n: usize, f: impl FnOnce(&Env, &mut Dataplane) -> R + Send) -> R {
     let mut cfg = DataplaneConfig::default();
     cfg.conntrack.gc_interval_millis = 3_600_000;
+    // Packet tests run in parallel, each with its own data path: capacities of a small node
+    // (the defaults for 10 000 services take ~140 MiB of kernel memory each).
+    cfg.capacities.services = 4096;
+    cfg.capacities.frontends = 16384;
+    cfg.capacities.backends = 16384;
+    cfg.capacities.slots = 1 << 20;
     in_node_with(n, cfg, f)
 }
 
