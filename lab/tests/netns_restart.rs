@@ -1,7 +1,8 @@
 //! Netns tier, restart and replace: the data path is held by a separate process
 //! (`lb-userspace`'s `dataplane_holder` example) with pinned maps and links. Under a bounded
 //! load of both connection modes: kill -9 and restart, and a program replacement by link
-//! update, each lose no request and keep established connections; a clean exit leaves the
+//! update, each lose no request and keep established connections (the service carries a name
+//! of the longest length the controller builds, restored exactly); a clean exit leaves the
 //! data path serving; uninstall removes it.
 
 mod common;
@@ -88,7 +89,15 @@ impl Holder<'_> {
 
 fn setup(lab: &Lab, pins: &PinDir) -> PathBuf {
     let spec = vec![ServiceSpec {
-        name: "default/web:http".into(),
+        // The longest name the controller builds (`namespace/name:port/PROTO/v6`, 151
+        // bytes): the restarted process must find the service under it, or it would add a
+        // second service on the same frontends and the upsert would fail.
+        name: format!(
+            "{}/{}:{}/TCP/v6",
+            "n".repeat(63),
+            "s".repeat(63),
+            "p".repeat(15)
+        ),
         protocol: Protocol::Tcp,
         frontends: vec![
             Frontend::NodePort(NODE_PORT),
