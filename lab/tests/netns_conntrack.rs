@@ -15,7 +15,6 @@ mod common;
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::Duration,
 };
 
@@ -26,6 +25,7 @@ use lab::{
     packet::{PacketBuilder, TcpFlags},
 };
 use lb_userspace::{BackendSpec, DataplaneConfig, EndpointState, Frontend, Protocol, ServiceSpec};
+use socket2::{Domain, Socket, Type};
 
 const NODE_PORT: u16 = 30090;
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 30);
@@ -54,54 +54,11 @@ fn spec(
 /// A TCP socket bound to `local` (SO_REUSEADDR, so a port whose previous connection is in
 /// TIME_WAIT here can be bound again), connected to `to`.
 fn connect_from(local: SocketAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    // SAFETY: plain socket syscalls on a fresh fd we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-        let sa = |a: SocketAddr| {
-            let SocketAddr::V4(v4) = a else {
-                panic!("IPv4 only")
-            };
-            libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*v4.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            }
-        };
-        let l = sa(local);
-        if libc::bind(
-            fd,
-            (&l as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        let r = sa(to);
-        if libc::connect(
-            fd,
-            (&r as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(TcpStream::from(owned))
-    }
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&local.into())?;
+    s.connect(&to.into())?;
+    Ok(s.into())
 }
 
 /// One HTTP request on `s`; the body of the answer (read by Content-Length).
@@ -191,38 +148,20 @@ fn syn_flood(lab: &Lab, count: u32) {
     let node = lab.node_addr();
     lab.client()
         .enter(|| {
-            // SAFETY: a raw socket we own; sendto with a valid sockaddr_in.
-            unsafe {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
-                assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-                let owned = OwnedFd::from_raw_fd(fd);
-                let to = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as u16,
-                    sin_port: 0,
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from(node).to_be(),
-                    },
-                    sin_zero: [0; 8],
-                };
-                for i in 0..count {
-                    // Sources 192.0.2.100-199 (the client link's documentation range).
-                    let src = Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8);
-                    let frame = PacketBuilder::new()
-                        .ipv4(src, node)
-                        .tcp(1024 + (i / 100) as u16, NODE_PORT)
-                        .seq(i)
-                        .tcp_flags(TcpFlags::SYN)
-                        .build();
-                    let ip = &frame[14..];
-                    libc::sendto(
-                        owned.as_raw_fd(),
-                        ip.as_ptr().cast(),
-                        ip.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    );
-                }
+            // IPPROTO_RAW: the IP header is ours (spoofed sources).
+            let raw = Socket::new(Domain::IPV4, Type::RAW, Some(socket2::Protocol::from(255)))
+                .expect("raw socket");
+            let to = SocketAddr::new(node.into(), 0).into();
+            for i in 0..count {
+                // Sources 192.0.2.100-199 (the client link's documentation range).
+                let src = Ipv4Addr::new(192, 0, 2, 100 + (i % 100) as u8);
+                let frame = PacketBuilder::new()
+                    .ipv4(src, node)
+                    .tcp(1024 + (i / 100) as u16, NODE_PORT)
+                    .seq(i)
+                    .tcp_flags(TcpFlags::SYN)
+                    .build();
+                let _ = raw.send_to(&frame[14..], &to);
             }
         })
         .expect("enter client");

@@ -227,6 +227,24 @@ pub struct CtEntry {
     pub last_seen_s: u32,
 }
 
+impl CtEntry {
+    /// Whether a FORWARD entry is alive at `now` (seconds of the monotonic clock) under the
+    /// timeouts of `c`: the one rule the data path and the userspace GC both apply. An entry
+    /// refreshed after the caller read the clock (by another CPU, or by the data path while
+    /// the GC walks) is "in the future" and alive: the age, read as signed, is negative.
+    #[inline(always)]
+    pub fn alive(&self, now: u32, c: &GlobalConfig) -> bool {
+        let timeout = match self.state {
+            ct_state::NEW => c.ct_tcp_new_s,
+            ct_state::ESTABLISHED => c.ct_tcp_established_s,
+            ct_state::CLOSING | ct_state::CLOSED => c.ct_tcp_closing_s,
+            _ => c.ct_other_s,
+        };
+        let age = now.wrapping_sub(self.last_seen_s);
+        age <= timeout || age > u32::MAX / 2
+    }
+}
+
 /// The lifecycle of a tracked flow ([`CtEntry::state`]); each state has its timeout
 /// ([`GlobalConfig`]).
 pub mod ct_state {

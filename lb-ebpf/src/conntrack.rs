@@ -52,23 +52,11 @@ pub fn now_s() -> u32 {
     (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
-/// Whether a FORWARD entry is alive at `now` (its state's timeout has not run). Reads
-/// through references (no copies: the XDP program's stack is tight).
+/// Whether a FORWARD entry is alive at `now` ([`CtEntry::alive`] under the configured
+/// timeouts), read through references (no copies: the XDP program's stack is tight).
 #[inline(always)]
 pub fn alive(e: &CtEntry, now: u32) -> bool {
-    let Some(c) = CONFIG.get(0) else {
-        return false;
-    };
-    let timeout = match e.state {
-        ct_state::NEW => c.ct_tcp_new_s,
-        ct_state::ESTABLISHED => c.ct_tcp_established_s,
-        ct_state::CLOSING | ct_state::CLOSED => c.ct_tcp_closing_s,
-        _ => c.ct_other_s,
-    };
-    // Another CPU may have refreshed `last_seen_s` after this packet read the clock: an entry
-    // seen "in the future" is alive (the difference, read as signed, is negative).
-    let age = now.wrapping_sub(e.last_seen_s);
-    age <= timeout || age > u32::MAX / 2
+    CONFIG.get(0).is_some_and(|c| e.alive(now, c))
 }
 
 /// The REPLY key of `fwd` once translated to `backend`.

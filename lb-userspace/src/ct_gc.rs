@@ -23,7 +23,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
-use lb_common::{Backend, CtEntry, FlowKey, backend_flags, ct_state, dir};
+use lb_common::{Backend, CtEntry, FlowKey, GlobalConfig, backend_flags, ct_state, dir};
 use lb_datapath::{ConntrackConfig, ConntrackStats};
 
 /// One table's handles: a map handle for lookups and deletes, a raw fd for
@@ -99,18 +99,20 @@ pub(crate) fn monotonic_s() -> u32 {
     ts.tv_sec as u32
 }
 
-/// Whether a FORWARD entry is alive at `now` (the rule the data path applies).
+/// `g` with the conntrack timeouts of `c` (what the data path's `CONFIG` holds).
+pub(crate) fn with_timeouts(g: GlobalConfig, c: &ConntrackConfig) -> GlobalConfig {
+    GlobalConfig {
+        ct_tcp_new_s: c.tcp_syn_seconds,
+        ct_tcp_established_s: c.tcp_established_seconds,
+        ct_tcp_closing_s: c.tcp_closing_seconds,
+        ct_other_s: c.other_seconds,
+        ..g
+    }
+}
+
+/// Whether a FORWARD entry is alive at `now`: [`CtEntry::alive`], the data path's rule.
 pub(crate) fn alive(e: &CtEntry, now: u32, c: &ConntrackConfig) -> bool {
-    let timeout = match e.state {
-        ct_state::NEW => c.tcp_syn_seconds,
-        ct_state::ESTABLISHED => c.tcp_established_seconds,
-        ct_state::CLOSING | ct_state::CLOSED => c.tcp_closing_seconds,
-        _ => c.other_seconds,
-    };
-    // The data path may refresh `last_seen_s` after the GC read the clock: an entry seen
-    // "in the future" is alive (the difference, read as signed, is negative).
-    let age = now.wrapping_sub(e.last_seen_s);
-    age <= timeout || age > u32::MAX / 2
+    e.alive(now, &with_timeouts(GlobalConfig::default(), c))
 }
 
 #[cfg(test)]

@@ -276,14 +276,14 @@ impl Dataplane {
         maps.config
             .set(
                 0,
-                GlobalConfig {
-                    hash_seed: cfg.hash_seed.unwrap_or_default(),
-                    refusals_per_sec: cfg.refusals_per_sec_per_cpu,
-                    ct_tcp_new_s: cfg.conntrack.tcp_syn_seconds,
-                    ct_tcp_established_s: cfg.conntrack.tcp_established_seconds,
-                    ct_tcp_closing_s: cfg.conntrack.tcp_closing_seconds,
-                    ct_other_s: cfg.conntrack.other_seconds,
-                },
+                ct_gc::with_timeouts(
+                    GlobalConfig {
+                        hash_seed: cfg.hash_seed.unwrap_or_default(),
+                        refusals_per_sec: cfg.refusals_per_sec_per_cpu,
+                        ..GlobalConfig::default()
+                    },
+                    &cfg.conntrack,
+                ),
                 0,
             )
             .map_err(|e| Error::map(names::CONFIG, "write", e))?;
