@@ -128,9 +128,14 @@ pub fn service_specs<'a>(
                     frontends,
                     backends: backends
                         .into_iter()
-                        .map(|(addr, state)| BackendSpec { addr, state })
+                        .map(|(addr, state)| BackendSpec {
+                            addr,
+                            state,
+                            remote: false,
+                        })
                         .collect(),
                     affinity: svc.affinity,
+                    ..Default::default()
                 },
             );
         }

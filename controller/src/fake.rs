@@ -229,7 +229,11 @@ impl DataPath for FakeDataPath {
             bytes: t.bytes + b.bytes,
             new_flows: t.new_flows + b.new_flows,
         });
-        Ok(ServiceStats { service, backends })
+        Ok(ServiceStats {
+            service,
+            backends,
+            source_denied: 0,
+        })
     }
 
     fn reasons(&self) -> Result<Vec<(Reason, u64)>, Error> {

@@ -376,6 +376,7 @@ mod tests {
             frontends: vec![Frontend::NodePort(port)],
             backends: Vec::new(),
             affinity: None,
+            ..Default::default()
         };
         [(spec.name.clone(), spec)].into_iter().collect()
     }

@@ -104,6 +104,7 @@ fn reconcile_never_prunes_before_every_source_synced() {
             frontends: vec![lb_datapath::Frontend::NodePort(30000)],
             backends: vec![],
             affinity: None,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -45,9 +45,11 @@ fn spec(
             .map(|i| BackendSpec {
                 addr: SocketAddr::new(IpAddr::V4(lab.backend_addr(i)), port),
                 state: EndpointState::Ready,
+                remote: false,
             })
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 

@@ -33,6 +33,7 @@ fn services(lab: &Lab, dp: &mut Dataplane) {
         ],
         backends: backends(HTTP_PORT),
         affinity: None,
+        ..Default::default()
     })
     .expect("web");
     dp.upsert_service(&ServiceSpec {
@@ -44,6 +45,7 @@ fn services(lab: &Lab, dp: &mut Dataplane) {
         ],
         backends: backends(UDP_PORT),
         affinity: None,
+        ..Default::default()
     })
     .expect("dns");
 }

@@ -32,6 +32,7 @@ fn spec(
         frontends,
         backends: backends.into_iter().map(BackendSpec::ready).collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 

@@ -109,6 +109,7 @@ fn setup(lab: &Lab, pins: &PinDir) -> PathBuf {
             })
             .collect(),
         affinity: None,
+        ..Default::default()
     }];
     let path = pins.path().with_extension("spec.json");
     let path = std::env::temp_dir().join(path.file_name().expect("name"));

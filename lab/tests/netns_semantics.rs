@@ -32,9 +32,11 @@ fn web(lab: &Lab, backends: &[(usize, EndpointState)]) -> ServiceSpec {
             .map(|&(i, state)| BackendSpec {
                 addr: SocketAddr::new(IpAddr::V4(lab.backend_addr(i)), HTTP_PORT),
                 state,
+                remote: false,
             })
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 
@@ -214,6 +216,7 @@ fn netns_udp_flow_moves_within_a_second_when_its_backend_is_removed() {
             })
             .collect(),
         affinity: None,
+        ..Default::default()
     };
     dp.upsert_service(&spec(&[0, 1, 2])).unwrap();
     let sock = lab
@@ -309,6 +312,7 @@ fn netns_icmp_path_mtu_discovery_works_through_a_nodeport() {
             TCP_PORT,
         ))],
         affinity: None,
+        ..Default::default()
     })
     .unwrap();
     let target = SocketAddr::new(lab.node_addr().into(), 30900);

@@ -25,6 +25,9 @@ pub mod map_names {
     pub const AFFINITY: &str = "AFFINITY";
     pub const REFUSALS: &str = "REFUSALS";
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
+    pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+    pub const SOURCE_DENIED: &str = "SOURCE_DENIED";
+    pub const SCRATCH: &str = "SCRATCH";
 
     /// Every map of the object, in a fixed order (pinning, verification).
     pub const ALL: &[&str] = &[
@@ -43,6 +46,9 @@ pub mod map_names {
         AFFINITY,
         REFUSALS,
         SERVICE_NAMES,
+        SOURCE_RANGES,
+        SOURCE_DENIED,
+        SCRATCH,
     ];
 }
 
@@ -108,6 +114,14 @@ pub mod service_flags {
     /// leaves out the destination (the node's own address), so every node picks the same
     /// backend for the same client flow.
     pub const NODE_PORT: u32 = 2;
+    /// With no usable backend, drop new flows (counted `xdp_drop_no_local_endpoint`)
+    /// instead of refusing them: `externalTrafficPolicy: Local` on a node without local
+    /// endpoints, as kube-proxy does (an external load balancer's health check steers
+    /// traffic away from such a node).
+    pub const DROP_WHEN_EMPTY: u32 = 4;
+    /// New flows are allowed only from the client prefixes of this service in
+    /// `SOURCE_RANGES` (`loadBalancerSourceRanges`); others are dropped and counted.
+    pub const SOURCE_RANGES: u32 = 8;
 }
 
 /// What a frontend maps to.
@@ -137,6 +151,9 @@ pub mod backend_flags {
     /// The backend is in its service's selection table in force (ready, or serving and
     /// terminating while no endpoint is ready): session affinity may still pick it.
     pub const ELIGIBLE: u8 = 2;
+    /// The endpoint runs on another node: a new flow to it is source-NATed to this node's
+    /// address (and a port of the NAT range), so the reply comes back through this node.
+    pub const REMOTE: u8 = 4;
 }
 
 /// A backend (endpoint address and target port), indexed by backend id in `BACKENDS`.
@@ -206,13 +223,19 @@ pub struct FlowKey {
 /// LRU maps: `CT_SYN` (TCP flows not confirmed by both sides yet), `CONNTRACK` (confirmed
 /// TCP flows) and `CT_OTHER` (UDP). The FORWARD entry carries the flow's lifecycle
 /// (`state`, `flags`, `last_seen_s`); the REPLY entry is valid only while the FORWARD
-/// entry it points back to is alive and names the same backend.
+/// entry it points back to ([`CtEntry::forward_key`]) is alive and names the same backend.
+///
+/// A source-NATed flow ([`ct_flags::SNAT`]: its backend is on another node) leaves this
+/// node as `snat address:snat port -> backend`, so its REPLY key is `backend -> snat
+/// address:snat port`; the FORWARD entry's `nat_*` name the source it was given.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
 pub struct CtEntry {
     /// REPLY entries: the frontend address the client dialled (restored as the source).
+    /// FORWARD entries of SNAT flows: the source address the flow leaves with.
     pub nat_addr: NetAddr,
-    /// REPLY entries: the frontend port the client dialled.
+    /// REPLY entries: the frontend port the client dialled. FORWARD entries of SNAT flows:
+    /// the source port the flow leaves with (from the NAT port range).
     pub nat_port: NetPort,
     /// FORWARD entries: one of [`ct_state`].
     pub state: u8,
@@ -225,9 +248,58 @@ pub struct CtEntry {
     /// FORWARD entries: when a packet of the flow (either direction) was last seen, in
     /// seconds of the kernel's monotonic clock (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
     pub last_seen_s: u32,
+    /// REPLY entries: the client's address and port (the destination a reply is restored
+    /// to; for a flow without SNAT the reply already carries them).
+    pub peer_addr: NetAddr,
+    pub peer_port: NetPort,
+    pub _pad: [u8; 2],
 }
 
 impl CtEntry {
+    /// The FORWARD key of the flow whose REPLY entry, found under `reply`, is `self`: the
+    /// one derivation the data path and the userspace GC share.
+    #[inline(always)]
+    pub fn forward_key(&self, reply: &FlowKey) -> FlowKey {
+        FlowKey {
+            src: self.peer_addr,
+            dst: self.nat_addr,
+            sport: self.peer_port,
+            dport: self.nat_port,
+            proto: reply.proto,
+            dir: dir::FORWARD,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The REPLY key of the flow whose FORWARD entry, found under `fwd`, is `self`, once
+    /// translated to `backend`: replies come from the backend to the client, or to the
+    /// source the flow was given when it was source-NATed.
+    #[inline(always)]
+    pub fn reply_key(&self, fwd: &FlowKey, addr: NetAddr, port: NetPort) -> FlowKey {
+        let snat = self.flags & ct_flags::SNAT != 0;
+        FlowKey {
+            src: addr,
+            dst: if snat { self.nat_addr } else { fwd.src },
+            sport: port,
+            dport: if snat { self.nat_port } else { fwd.sport },
+            proto: fwd.proto,
+            dir: dir::REPLY,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The REPLY value of the flow whose FORWARD entry, found under `fwd`, is `self`: the
+    /// same lifecycle fields, the frontend as `nat_*`, the client as `peer_*`.
+    #[inline(always)]
+    pub fn reply_value(&self, fwd: &FlowKey) -> CtEntry {
+        let mut r = *self;
+        r.nat_addr = fwd.dst;
+        r.nat_port = fwd.dport;
+        r.peer_addr = fwd.src;
+        r.peer_port = fwd.sport;
+        r
+    }
+
     /// Whether a FORWARD entry is alive at `now` (seconds of the monotonic clock) under the
     /// timeouts of `c`: the one rule the data path and the userspace GC both apply. An entry
     /// refreshed after the caller read the clock (by another CPU, or by the data path while
@@ -264,6 +336,9 @@ pub mod ct_state {
 pub mod ct_flags {
     /// The backend answered (a reply was reverse-translated).
     pub const SEEN_REPLY: u8 = 1;
+    /// The flow is source-NATed (its backend is on another node): FORWARD `nat_*` name
+    /// the source it leaves with, and its replies come back to that address and port.
+    pub const SNAT: u8 = 2;
 }
 
 /// Per-service and per-backend traffic counters (per CPU; userspace sums them).
@@ -291,6 +366,21 @@ pub struct GlobalConfig {
     pub ct_tcp_established_s: u32,
     pub ct_tcp_closing_s: u32,
     pub ct_other_s: u32,
+    /// The source ports source-NAT takes, inclusive, in host byte order (reserved on the
+    /// node so no local socket is given one: `net.ipv4.ip_local_reserved_ports`).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}
+
+/// A `SOURCE_RANGES` key (after the LPM trie's prefix length): a service and a client
+/// address. The prefix length covers the 32 bits of the id plus the address prefix (an
+/// IPv4 prefix `/p` is the mapped `/(96 + p)`), so a lookup matches only that service's
+/// ranges.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct SourceRangeKey {
+    pub service_id: u32,
+    pub addr: NetAddr,
 }
 
 /// ClientIP session affinity: which backend a client was sent to, per service.
@@ -327,9 +417,10 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<ServiceName>() == 256);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<CtEntry>() == 36);
+    assert!(core::mem::size_of::<CtEntry>() == 56);
     assert!(core::mem::size_of::<TrafficStats>() == 24);
-    assert!(core::mem::size_of::<GlobalConfig>() == 24);
+    assert!(core::mem::size_of::<GlobalConfig>() == 28);
+    assert!(core::mem::size_of::<SourceRangeKey>() == 20);
     assert!(core::mem::size_of::<AffinityKey>() == 20);
     assert!(core::mem::size_of::<AffinityEntry>() == 16);
     assert!(core::mem::size_of::<RefusalWindow>() == 16);
@@ -354,6 +445,7 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for RefusalWindow {}
+    unsafe impl aya::Pod for SourceRangeKey {}
 }
 
 #[cfg(test)]
@@ -366,7 +458,7 @@ mod tests {
     fn abi_sizes_and_alignment() {
         assert_eq!((size_of::<ServiceKey>(), align_of::<ServiceKey>()), (20, 4));
         assert_eq!((size_of::<FlowKey>(), align_of::<FlowKey>()), (40, 4));
-        assert_eq!((size_of::<CtEntry>(), align_of::<CtEntry>()), (36, 4));
+        assert_eq!((size_of::<CtEntry>(), align_of::<CtEntry>()), (56, 4));
         assert_eq!(
             (size_of::<TrafficStats>(), align_of::<TrafficStats>()),
             (24, 8)

@@ -28,4 +28,7 @@ pub use reason::Reason;
 ///   the timeouts.
 ///   [`ServiceName`] holds 252 bytes (whole controller names); NodePort entries carry
 ///   [`service_flags::NODE_PORT`].
-pub const LAYOUT_VERSION: u32 = 3;
+/// - v4: several nodes: `CtEntry` carries the client (`peer_*`) and source-NATed flows
+///   ([`ct_flags::SNAT`]); `Backend` can be [`backend_flags::REMOTE`]; `GlobalConfig`
+///   holds the NAT port range; `SOURCE_RANGES` (LPM trie), `SOURCE_DENIED` and `SCRATCH`.
+pub const LAYOUT_VERSION: u32 = 4;

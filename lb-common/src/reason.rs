@@ -94,6 +94,24 @@ reasons! {
     /// Event: a selection-table slot, a tracked flow or an affinity entry named a backend
     /// whose service id differs from the frontend's; that backend was not used.
     BackendServiceMismatch = "backend_service_mismatch",
+    /// XDP: a new flow from a client outside the service's `loadBalancerSourceRanges`:
+    /// dropped (also counted per service in `SOURCE_DENIED`).
+    DropSourceRange = "xdp_drop_source_range",
+    /// XDP: a new flow of an `externalTrafficPolicy: Local` frontend on a node without a
+    /// usable local endpoint: dropped, as kube-proxy does.
+    DropNoLocalEndpoint = "xdp_drop_no_local_endpoint",
+    /// Event: a new flow to an endpoint on another node was source-NATed.
+    SnatNew = "snat_new",
+    /// XDP: no free port of the NAT port range for this backend and node address (every
+    /// port is held by a live flow): dropped. Widen `dataplane.nat_ports`.
+    DropSnatPortExhausted = "xdp_drop_snat_port_exhausted",
+    /// XDP: no route (or no source address) towards an endpoint on another node: dropped.
+    DropSnatNoRoute = "xdp_drop_snat_no_route",
+    /// XDP: a reply of a source-NATed flow was translated back to the client.
+    RevSnat = "xdp_rev_snat",
+    /// XDP: a packet to the NAT port range of a node address without a live SNAT flow:
+    /// passed untouched.
+    PassSnatStale = "xdp_pass_snat_stale",
 }
 
 impl Reason {

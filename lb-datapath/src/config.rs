@@ -35,6 +35,8 @@ pub struct Capacities {
     pub node_addresses: u32,
     /// Devices that may receive redirected frames.
     pub redirect_ports: u32,
+    /// `loadBalancerSourceRanges` prefixes over all services.
+    pub source_ranges: u32,
 }
 
 impl Default for Capacities {
@@ -50,6 +52,7 @@ impl Default for Capacities {
             conntrack_other: 1 << 17,
             node_addresses: 256,
             redirect_ports: 256,
+            source_ranges: 16384,
         }
     }
 }
@@ -108,6 +111,32 @@ pub struct DataplaneConfig {
     pub pin: Option<PinConfig>,
     /// Conntrack timeouts and garbage collection.
     pub conntrack: ConntrackConfig,
+    /// Source NAT of flows to endpoints on other nodes.
+    pub nat: NatConfig,
+}
+
+/// Source NAT: a new flow to an endpoint on another node leaves this node from the node's
+/// address towards that endpoint (the route's preferred source) and a port of this range,
+/// so its replies come back here. Ports are per (endpoint, node address, protocol): the
+/// range bounds the concurrent flows of one node to one endpoint. The agent adds the range
+/// to `net.ipv4.ip_local_reserved_ports`, so no local socket is ever given one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatConfig {
+    /// First port of the range (inclusive); above the node's ephemeral range by default
+    /// (Linux: 32768-60999) and above every NodePort.
+    pub port_min: u16,
+    /// Last port of the range (inclusive).
+    pub port_max: u16,
+}
+
+impl Default for NatConfig {
+    fn default() -> Self {
+        NatConfig {
+            port_min: 61000,
+            port_max: 65535,
+        }
+    }
 }
 
 /// How long a tracked flow lives without a packet, by state, and how the background GC
@@ -158,6 +187,7 @@ impl Default for DataplaneConfig {
             refusals_per_sec_per_cpu: 1000,
             pin: None,
             conntrack: ConntrackConfig::default(),
+            nat: NatConfig::default(),
         }
     }
 }

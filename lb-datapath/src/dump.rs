@@ -73,6 +73,9 @@ pub struct MapOccupancy {
 pub struct ServiceStats {
     pub service: Stats,
     pub backends: Vec<(SocketAddr, Stats)>,
+    /// New flows dropped by the service's `loadBalancerSourceRanges`.
+    #[serde(default)]
+    pub source_denied: u64,
 }
 
 /// Counters summed over CPUs.

@@ -10,7 +10,9 @@ pub mod dump;
 pub mod error;
 pub mod spec;
 
-pub use config::{Capacities, ConntrackConfig, DataplaneConfig, MaglevConfig, PinConfig};
+pub use config::{
+    Capacities, ConntrackConfig, DataplaneConfig, MaglevConfig, NatConfig, PinConfig,
+};
 pub use datapath::DataPath;
 pub use dump::{
     BackendDump, ConntrackStats, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats,
@@ -18,5 +20,6 @@ pub use dump::{
 pub use error::Error;
 pub use lb_common::{Reason, TrafficStats};
 pub use spec::{
-    AddressFamily, BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec, eligible,
+    AddressFamily, BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec, SourceRanges,
+    WhenEmpty, eligible,
 };

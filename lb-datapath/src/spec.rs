@@ -9,8 +9,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub enum Protocol {
+    #[default]
     Tcp,
     Udp,
 }
@@ -68,6 +71,10 @@ pub enum EndpointState {
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub state: EndpointState,
+    /// The endpoint runs on another node (its EndpointSlice `nodeName` is not this node):
+    /// new flows to it are source-NATed to this node's address, so replies come back here.
+    #[serde(default)]
+    pub remote: bool,
 }
 
 impl BackendSpec {
@@ -75,8 +82,42 @@ impl BackendSpec {
         BackendSpec {
             addr,
             state: EndpointState::Ready,
+            remote: false,
         }
     }
+
+    /// The same endpoint, on another node.
+    pub fn on_another_node(self) -> Self {
+        BackendSpec {
+            remote: true,
+            ..self
+        }
+    }
+}
+
+/// What a service does with a new flow while it has no usable backend.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum WhenEmpty {
+    /// Refuse it (TCP RST, ICMP port unreachable), as kube-proxy does for a service
+    /// without endpoints.
+    #[default]
+    Refuse,
+    /// Drop it: `externalTrafficPolicy: Local` on a node without local endpoints, as
+    /// kube-proxy does (the health-check node port tells load balancers to avoid it).
+    Drop,
+}
+
+/// Client prefixes allowed to open flows to some of a service's frontends
+/// (`loadBalancerSourceRanges`: the LoadBalancer ingress addresses).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SourceRanges {
+    /// The allowed prefixes, of the service's family.
+    pub allow: Vec<ipnet::IpNet>,
+    /// The address frontends they apply to (each one of the spec's frontends); new flows
+    /// to other frontends are not filtered.
+    pub frontends: Vec<SocketAddr>,
 }
 
 /// The IP family of a service.
@@ -131,7 +172,7 @@ impl fmt::Display for AddressFamily {
 /// existing service cannot change (remove it and add it again), so a NodePort-only IPv6
 /// service needs its backends (or an address frontend) when it is first added.
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are rejected: use the IPv4 form.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceSpec {
     /// Unique name, e.g. `default/web:http/TCP`.
     pub name: String,
@@ -140,6 +181,12 @@ pub struct ServiceSpec {
     pub backends: Vec<BackendSpec>,
     /// ClientIP session affinity with this timeout.
     pub affinity: Option<Duration>,
+    /// What a new flow gets while no backend is usable.
+    #[serde(default)]
+    pub when_empty: WhenEmpty,
+    /// `loadBalancerSourceRanges`, when the service has them.
+    #[serde(default)]
+    pub source_ranges: Option<SourceRanges>,
 }
 
 impl ServiceSpec {
@@ -182,7 +229,7 @@ mod tests {
             protocol: Protocol::Tcp,
             frontends,
             backends: backends.into_iter().map(BackendSpec::ready).collect(),
-            affinity: None,
+            ..Default::default()
         };
         let np = Frontend::NodePort(30080);
         assert_eq!(

@@ -13,12 +13,11 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use lb_common::{
-    Backend, CtEntry, FlowKey, IPPROTO_TCP, NetAddr, NetPort, Reason, ct_flags,
-    ct_state, dir,
+    Backend, CtEntry, FlowKey, IPPROTO_TCP, NetAddr, NetPort, Reason, ct_flags, ct_state,
 };
 
 use crate::{
-    maps::{CONFIG, CONNTRACK, CT_OTHER, CT_SYN},
+    maps::{CONFIG, CONNTRACK, CT_OTHER, CT_SYN, SCRATCH},
     stats::count,
 };
 
@@ -59,34 +58,6 @@ pub fn alive(e: &CtEntry, now: u32) -> bool {
     CONFIG.get(0).is_some_and(|c| e.alive(now, c))
 }
 
-/// The REPLY key of `fwd` once translated to `backend`.
-#[inline(always)]
-fn reply_key(fwd: &FlowKey, addr: NetAddr, port: NetPort) -> FlowKey {
-    FlowKey {
-        src: addr,
-        dst: fwd.src,
-        sport: port,
-        dport: fwd.sport,
-        proto: fwd.proto,
-        dir: dir::REPLY,
-        _pad: [0; 2],
-    }
-}
-
-/// The FORWARD key a REPLY entry points back to.
-#[inline(always)]
-fn forward_key(reply: &FlowKey, rev: &CtEntry) -> FlowKey {
-    FlowKey {
-        src: reply.dst,
-        dst: rev.nat_addr,
-        sport: reply.dport,
-        dport: rev.nat_port,
-        proto: reply.proto,
-        dir: dir::FORWARD,
-        _pad: [0; 2],
-    }
-}
-
 /// The FORWARD entry of a client -> frontend packet, in place, with its table: TCP looks in
 /// the established table first, then the SYN table.
 #[inline(always)]
@@ -101,34 +72,33 @@ pub fn forward(flow: &FlowKey) -> Option<(Table, *mut CtEntry)> {
     }
 }
 
-/// A backend -> client packet's flow: the REPLY entry (copied) and its FORWARD entry (in
+/// A backend -> client packet's flow: the REPLY entry and its FORWARD entry (both in
 /// place), when both exist, the flow is alive and the two name the same backend.
 #[inline(always)]
-pub fn reply(key: &FlowKey, now: u32) -> Result<(Table, CtEntry, *mut CtEntry), Reason> {
+pub fn reply(key: &FlowKey, now: u32) -> Result<(Table, *const CtEntry, *mut CtEntry), Reason> {
     let (t, rev) = if key.proto == IPPROTO_TCP {
-        // SAFETY: plain data, copied out at once.
-        match unsafe { CONNTRACK.get(key) } {
-            Some(r) => (Table::Established, *r),
+        match CONNTRACK.get_ptr(key) {
+            Some(r) => (Table::Established, r),
             None => (
                 Table::Syn,
-                // SAFETY: as above.
-                *unsafe { CT_SYN.get(key) }.ok_or(Reason::TcPassNotOurs)?,
+                CT_SYN.get_ptr(key).ok_or(Reason::TcPassNotOurs)?,
             ),
         }
     } else {
-        // SAFETY: as above.
         (
             Table::Other,
-            *unsafe { CT_OTHER.get(key) }.ok_or(Reason::TcPassNotOurs)?,
+            CT_OTHER.get_ptr(key).ok_or(Reason::TcPassNotOurs)?,
         )
     };
-    let fwd = map(t)
-        .get_ptr_mut(&forward_key(key, &rev))
-        .ok_or(Reason::TcPassStale)?;
-    // SAFETY: the entry stays valid while the program runs; racing writers only move the
+    // SAFETY: the entries stay valid while the program runs; racing writers only move the
     // lifecycle forward.
+    let r = unsafe { &*rev };
+    let fwd = map(t)
+        .get_ptr_mut(&r.forward_key(key))
+        .ok_or(Reason::TcPassStale)?;
+    // SAFETY: as above.
     let f = unsafe { &*fwd };
-    if f.backend_id != rev.backend_id || f.backend_gen != rev.backend_gen || !alive(f, now) {
+    if f.backend_id != r.backend_id || f.backend_gen != r.backend_gen || !alive(f, now) {
         return Err(Reason::TcPassStale);
     }
     Ok((t, rev, fwd))
@@ -140,7 +110,11 @@ pub fn reply(key: &FlowKey, now: u32) -> Result<(Table, CtEntry, *mut CtEntry), 
 /// prefer another slot. Not inlined (a BPF-to-BPF call with its own stack frame).
 #[inline(never)]
 pub fn reply_clash(fwd: &FlowKey, backend: &Backend) -> bool {
-    let key = reply_key(fwd, backend.addr, backend.port);
+    // A source-NATed flow gets a port of its own: it cannot clash.
+    if backend.flags & lb_common::backend_flags::REMOTE != 0 {
+        return false;
+    }
+    let key = CtEntry::default().reply_key(fwd, backend.addr, backend.port);
     let table = if fwd.proto == IPPROTO_TCP {
         match CONNTRACK.get_ptr(&key) {
             Some(r) => Some(r),
@@ -157,46 +131,82 @@ pub fn reply_clash(fwd: &FlowKey, backend: &Backend) -> bool {
 }
 
 /// Records a new (or re-selected) flow in both directions: TCP in the SYN table until
-/// confirmed, the rest in the other table. Not inlined (its own stack frame).
+/// confirmed, the rest in the other table. Not inlined (its own stack frame); the entry
+/// and the reply key are built in `SCRATCH` (the stack is tight).
 #[inline(never)]
 pub fn track(fwd: &FlowKey, service_id: u32, backend_id: u32, backend: &Backend, now: u32) {
-    let tcp = fwd.proto == IPPROTO_TCP;
-    let entry = CtEntry {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        count(Reason::CtUpdateFailed);
+        return;
+    };
+    // SAFETY: this CPU's scratch element, valid while the program runs.
+    let (entry, key) = unsafe { (&mut (*s).entry, &mut (*s).key) };
+    *entry = new_entry(fwd, service_id, backend_id, backend, now);
+    *key = entry.reply_key(fwd, backend.addr, backend.port);
+    let t = table_of_new(fwd);
+    if map(t).insert(fwd, &*entry, 0).is_err() {
+        count(Reason::CtUpdateFailed);
+    }
+    *entry = entry.reply_value(fwd);
+    if map(t).insert(&*key, &*entry, 0).is_err() {
+        count(Reason::CtUpdateFailed);
+    }
+}
+
+/// The FORWARD entry of a new flow (no source NAT).
+#[inline(always)]
+pub fn new_entry(
+    fwd: &FlowKey,
+    service_id: u32,
+    backend_id: u32,
+    backend: &Backend,
+    now: u32,
+) -> CtEntry {
+    CtEntry {
         nat_addr: NetAddr::UNSPECIFIED,
         nat_port: NetPort(0),
-        state: if tcp { ct_state::NEW } else { ct_state::OTHER },
+        state: if fwd.proto == IPPROTO_TCP {
+            ct_state::NEW
+        } else {
+            ct_state::OTHER
+        },
         flags: 0,
         service_id,
         backend_id,
         backend_gen: backend.generation,
         last_seen_s: now,
-    };
-    let t = if tcp { Table::Syn } else { Table::Other };
-    write_both(t, fwd, entry, backend.addr, backend.port);
+        peer_addr: NetAddr::UNSPECIFIED,
+        peer_port: NetPort(0),
+        _pad: [0; 2],
+    }
 }
 
-/// Writes the FORWARD entry, then the same value with the frontend as the REPLY entry (one
-/// value on the stack, changed in place: the stack is tight).
+/// Where a new flow is tracked: TCP in the SYN table until confirmed, the rest in the other.
 #[inline(always)]
-fn write_both(t: Table, fwd: &FlowKey, mut entry: CtEntry, addr: NetAddr, port: NetPort) {
-    if map(t).insert(fwd, &entry, 0).is_err() {
-        count(Reason::CtUpdateFailed);
-    }
-    entry.nat_addr = fwd.dst;
-    entry.nat_port = fwd.dport;
-    if map(t).insert(&reply_key(fwd, addr, port), &entry, 0).is_err() {
-        count(Reason::CtUpdateFailed);
+pub fn table_of_new(fwd: &FlowKey) -> Table {
+    if fwd.proto == IPPROTO_TCP {
+        Table::Syn
+    } else {
+        Table::Other
     }
 }
 
-/// Deletes both entries of a flow (a SYN reselecting a reused client port: the old flow is
-/// over). Not inlined (its own stack frame).
+/// The map of a table.
+#[inline(always)]
+pub fn map_of(t: Table) -> &'static LruHashMap<FlowKey, CtEntry> {
+    map(t)
+}
+
+/// Deletes both entries of a flow whose FORWARD entry is `e` (a SYN reselecting a reused
+/// client port: the old flow is over). Not inlined (its own stack frame).
 #[inline(never)]
-pub fn forget(t: Table, fwd: &FlowKey, backend: Option<&Backend>) {
-    let _ = map(t).remove(fwd);
+pub fn forget(t: Table, fwd: &FlowKey, e: *const CtEntry, backend: Option<&Backend>) {
     if let Some(b) = backend {
-        let _ = map(t).remove(&reply_key(fwd, b.addr, b.port));
+        // SAFETY: valid while the program runs; read before the delete.
+        let key = unsafe { (*e).reply_key(fwd, b.addr, b.port) };
+        let _ = map(t).remove(&key);
     }
+    let _ = map(t).remove(fwd);
 }
 
 /// The state a TCP flow moves to on a packet with `flags` (either direction).
@@ -226,7 +236,12 @@ pub fn on_forward(t: Table, fwd: &FlowKey, e: *mut CtEntry, backend: &Backend, f
     let (tcp_flags, now) = ((flags_now >> 32) as u8, flags_now as u32);
     // SAFETY: the entry stays valid while the program runs.
     let e = unsafe { &mut *e };
-    let key = reply_key(fwd, backend.addr, backend.port);
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch element, valid while the program runs.
+    let (c, key) = unsafe { (&mut (*s).entry, &mut (*s).key) };
+    *key = e.reply_key(fwd, backend.addr, backend.port);
     if fwd.proto == IPPROTO_TCP {
         let state = next_state(e.state, tcp_flags);
         if t == Table::Syn
@@ -234,19 +249,18 @@ pub fn on_forward(t: Table, fwd: &FlowKey, e: *mut CtEntry, backend: &Backend, f
             && tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0
             && state == ct_state::NEW
         {
-            let mut c = *e;
+            *c = *e;
             c.state = ct_state::ESTABLISHED;
             c.last_seen_s = now;
-            if CONNTRACK.insert(fwd, &c, 0).is_err() {
+            if CONNTRACK.insert(fwd, &*c, 0).is_err() {
                 count(Reason::CtUpdateFailed);
             }
-            c.nat_addr = fwd.dst;
-            c.nat_port = fwd.dport;
-            if CONNTRACK.insert(&key, &c, 0).is_err() {
+            *c = c.reply_value(fwd);
+            if CONNTRACK.insert(&*key, &*c, 0).is_err() {
                 count(Reason::CtUpdateFailed);
             }
             let _ = CT_SYN.remove(fwd);
-            let _ = CT_SYN.remove(&key);
+            let _ = CT_SYN.remove(&*key);
             count(Reason::CtConfirmed);
             return;
         }
@@ -255,11 +269,9 @@ pub fn on_forward(t: Table, fwd: &FlowKey, e: *mut CtEntry, backend: &Backend, f
     if e.last_seen_s != now {
         e.last_seen_s = now;
         // SAFETY: only checks presence.
-        if unsafe { map(t).get(&key) }.is_none() {
-            let mut rev = *e;
-            rev.nat_addr = fwd.dst;
-            rev.nat_port = fwd.dport;
-            if map(t).insert(&key, &rev, 0).is_ok() {
+        if unsafe { map(t).get(&*key) }.is_none() {
+            *c = e.reply_value(fwd);
+            if map(t).insert(&*key, &*c, 0).is_ok() {
                 count(Reason::CtReplyRebuilt);
             }
         }
@@ -292,8 +304,10 @@ pub fn on_reply(fwd: *mut CtEntry, proto: u8, tcp_flags: u8, now: u32) -> bool {
 /// Deletes a flow found from its REPLY entry (a new connection straight to the backend
 /// reuses the 4-tuple: the old flow is over).
 #[inline(always)]
-pub fn forget_reply(t: Table, key: &FlowKey, rev: &CtEntry) {
-    let _ = map(t).remove(&forward_key(key, rev));
+pub fn forget_reply(t: Table, key: &FlowKey, rev: *const CtEntry) {
+    // SAFETY: valid while the program runs; read before the deletes.
+    let fwd = unsafe { (*rev).forward_key(key) };
+    let _ = map(t).remove(&fwd);
     let _ = map(t).remove(key);
 }
 

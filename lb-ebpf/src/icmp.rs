@@ -142,6 +142,8 @@ pub fn translate_out(ctx: &TcContext) -> Result<Reason, Reason> {
         _pad: [0; 2],
     };
     let (_, ct, _) = conntrack::reply(&key, conntrack::now_s())?;
+    // SAFETY: valid while the program runs.
+    let ct = unsafe { &*ct };
     let (old_addr, new_addr) = (e.quoted.daddr, ct.nat_addr.v4_raw());
     let (old_port, new_port) = (e.q_dport, ct.nat_port.raw());
     let fail = |_| Reason::TcRewriteFailed;
@@ -312,6 +314,8 @@ pub fn translate_out6(ctx: &TcContext) -> Result<Reason, Reason> {
         _pad: [0; 2],
     };
     let (_, ct, _) = conntrack::reply(&key, conntrack::now_s())?;
+    // SAFETY: valid while the program runs.
+    let ct = unsafe { &*ct };
     if ct.nat_addr.is_v4() {
         return Err(Reason::TcPassNotOurs);
     }

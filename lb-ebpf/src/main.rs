@@ -14,9 +14,11 @@ mod forward;
 mod headers;
 mod icmp;
 mod maps;
+mod ranges;
 mod refuse;
 mod revnat;
 mod select;
+mod snat;
 mod stats;
 mod xdp_lb;
 

@@ -2,12 +2,14 @@
 //! userspace configuration (`lb_userspace::Capacities`) before load.
 
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, bpf_fib_lookup as FibParams},
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, RefusalWindow,
-    ServiceKey, ServiceName, ServiceValue, SlotBlock, TrafficStats, map_flags::MMAPABLE,
+    ServiceKey, ServiceName, ServiceValue, SlotBlock, SourceRangeKey, TrafficStats,
+    map_flags::MMAPABLE,
 };
 
 /// Frontend -> service.
@@ -74,3 +76,25 @@ pub static REFUSALS: PerCpuArray<RefusalWindow> = PerCpuArray::with_max_entries(
 /// here so it is created and pinned with the others; written through an mmap.
 #[map]
 pub static SERVICE_NAMES: Array<ServiceName> = Array::with_max_entries(1, MMAPABLE);
+
+/// `loadBalancerSourceRanges`: (service id, client prefix) -> 1. See [`crate::ranges`].
+#[map]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> =
+    LpmTrie::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// New flows dropped by a service's source ranges, per service id (per CPU).
+#[map]
+pub static SOURCE_DENIED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU room for values too large for the programs' 512-byte stack (fib parameters,
+/// keys and entries built on the source-NAT paths). Never read by userspace.
+#[repr(C)]
+pub struct Scratch {
+    pub fib: FibParams,
+    pub key: FlowKey,
+    pub entry: CtEntry,
+}
+
+/// One element per CPU (see [`Scratch`]).
+#[map]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -28,14 +28,15 @@ const IP6_PULL: usize = ETH_HLEN + IPV6_HLEN + 128 + 60;
 /// new connection straight to the backend that reuses the client port: the old flow is
 /// forgotten and the packet left alone.
 #[inline(always)]
-fn flow_of_reply(key: &FlowKey, tcp_flags: u8) -> Result<lb_common::CtEntry, Reason> {
+fn flow_of_reply(key: &FlowKey, tcp_flags: u8) -> Result<&'static lb_common::CtEntry, Reason> {
     let now = conntrack::now_s();
     let (table, rev, fwd) = conntrack::reply(key, now)?;
     if !conntrack::on_reply(fwd, key.proto, tcp_flags, now) {
-        conntrack::forget_reply(table, key, &rev);
+        conntrack::forget_reply(table, key, rev);
         return Err(Reason::TcPassStale);
     }
-    Ok(rev)
+    // SAFETY: valid while the program runs.
+    Ok(unsafe { &*rev })
 }
 
 #[inline(always)]

@@ -4,7 +4,7 @@
 //! steps (parsing, DNAT, refusal, forwarding) chosen by the EtherType.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{FlowKey, NetAddr, NetPort, Reason, csum, dir};
+use lb_common::{FlowKey, NetAddr, NetPort, Reason, backend_flags, csum, dir, service_flags};
 
 use crate::{
     conntrack, forward,
@@ -12,20 +12,30 @@ use crate::{
         self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseStop,
         TCP_FLAG_ACK, TCP_FLAG_SYN, ptr_at,
     },
-    icmp, refuse, select,
+    icmp, ranges, refuse, select, snat,
     stats::{count, traffic},
 };
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    match try_run(ctx) {
+    // Not a frontend: maybe the reply of a source-NATed flow (a sibling call, so the two
+    // paths' stack frames never add up).
+    let verdict = match try_run(ctx) {
+        Err(Reason::PassNotOurs) => snat::reverse(ctx),
+        v => v,
+    };
+    match verdict {
         Ok(action) => action,
         Err(reason) => {
             count(reason);
             match reason {
                 Reason::DropNoBackend
                 | Reason::DropRefusalRateLimited
-                | Reason::DropRefusalBadDestination => xdp_action::XDP_DROP,
+                | Reason::DropRefusalBadDestination
+                | Reason::DropSourceRange
+                | Reason::DropNoLocalEndpoint
+                | Reason::DropSnatPortExhausted
+                | Reason::DropSnatNoRoute => xdp_action::XDP_DROP,
                 _ => xdp_action::XDP_PASS,
             }
         }
@@ -45,8 +55,8 @@ fn stop_reason(stop: ParseStop) -> Reason {
 }
 
 /// `Err(reason)`: the packet leaves untouched (dropped for `Drop*` reasons, else passed)
-/// and `reason` is counted.
-#[inline(always)]
+/// and `reason` is counted. Not inlined: [`snat::reverse`] runs beside it, not inside it.
+#[inline(never)]
 fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
@@ -105,6 +115,8 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     // entry is a new flow.
     let now = conntrack::now_s();
     let mut chosen = None;
+    // The FORWARD entry of a source-NATed flow (its source is rewritten too).
+    let mut snat_entry: Option<*const lb_common::CtEntry> = None;
     match conntrack::forward(&flow) {
         Some((table, e)) => {
             // SAFETY: the entry is valid while the program runs; fields are read in place
@@ -115,20 +127,23 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 .filter(|b| b.generation == ct.backend_gen && ct.service_id == svc.id);
             if is_syn {
                 count(Reason::CtSynReselect);
-                conntrack::forget(table, &flow, live);
+                conntrack::forget(table, &flow, e, live);
             } else if !alive {
                 count(Reason::CtExpired);
-                conntrack::forget(table, &flow, live);
+                conntrack::forget(table, &flow, e, live);
             } else if let Some(b) = live {
                 count(Reason::CtHit);
                 let flags_now = (u64::from(pkt.tcp_flags) << 32) | u64::from(now);
                 conntrack::on_forward(table, &flow, e, b, flags_now);
+                if ct.flags & lb_common::ct_flags::SNAT != 0 {
+                    snat_entry = Some(e);
+                }
                 chosen = Some((bid, b, false));
             } else {
                 // Its backend is gone (or the id names another backend now): the flow is
                 // selected afresh and tracked anew; the GC deletes the old REPLY entry.
                 count(Reason::CtStaleBackend);
-                conntrack::forget(table, &flow, None);
+                conntrack::forget(table, &flow, e, None);
             }
         }
         None if is_tcp && !is_syn => count(Reason::CtMiss),
@@ -137,6 +152,12 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     let (backend_id, backend, new_flow) = match chosen {
         Some(c) => c,
         None => {
+            if svc.flags & service_flags::SOURCE_RANGES != 0
+                && !ranges::allowed(svc.id, &flow.src)
+            {
+                ranges::denied(svc.id);
+                return Err(Reason::DropSourceRange);
+            }
             // A table update can flip the service to a fresh slot range (and clear the old
             // one, or delete a backend the old table named) between the frontend lookup and
             // the slot read: on a miss, read the service entry in force once more.
@@ -147,6 +168,9 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 picked = select::pick(&again, &flow);
             }
             let Some((id, b)) = picked else {
+                if svc.flags & service_flags::DROP_WHEN_EMPTY != 0 {
+                    return Err(Reason::DropNoLocalEndpoint);
+                }
                 let action = if v6 {
                     refuse::refuse6(ctx, &pkt.cast())?
                 } else {
@@ -159,21 +183,30 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 });
                 return Ok(action);
             };
-            conntrack::track(&flow, svc.id, id, b, now);
+            if b.flags & backend_flags::REMOTE != 0 {
+                let ids = (u64::from(svc.id) << 32) | u64::from(id);
+                snat::track(ctx, &flow, ids, b, now)?;
+                snat_entry = conntrack::forward(&flow).map(|(_, e)| e.cast_const());
+                if snat_entry.is_none() {
+                    return Err(Reason::CtUpdateFailed);
+                }
+            } else {
+                conntrack::track(&flow, svc.id, id, b, now);
+            }
             count(Reason::CtNew);
             (id, b, true)
         }
     };
 
     // DNAT: the destination address (in the IPv4 header and its checksum; in the L4
-    // pseudo-header for both families) and port.
+    // pseudo-header for both families) and port; SNAT flows get their source as well.
     let new_dport = backend.port.raw();
     let check = pkt.l4_check();
     let dport = pkt.l4_dport();
     // SAFETY: every pointer was bounds checked; nothing resized the packet.
-    unsafe {
+    let sport = unsafe {
         let old_check = *check;
-        let c = if v6 {
+        let mut c = if v6 {
             // No header checksum; the parser rejected UDP without a checksum.
             let ip = pkt.ip.cast::<Ipv6Hdr>();
             (*ip).daddr = backend.addr.words;
@@ -194,20 +227,24 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 Some(csum::update32(old_check, old, new))
             }
         };
+        c = c.map(|c| csum::update16(c, pkt.dport, new_dport));
+        *dport = new_dport;
+        if let Some(e) = snat_entry {
+            c = snat::rewrite_source(pkt.ip, v6, pkt.l4.cast(), e, c);
+        }
         if let Some(mut c) = c {
-            c = csum::update16(c, pkt.dport, new_dport);
             if pkt.proto == lb_common::IPPROTO_UDP {
                 c = csum::udp_finish(c);
             }
             *check = c;
         }
-        *dport = new_dport;
-    }
+        *pkt.l4.cast::<u16>()
+    };
     traffic(svc.id, backend_id, (data_end - data) as u64, new_flow);
 
     Ok(if v6 {
-        forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, pkt.sport, new_dport)
+        forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, sport, new_dport)
     } else {
-        forward::ipv4(ctx, eth, pkt.ip.cast(), pkt.proto, pkt.sport, new_dport)
+        forward::ipv4(ctx, eth, pkt.ip.cast(), pkt.proto, sport, new_dport)
     })
 }

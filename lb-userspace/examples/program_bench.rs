@@ -226,6 +226,7 @@ fn spec(i: usize, per: usize, g: usize) -> ServiceSpec {
             .map(|j| BackendSpec::ready(backend_addr(i, per, j, g)))
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 

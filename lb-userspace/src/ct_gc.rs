@@ -286,16 +286,7 @@ impl Collector {
         let dead = if k.dir == dir::FORWARD {
             !alive(&e, now, &self.cfg) || !self.backends.live(e.backend_id, e.backend_gen)?
         } else {
-            let fwd = FlowKey {
-                src: k.dst,
-                dst: e.nat_addr,
-                sport: k.dport,
-                dport: e.nat_port,
-                proto: k.proto,
-                dir: dir::FORWARD,
-                _pad: [0; 2],
-            };
-            match t.map.get(&fwd, 0) {
+            match t.map.get(&e.forward_key(k), 0) {
                 Ok(f) => {
                     f.backend_id != e.backend_id
                         || f.backend_gen != e.backend_gen

@@ -45,7 +45,10 @@ use crate::{
     maps::{self, Maps},
     pins,
     slots::SlotRanges,
-    spec::{AddressFamily, BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec},
+    spec::{
+        AddressFamily, BackendSpec, EndpointState, Frontend, Protocol, ServiceSpec, SourceRanges,
+        WhenEmpty,
+    },
 };
 
 pub(crate) struct BackendState {
@@ -53,6 +56,8 @@ pub(crate) struct BackendState {
     pub state: EndpointState,
     /// In the selection table in force (mirrors `backend_flags::ELIGIBLE`).
     pub eligible: bool,
+    /// On another node: new flows are source-NATed (mirrors `backend_flags::REMOTE`).
+    pub remote: bool,
 }
 
 pub(crate) struct ServiceState {
@@ -70,6 +75,11 @@ pub(crate) struct ServiceState {
     /// version may have built it; the first upsert rebuilds and rewrites what differs).
     pub table_current: bool,
     pub affinity: Option<Duration>,
+    /// What new flows get while no backend is usable (mirrors
+    /// `service_flags::DROP_WHEN_EMPTY`).
+    pub when_empty: WhenEmpty,
+    /// The `SOURCE_RANGES` entries written for this service, and the frontends they filter.
+    pub source_ranges: Option<SourceRanges>,
     /// Other slot ranges a frontend of this service may still point at (restored frontends
     /// that disagreed, or a table change cut short): reserved until every frontend points at
     /// the table in force, then released.
@@ -94,6 +104,8 @@ pub struct Dataplane {
     /// this process created them: the per-CPU counters of higher ids are still the kernel's
     /// zeroes and need no reset. `None` for adopted maps (any id may hold old counts).
     pub(crate) clean_stats: Option<(u32, u32)>,
+    /// Entries in `SOURCE_RANGES` (over every service).
+    pub(crate) source_range_entries: u32,
     pub(crate) attachments: Attachments,
     /// The conntrack GC's last complete pass (flows by backend, stats).
     pub(crate) ct_view: Arc<Mutex<ct_gc::Snapshot>>,
@@ -186,11 +198,19 @@ impl Dataplane {
     }
 }
 
-fn backend_value(service_id: u32, addr: SocketAddr, eligible: bool, generation: u32) -> Backend {
+fn backend_value(
+    service_id: u32,
+    addr: SocketAddr,
+    eligible: bool,
+    remote: bool,
+    generation: u32,
+) -> Backend {
     Backend {
         addr: net_addr(addr.ip()),
         port: NetPort::new(addr.port()),
-        flags: backend_flags::PRESENT | if eligible { backend_flags::ELIGIBLE } else { 0 },
+        flags: backend_flags::PRESENT
+            | if eligible { backend_flags::ELIGIBLE } else { 0 }
+            | if remote { backend_flags::REMOTE } else { 0 },
         _pad: 0,
         service_id,
         generation,
@@ -232,6 +252,7 @@ impl Dataplane {
             ("capacities.conntrack_other", caps.conntrack_other),
             ("capacities.node_addresses", caps.node_addresses),
             ("capacities.redirect_ports", caps.redirect_ports),
+            ("capacities.source_ranges", caps.source_ranges),
             ("capacities.affinity", caps.affinity),
         ] {
             if v == 0 || v >= u32::MAX / 2 {
@@ -280,6 +301,8 @@ impl Dataplane {
                     GlobalConfig {
                         hash_seed: cfg.hash_seed.unwrap_or_default(),
                         refusals_per_sec: cfg.refusals_per_sec_per_cpu,
+                        nat_port_min: cfg.nat.port_min,
+                        nat_port_max: cfg.nat.port_max,
                         ..GlobalConfig::default()
                     },
                     &cfg.conntrack,
@@ -317,6 +340,7 @@ impl Dataplane {
             stale_services: BTreeSet::new(),
             stale_backends: BTreeSet::new(),
             clean_stats: (!adopt).then_some((0, 0)),
+            source_range_entries: 0,
             attachments: Attachments::default(),
         };
         if adopt {
@@ -403,6 +427,7 @@ impl Dataplane {
                             EndpointState::NotServing
                         },
                         eligible,
+                        remote: b.flags & backend_flags::REMOTE != 0,
                     },
                 );
                 self.backend_ids.reserve(bid);
@@ -448,10 +473,17 @@ impl Dataplane {
                     table_current: false,
                     affinity: (v.flags & service_flags::CLIENT_IP_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
+                    when_empty: if v.flags & service_flags::DROP_WHEN_EMPTY != 0 {
+                        WhenEmpty::Drop
+                    } else {
+                        WhenEmpty::Refuse
+                    },
+                    source_ranges: None,
                     stray_ranges,
                 },
             );
         }
+        self.restore_source_ranges()?;
         // Backends of services that no longer have a frontend (a removal cut short).
         for (_, orphans) in backends {
             for (bid, _) in orphans {
@@ -623,6 +655,23 @@ impl Dataplane {
                 return Err(invalid(format!("backend {} is listed twice", b.addr)));
             }
         }
+        if let Some(r) = &spec.source_ranges {
+            for net in &r.allow {
+                if family_mismatch(net.addr()) {
+                    return Err(invalid(format!(
+                        "source range {net} is {}, but the service is {family}",
+                        AddressFamily::of(net.addr())
+                    )));
+                }
+            }
+            for a in &r.frontends {
+                if !spec.frontends.contains(&Frontend::Address(*a)) {
+                    return Err(invalid(format!(
+                        "source ranges apply to {a}, which is not one of the service's frontends"
+                    )));
+                }
+            }
+        }
         if let Some(t) = spec.affinity
             && (t.is_zero() || t.as_secs() > 86_400)
         {
@@ -691,6 +740,7 @@ impl Dataplane {
             });
         }
         let _ = old_frontends;
+        self.check_source_range_capacity(spec)?;
         let eligible = lb_datapath::eligible(&spec.backends);
         let current_size = existing.map_or(0, |s| s.slot_count);
         let size = maglev::table_size(&self.cfg.maglev, eligible.len());
@@ -737,6 +787,8 @@ impl Dataplane {
                         slot_count: 0,
                         table_current: false,
                         affinity: None,
+                        when_empty: WhenEmpty::Refuse,
+                        source_ranges: None,
                         stray_ranges: Vec::new(),
                     },
                 );
@@ -796,7 +848,7 @@ impl Dataplane {
                 .max(1);
             self.maps
                 .backends
-                .set(bid, &backend_value(id, b.addr, false, generation));
+                .set(bid, &backend_value(id, b.addr, false, b.remote, generation));
             let svc = self.services.get_mut(&spec.name).expect("present");
             svc.backends.insert(
                 b.addr,
@@ -804,6 +856,7 @@ impl Dataplane {
                     id: bid,
                     state: b.state,
                     eligible: false,
+                    remote: b.remote,
                 },
             );
         }
@@ -825,13 +878,23 @@ impl Dataplane {
                     let generation = self.maps.backends.get(b.id).generation;
                     self.maps
                         .backends
-                        .set(b.id, &backend_value(id, *addr, false, generation));
+                        .set(b.id, &backend_value(id, *addr, false, b.remote, generation));
                     b.eligible = false;
                 }
             }
             for b in &spec.backends {
                 if let Some(st) = svc.backends.get_mut(&b.addr) {
                     st.state = b.state;
+                    if st.remote != b.remote {
+                        // The endpoint moved to (or from) another node: new flows follow;
+                        // tracked ones keep the translation they were given.
+                        let generation = self.maps.backends.get(st.id).generation;
+                        self.maps.backends.set(
+                            st.id,
+                            &backend_value(id, b.addr, st.eligible, b.remote, generation),
+                        );
+                        st.remote = b.remote;
+                    }
                 }
             }
         }
@@ -864,13 +927,15 @@ impl Dataplane {
                     let generation = self.maps.backends.get(b.id).generation;
                     self.maps
                         .backends
-                        .set(b.id, &backend_value(id, *addr, true, generation));
+                        .set(b.id, &backend_value(id, *addr, true, b.remote, generation));
                     b.eligible = true;
                 }
             }
         }
 
-        // 3. Frontends point at the table in force.
+        // 3. Frontends point at the table in force; new source ranges are in place before a
+        //    frontend names them, old ones go after.
+        self.add_source_ranges(spec, id)?;
         let value = ServiceValue {
             id,
             slot_count: size,
@@ -879,15 +944,28 @@ impl Dataplane {
                 service_flags::CLIENT_IP_AFFINITY
             } else {
                 0
+            } | if spec.when_empty == WhenEmpty::Drop {
+                service_flags::DROP_WHEN_EMPTY
+            } else {
+                0
             },
             affinity_timeout_s: spec.affinity.map_or(0, |t| t.as_secs() as u32),
         };
         let family = self.family_of(spec);
+        let filtered = |a: &SocketAddr| {
+            spec.source_ranges
+                .as_ref()
+                .is_some_and(|r| r.frontends.contains(a))
+        };
         for (written, f) in spec.frontends.iter().enumerate() {
             let key = frontend_key(f, spec.protocol, family);
             let value = match f {
                 Frontend::NodePort(_) => ServiceValue {
                     flags: value.flags | service_flags::NODE_PORT,
+                    ..value
+                },
+                Frontend::Address(a) if filtered(a) => ServiceValue {
+                    flags: value.flags | service_flags::SOURCE_RANGES,
                     ..value
                 },
                 Frontend::Address(_) => value,
@@ -922,7 +1000,9 @@ impl Dataplane {
             svc.slot_count = size;
             svc.table_current = true;
             svc.affinity = spec.affinity;
+            svc.when_empty = spec.when_empty;
         }
+        self.retire_source_ranges(spec, id)?;
         let gone: Vec<Frontend> = self.services[&spec.name]
             .frontends
             .iter()
@@ -1004,6 +1084,10 @@ impl Dataplane {
         let zeros = maps::zero_stats()?;
         if service {
             self.maps
+                .source_denied
+                .set(id, maps::zero_counts()?, 0)
+                .map_err(|e| Error::map(names::SOURCE_DENIED, "reset", e))?;
+            self.maps
                 .service_stats
                 .set(id, zeros, 0)
                 .map_err(|e| Error::map(names::SERVICE_STATS, "reset", e))
@@ -1034,6 +1118,7 @@ impl Dataplane {
         for f in frontends {
             self.remove_frontend(name, f, proto)?;
         }
+        self.remove_source_ranges(name, id)?;
         self.clear_slots(offset, slots);
         let strays =
             std::mem::take(&mut self.services.get_mut(name).expect("present").stray_ranges);
@@ -1266,7 +1351,18 @@ impl Dataplane {
                 .map_err(|e| Error::map(names::BACKEND_STATS, "read", e))?;
             backends.push((*addr, sum(v)));
         }
-        Ok(ServiceStats { service, backends })
+        let source_denied = self
+            .maps
+            .source_denied
+            .get(&svc.id, 0)
+            .map_err(|e| Error::map(names::SOURCE_DENIED, "read", e))?
+            .iter()
+            .sum();
+        Ok(ServiceStats {
+            service,
+            backends,
+            source_denied,
+        })
     }
 
     /// Every reason counter, summed over CPUs, in [`Reason::ALL`] order.

@@ -30,6 +30,7 @@ mod object;
 pub mod pass;
 pub mod pins;
 pub mod slots;
+mod source_ranges;
 pub mod testrun;
 
 pub use baseline::BaselineProgram;

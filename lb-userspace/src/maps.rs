@@ -3,11 +3,13 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, lpm_trie::LpmTrie, xdp::DevMapHash,
+    },
 };
 use lb_common::{
     Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, SLOTS_PER_ENTRY, ServiceKey, ServiceName,
-    ServiceValue, TrafficStats, backend_flags, map_names as names,
+    ServiceValue, SourceRangeKey, TrafficStats, backend_flags, map_names as names,
 };
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,6 +38,8 @@ pub(crate) struct Maps {
     pub tx_ports: DevMapHash<MapData>,
     pub config: Array<MapData, GlobalConfig>,
     pub service_names: Names,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKey, u32>,
+    pub source_denied: PerCpuArray<MapData, u64>,
 }
 
 /// A conntrack map, and a duplicate of its fd.
@@ -117,6 +121,8 @@ impl Maps {
                 mem: service_names,
                 _fd: names_fd,
             },
+            source_ranges: take(ebpf, names::SOURCE_RANGES)?,
+            source_denied: take(ebpf, names::SOURCE_DENIED)?,
         })
     }
 }
@@ -247,7 +253,7 @@ impl Names {
 
 /// Max entries of every map from the capacities (ids are 1-based, so arrays get one more;
 /// `SLOTS` holds `SLOTS_PER_ENTRY` slots an element).
-pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 14] {
+pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 17] {
     [
         (names::SERVICES, c.frontends),
         (names::BACKENDS, c.backends + 1),
@@ -263,6 +269,9 @@ pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 14] {
         (names::AFFINITY, c.affinity),
         (names::REFUSALS, 1),
         (names::SERVICE_NAMES, c.services + 1),
+        (names::SOURCE_RANGES, c.source_ranges),
+        (names::SOURCE_DENIED, c.services + 1),
+        (names::SCRATCH, 1),
     ]
 }
 
@@ -271,6 +280,14 @@ pub(crate) fn zero_stats() -> Result<PerCpuValues<TrafficStats>, Error> {
         .map_err(|(_, e)| Error::map("SERVICE_STATS", "count possible CPUs", e))?;
     PerCpuValues::try_from(vec![TrafficStats::default(); cpus])
         .map_err(|e| Error::map("SERVICE_STATS", "build per-CPU values", e))
+}
+
+/// Zeroed per-CPU `u64` counters (`SOURCE_DENIED`).
+pub(crate) fn zero_counts() -> Result<PerCpuValues<u64>, Error> {
+    let cpus = aya::util::nr_cpus()
+        .map_err(|(_, e)| Error::map("SOURCE_DENIED", "count possible CPUs", e))?;
+    PerCpuValues::try_from(vec![0u64; cpus])
+        .map_err(|e| Error::map("SOURCE_DENIED", "build per-CPU values", e))
 }
 
 /// True if a map write failed because the map is full.

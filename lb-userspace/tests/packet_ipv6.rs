@@ -860,6 +860,7 @@ fn ipv6_mixed_family_spec_is_rejected() {
             frontends,
             backends: backends.into_iter().map(BackendSpec::ready).collect(),
             affinity: None,
+            ..Default::default()
         };
         for (what, s, needle) in [
             (

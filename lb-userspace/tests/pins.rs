@@ -41,6 +41,7 @@ fn spec(name: &str, port: u16, backends: &[u8]) -> ServiceSpec {
             })
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 

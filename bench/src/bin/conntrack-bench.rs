@@ -101,9 +101,11 @@ fn spec(i: u16, ready: bool) -> ServiceSpec {
                 } else {
                     EndpointState::Ready
                 },
+                remote: false,
             })
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 

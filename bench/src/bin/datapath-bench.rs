@@ -277,6 +277,7 @@ fn load(services: u32, cfg: DataplaneConfig) -> Result<Setup> {
                 backend, 8080,
             )))],
             affinity: None,
+            ..Default::default()
         })
         .with_context(|| format!("inserting service {i}"))?;
     }
@@ -288,6 +289,7 @@ fn load(services: u32, cfg: DataplaneConfig) -> Result<Setup> {
         // The DNAT rewrite is the identity: every repeat sees the same packet.
         backends: vec![BackendSpec::ready(vip)],
         affinity: None,
+        ..Default::default()
     })
     .context("inserting the measured service")?;
     let occupancy = dp.occupancy()?;

@@ -97,6 +97,7 @@ pub fn service(name: &str, proto: Protocol, backends: &[Ipv4Addr]) -> ServiceSpe
             .map(|b| BackendSpec::ready(SocketAddr::V4(SocketAddrV4::new(*b, TARGET_PORT))))
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 
@@ -114,6 +115,7 @@ pub fn service6(name: &str, proto: Protocol, backends: &[Ipv6Addr]) -> ServiceSp
             .map(|b| BackendSpec::ready(SocketAddr::V6(SocketAddrV6::new(*b, TARGET_PORT, 0, 0))))
             .collect(),
         affinity: None,
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,306 @@
+//! Source NAT of flows to endpoints on other nodes (`backend_flags::REMOTE`).
+//!
+//! Such a flow leaves this node from the node's own address towards the endpoint (the
+//! route's preferred source, `bpf_fib_lookup` with `BPF_FIB_LOOKUP_SRC`) and a port of the
+//! NAT range (`GlobalConfig::nat_port_*`), so the endpoint's node routes the reply back
+//! here, where [`reverse`] restores the frontend as the source and the client as the
+//! destination. A port is taken by inserting the flow's REPLY entry with `BPF_NOEXIST`:
+//! the map itself is the allocator, so a port held by a live flow (in either TCP table)
+//! is never handed out twice; the mapping lives and dies with the flow's conntrack
+//! entries (same timeouts, same GC). Values too large for the stack live in `SCRATCH`.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
+    helpers::{bpf_get_prandom_u32, generated::bpf_fib_lookup},
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, CtEntry, FlowKey, IPPROTO_TCP, NetAddr, NetPort, Reason, csum, ct_flags, ct_state,
+    dir,
+};
+
+use crate::{
+    conntrack,
+    forward,
+    headers::{self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ptr_at},
+    maps::{CONFIG, CONNTRACK, NODE_ADDRS, SCRATCH},
+    stats::count,
+};
+
+/// `bpf_fib_lookup` flags (uapi): no neighbour needed, and fill in the source address.
+const FIB_SKIP_NEIGH: u32 = 1 << 2;
+const FIB_SRC: u32 = 1 << 4;
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const NOEXIST: u64 = 1;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// Ports of the range tried for one new flow (from a random start) before giving up.
+const TRIES: u32 = 8;
+
+/// Tracks a new flow to a remote backend under a source address and port of its own:
+/// REPLY entry first (taking the port), then FORWARD (naming the source it was given).
+/// `ids` packs the service id (bits 32..64) and the backend id (bits 0..32): a BPF call
+/// takes at most five arguments. Not inlined (its own stack frame).
+#[inline(never)]
+pub fn track(
+    ctx: &XdpContext,
+    fwd: &FlowKey,
+    ids: u64,
+    backend: &Backend,
+    now: u32,
+) -> Result<(), Reason> {
+    let s = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtUpdateFailed)?;
+    let cfg = CONFIG.get(0).ok_or(Reason::CtUpdateFailed)?;
+    let (min, max) = (u32::from(cfg.nat_port_min), u32::from(cfg.nat_port_max));
+    if min == 0 || max < min {
+        return Err(Reason::DropSnatPortExhausted);
+    }
+    // Never 0 (the `% n` below must not be able to panic).
+    let n = (max - min + 1).max(1);
+    // SAFETY: `s` is this CPU's scratch element, valid while the program runs; `ctx.ctx`
+    // is the program's context.
+    unsafe {
+        let fib = &mut (*s).fib;
+        zero_words(
+            (fib as *mut FibParams).cast(),
+            core::mem::size_of::<FibParams>() / 4,
+        );
+        let v4 = backend.addr.is_v4();
+        if v4 {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_4.ipv4_dst = backend.addr.words[3];
+        } else {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_4.ipv6_dst = backend.addr.words;
+        }
+        fib.l4_protocol = fwd.proto;
+        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        let rc = bpf_fib_lookup(
+            ctx.ctx.cast(),
+            fib,
+            core::mem::size_of::<FibParams>() as i32,
+            FIB_SRC | FIB_SKIP_NEIGH,
+        );
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            return Err(Reason::DropSnatNoRoute);
+        }
+        let src = if v4 {
+            NetAddr::from_v4_raw(fib.__bindgen_anon_3.ipv4_src)
+        } else {
+            NetAddr {
+                words: fib.__bindgen_anon_3.ipv6_src,
+            }
+        };
+        if src == NetAddr::UNSPECIFIED || src == NetAddr::V4_UNSPECIFIED {
+            return Err(Reason::DropSnatNoRoute);
+        }
+
+        // The REPLY value: the frontend to restore as the source, the client as the
+        // destination.
+        let e = &mut (*s).entry;
+        e.nat_addr = fwd.dst;
+        e.nat_port = fwd.dport;
+        e.state = if fwd.proto == IPPROTO_TCP {
+            ct_state::NEW
+        } else {
+            ct_state::OTHER
+        };
+        e.flags = ct_flags::SNAT;
+        e.service_id = (ids >> 32) as u32;
+        e.backend_id = ids as u32;
+        e.backend_gen = backend.generation;
+        e.last_seen_s = now;
+        e.peer_addr = fwd.src;
+        e.peer_port = fwd.sport;
+        e._pad = [0; 2];
+        let key = &mut (*s).key;
+        key.src = backend.addr;
+        key.dst = src;
+        key.sport = backend.port;
+        key.proto = fwd.proto;
+        key.dir = dir::REPLY;
+        key._pad = [0; 2];
+        let t = conntrack::table_of_new(fwd);
+        let start = bpf_get_prandom_u32() % n;
+        let mut port = 0u32;
+        let mut i = 0;
+        while i < TRIES {
+            let p = min + (start + i) % n;
+            i += 1;
+            key.dport = NetPort((p as u16).to_be());
+            // A confirmed TCP flow holds its port in the established table.
+            if fwd.proto == IPPROTO_TCP && CONNTRACK.get_ptr(&*key).is_some() {
+                continue;
+            }
+            if conntrack::map_of(t).insert(&*key, &*e, NOEXIST).is_ok() {
+                port = p;
+                break;
+            }
+        }
+        if port == 0 {
+            return Err(Reason::DropSnatPortExhausted);
+        }
+        // The FORWARD value: the source the flow leaves with.
+        e.nat_addr = src;
+        e.nat_port = key.dport;
+        // Word stores (a struct assignment of zeroes becomes a byte-wise memset loop, which
+        // the verifier walks byte by byte).
+        zero_words((&mut e.peer_addr as *mut NetAddr).cast(), 4);
+        e.peer_port = NetPort(0);
+        if conntrack::map_of(t).insert(fwd, &*e, 0).is_err() {
+            count(Reason::CtUpdateFailed);
+        }
+    }
+    count(Reason::SnatNew);
+    Ok(())
+}
+
+/// Zeroes `n` 4-byte words with volatile stores (never turned into a `memset` call).
+///
+/// # Safety
+/// `p` must be valid for `n` aligned 4-byte writes.
+#[inline(always)]
+unsafe fn zero_words(p: *mut u32, n: usize) {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: per the contract.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// A packet to this node's address and a port of the NAT range: the reply of a
+/// source-NATed flow, translated back (source: the frontend the client dialled;
+/// destination: the client) and forwarded. Anything else is passed (`xdp_pass_not_ours`,
+/// or `xdp_pass_snat_stale` in the range without a live flow). Not inlined: it runs only
+/// after the forward path found no frontend, in a frame of its own.
+#[inline(never)]
+pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassNotOurs)?;
+    let s = SCRATCH.get_ptr_mut(0).ok_or(Reason::PassNotOurs)?;
+    // SAFETY: bounds checked by ptr_at; `s` is this CPU's scratch element.
+    let (ethertype, key) = unsafe { ((*eth).proto, &mut (*s).key) };
+    let (pkt, v6): (Packet<u8>, bool) = if ethertype == ETH_P_IP_RAW {
+        let p = headers::parse_ipv4(data, data_end, data_end - data)
+            .map_err(|_| Reason::PassNotOurs)?;
+        // SAFETY: `ip` was bounds checked by the parser.
+        unsafe {
+            key.src = NetAddr::from_v4_raw((*p.ip).saddr);
+            key.dst = NetAddr::from_v4_raw((*p.ip).daddr);
+        }
+        (p.cast(), false)
+    } else if ethertype == ETH_P_IPV6_RAW {
+        let p = headers::parse_ipv6(data, data_end, data_end - data)
+            .map_err(|_| Reason::PassNotOurs)?;
+        // SAFETY: as above.
+        unsafe {
+            key.src = NetAddr { words: (*p.ip).saddr };
+            key.dst = NetAddr { words: (*p.ip).daddr };
+        }
+        (p.cast(), true)
+    } else {
+        return Err(Reason::PassNotOurs);
+    };
+    let cfg = CONFIG.get(0).ok_or(Reason::PassNotOurs)?;
+    let port = u16::from_be(pkt.dport);
+    if port < cfg.nat_port_min || port > cfg.nat_port_max || cfg.nat_port_min == 0 {
+        return Err(Reason::PassNotOurs);
+    }
+    // SAFETY: plain lookup.
+    unsafe { NODE_ADDRS.get(&key.dst) }.ok_or(Reason::PassNotOurs)?;
+    key.sport = NetPort(pkt.sport);
+    key.dport = NetPort(pkt.dport);
+    key.proto = pkt.proto;
+    key.dir = dir::REPLY;
+    key._pad = [0; 2];
+    let now = conntrack::now_s();
+    let (table, rev, fwd) = conntrack::reply(&*key, now).map_err(|_| Reason::PassSnatStale)?;
+    // SAFETY: valid while the program runs.
+    let r: &CtEntry = unsafe { &*rev };
+    if r.flags & ct_flags::SNAT == 0 {
+        return Err(Reason::PassSnatStale);
+    }
+    if !conntrack::on_reply(fwd, pkt.proto, pkt.tcp_flags, now) {
+        conntrack::forget_reply(table, &*key, rev);
+        return Err(Reason::PassSnatStale);
+    }
+    let (new_sport, new_dport) = (r.nat_port.raw(), r.peer_port.raw());
+    let check = pkt.l4_check();
+    let dport = pkt.l4_dport();
+    let sport: *mut u16 = pkt.l4.cast();
+    // SAFETY: every pointer was bounds checked; nothing resized the packet.
+    unsafe {
+        let old_check = *check;
+        let c = if v6 {
+            let ip = pkt.ip.cast::<Ipv6Hdr>();
+            (*ip).saddr = r.nat_addr.words;
+            (*ip).daddr = r.peer_addr.words;
+            let c = csum::update_words(old_check, &key.src.words, &r.nat_addr.words);
+            Some(csum::update_words(c, &key.dst.words, &r.peer_addr.words))
+        } else {
+            let ip = pkt.ip.cast::<Ipv4Hdr>();
+            let (os, ns) = (key.src.v4_raw(), r.nat_addr.v4_raw());
+            let (od, nd) = (key.dst.v4_raw(), r.peer_addr.v4_raw());
+            (*ip).saddr = ns;
+            (*ip).daddr = nd;
+            (*ip).check = csum::update32(csum::update32((*ip).check, os, ns), od, nd);
+            if pkt.proto == lb_common::IPPROTO_UDP && old_check == 0 {
+                None
+            } else {
+                Some(csum::update32(csum::update32(old_check, os, ns), od, nd))
+            }
+        };
+        if let Some(mut c) = c {
+            c = csum::update16(c, pkt.sport, new_sport);
+            c = csum::update16(c, pkt.dport, new_dport);
+            if pkt.proto == lb_common::IPPROTO_UDP {
+                c = csum::udp_finish(c);
+            }
+            *check = c;
+        }
+        *sport = new_sport;
+        *dport = new_dport;
+    }
+    count(Reason::RevSnat);
+    Ok(if v6 {
+        forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, new_sport, new_dport)
+    } else {
+        forward::ipv4(ctx, eth, pkt.ip.cast(), pkt.proto, new_sport, new_dport)
+    })
+}
+
+/// Rewrites the source of a translated client -> backend packet to what its SNAT flow was
+/// given (`e`: the flow's FORWARD entry), updating the checksums (`check`: the L4 checksum
+/// so far, `None` for a UDP datagram without one). Returns the new checksum and source port.
+///
+/// # Safety
+/// `ip` and `sport` must point into the bounds-checked packet, `e` to a live map value.
+#[inline(always)]
+pub unsafe fn rewrite_source(
+    ip: *mut u8,
+    v6: bool,
+    sport: *mut u16,
+    e: *const CtEntry,
+    check: Option<u16>,
+) -> Option<u16> {
+    // SAFETY: per the contract.
+    unsafe {
+        let (new_addr, new_port) = ((*e).nat_addr, (*e).nat_port.raw());
+        let old_port = *sport;
+        let c = if v6 {
+            let ip = ip.cast::<Ipv6Hdr>();
+            let old = (*ip).saddr;
+            (*ip).saddr = new_addr.words;
+            check.map(|c| csum::update_words(c, &old, &new_addr.words))
+        } else {
+            let ip = ip.cast::<Ipv4Hdr>();
+            let (old, new) = ((*ip).saddr, new_addr.v4_raw());
+            (*ip).saddr = new;
+            (*ip).check = csum::update32((*ip).check, old, new);
+            check.map(|c| csum::update32(c, old, new))
+        };
+        *sport = new_port;
+        c.map(|c| csum::update16(c, old_port, new_port))
+    }
+}
