@@ -30,6 +30,7 @@ pub mod packet;
 pub mod pin;
 pub mod process;
 pub mod topology;
+pub mod two_nodes;
 pub mod veth;
 
 mod cmd;

@@ -526,51 +526,7 @@ impl Lab {
     /// `/proc/net/netstat`), `Udp6InCsumErrors` and `Icmp6InCsumErrors` (`/proc/net/snmp6`),
     /// read through `/proc/thread-self/net` on a thread inside each namespace.
     pub fn checksum_counters(&self) -> Result<Vec<(String, String, u64)>> {
-        let mut out = Vec::new();
-        for ns in self.namespaces() {
-            let files = ns.enter(|| -> std::io::Result<_> {
-                Ok((
-                    std::fs::read_to_string("/proc/thread-self/net/snmp")?,
-                    std::fs::read_to_string("/proc/thread-self/net/netstat")?,
-                    // Absent when IPv6 is disabled.
-                    std::fs::read_to_string("/proc/thread-self/net/snmp6").ok(),
-                ))
-            })?;
-            let (snmp, netstat, snmp6) =
-                files.with_context(|| format!("cannot read counters of {}", ns.name()))?;
-            let snmp = parse_paired_table(&snmp)?;
-            for (section, field, name) in SNMP_COUNTERS {
-                let value = snmp
-                    .iter()
-                    .find(|(s, f, _)| s == section && f == field)
-                    .map(|(_, _, v)| *v)
-                    .with_context(|| format!("no {section} {field} in /proc/net/snmp"))?;
-                out.push((ns.name().to_owned(), name.to_owned(), value));
-            }
-            let netstat = parse_paired_table(&netstat)?;
-            for (section, field, name) in NETSTAT_COUNTERS {
-                if let Some((_, _, value)) =
-                    netstat.iter().find(|(s, f, _)| s == section && f == field)
-                {
-                    out.push((ns.name().to_owned(), name.to_owned(), *value));
-                }
-            }
-            if let Some(snmp6) = snmp6 {
-                for line in snmp6.lines() {
-                    let mut parts = line.split_whitespace();
-                    let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
-                        continue;
-                    };
-                    if SNMP6_COUNTERS.contains(&key) {
-                        let value = value
-                            .parse()
-                            .with_context(|| format!("bad snmp6 line {line:?}"))?;
-                        out.push((ns.name().to_owned(), key.to_owned(), value));
-                    }
-                }
-            }
-        }
-        Ok(out)
+        checksum_counters_of(&self.namespaces())
     }
 
     /// The non-zero checksum error counters (see [`Lab::checksum_counters`]) as
@@ -600,6 +556,61 @@ impl Lab {
             "checksum errors counted in the lab (namespace, counter, value): {errors:?}"
         );
     }
+}
+
+/// The checksum error counters of [`Lab::checksum_counters`] for any namespaces.
+pub fn checksum_counters_of(namespaces: &[&Netns]) -> Result<Vec<(String, String, u64)>> {
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let files = ns.enter(|| -> std::io::Result<_> {
+            Ok((
+                std::fs::read_to_string("/proc/thread-self/net/snmp")?,
+                std::fs::read_to_string("/proc/thread-self/net/netstat")?,
+                // Absent when IPv6 is disabled.
+                std::fs::read_to_string("/proc/thread-self/net/snmp6").ok(),
+            ))
+        })?;
+        let (snmp, netstat, snmp6) =
+            files.with_context(|| format!("cannot read counters of {}", ns.name()))?;
+        let snmp = parse_paired_table(&snmp)?;
+        for (section, field, name) in SNMP_COUNTERS {
+            let value = snmp
+                .iter()
+                .find(|(s, f, _)| s == section && f == field)
+                .map(|(_, _, v)| *v)
+                .with_context(|| format!("no {section} {field} in /proc/net/snmp"))?;
+            out.push((ns.name().to_owned(), name.to_owned(), value));
+        }
+        let netstat = parse_paired_table(&netstat)?;
+        for (section, field, name) in NETSTAT_COUNTERS {
+            if let Some((_, _, value)) = netstat.iter().find(|(s, f, _)| s == section && f == field)
+            {
+                out.push((ns.name().to_owned(), name.to_owned(), *value));
+            }
+        }
+        if let Some(snmp6) = snmp6 {
+            for line in snmp6.lines() {
+                let mut parts = line.split_whitespace();
+                let (Some(key), Some(value)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                if SNMP6_COUNTERS.contains(&key) {
+                    let value = value
+                        .parse()
+                        .with_context(|| format!("bad snmp6 line {line:?}"))?;
+                    out.push((ns.name().to_owned(), key.to_owned(), value));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The non-zero ones of [`checksum_counters_of`].
+pub fn checksum_errors_of(namespaces: &[&Netns]) -> Result<Vec<(String, String, u64)>> {
+    let mut all = checksum_counters_of(namespaces)?;
+    all.retain(|(_, _, value)| *value != 0);
+    Ok(all)
 }
 
 /// Parses `/proc/net/snmp`-style tables: pairs of lines `Section: names...` and

@@ -169,10 +169,11 @@ unsafe fn zero_words(p: *mut u32, n: usize) {
     }
 }
 
-/// A packet to this node's address and a port of the NAT range: the reply of a
-/// source-NATed flow, translated back (source: the frontend the client dialled;
-/// destination: the client) and forwarded. Anything else is passed (`xdp_pass_not_ours`,
-/// or `xdp_pass_snat_stale` in the range without a live flow). Not inlined: it runs only
+/// A packet to a port of the NAT range that is the reply of a live source-NATed flow
+/// (its REPLY entry names this destination): translated back (source: the frontend the
+/// client dialled; destination: the client) and forwarded. Anything else is passed
+/// (`xdp_pass_snat_stale` for a node address and a port of the range without a live flow,
+/// else `xdp_pass_not_ours`). Not inlined: it runs only
 /// after the forward path found no frontend, in a frame of its own.
 #[inline(never)]
 pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
@@ -207,15 +208,22 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
     if port < cfg.nat_port_min || port > cfg.nat_port_max || cfg.nat_port_min == 0 {
         return Err(Reason::PassNotOurs);
     }
-    // SAFETY: plain lookup.
-    unsafe { NODE_ADDRS.get(&key.dst) }.ok_or(Reason::PassNotOurs)?;
     key.sport = NetPort(pkt.sport);
     key.dport = NetPort(pkt.dport);
     key.proto = pkt.proto;
     key.dir = dir::REPLY;
     key._pad = [0; 2];
     let now = conntrack::now_s();
-    let (table, rev, fwd) = conntrack::reply(&*key, now).map_err(|_| Reason::PassSnatStale)?;
+    // The conntrack entry decides (the source the route gave may be an address of an
+    // interface that is not attached); a miss counts as stale only for a node address.
+    let (table, rev, fwd) = conntrack::reply(&*key, now).map_err(|_| {
+        // SAFETY: plain lookup.
+        if unsafe { NODE_ADDRS.get(&key.dst) }.is_some() {
+            Reason::PassSnatStale
+        } else {
+            Reason::PassNotOurs
+        }
+    })?;
     // SAFETY: valid while the program runs.
     let r: &CtEntry = unsafe { &*rev };
     if r.flags & ct_flags::SNAT == 0 {

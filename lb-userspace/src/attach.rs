@@ -178,6 +178,9 @@ impl Dataplane {
         }
         ifindex(ifname)?;
         let addrs = interface_addresses(ifname)?;
+        // Source NAT's node settings, before a packet can be translated.
+        crate::node_sysctl::reserve_nat_ports(self.cfg.nat.port_min, self.cfg.nat.port_max)?;
+        crate::node_sysctl::accept_local(ifname)?;
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(progs::XDP_LB)

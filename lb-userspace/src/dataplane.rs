@@ -242,6 +242,15 @@ impl Dataplane {
     /// Nothing is attached yet: see [`Dataplane::attach`].
     pub fn load(cfg: DataplaneConfig) -> Result<Self, Error> {
         let caps = cfg.capacities;
+        if cfg.nat.port_min == 0 || cfg.nat.port_min > cfg.nat.port_max {
+            return Err(Error::InvalidSpec {
+                service: "<config>".into(),
+                reason: format!(
+                    "`nat.port_min` ({}) must be 1..=`nat.port_max` ({})",
+                    cfg.nat.port_min, cfg.nat.port_max
+                ),
+            });
+        }
         for (setting, v) in [
             ("capacities.services", caps.services),
             ("capacities.frontends", caps.frontends),

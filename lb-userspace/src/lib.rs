@@ -26,6 +26,7 @@ pub mod maglev;
 mod maps;
 mod mmap;
 mod node_addresses;
+mod node_sysctl;
 mod object;
 pub mod pass;
 pub mod pins;
@@ -40,8 +41,8 @@ pub use dataplane::Dataplane;
 pub use lb_datapath::{
     AddressFamily, BackendDump, BackendSpec, Capacities, ConntrackConfig, ConntrackStats, DataPath,
     DataplaneConfig, EndpointState, EndpointStatus, Error, Frontend, MaglevConfig, MapOccupancy,
-    PinConfig, Protocol, Reason, ServiceDump, ServiceSpec, ServiceStats, Stats, TrafficStats,
-    config, dump, eligible, error, spec,
+    NatConfig, PinConfig, Protocol, Reason, ServiceDump, ServiceSpec, ServiceStats, SourceRanges,
+    Stats, TrafficStats, WhenEmpty, config, dump, eligible, error, spec,
 };
 pub use pass::PassProgram;
 pub use testrun::{TestRunOutput, XdpTestRunner};

@@ -49,6 +49,11 @@ fn prefixes(r: Option<&SourceRanges>) -> BTreeSet<IpNet> {
 }
 
 impl Dataplane {
+    /// Entries in `SOURCE_RANGES`, over every service.
+    pub fn source_range_entries(&self) -> u32 {
+        self.source_range_entries
+    }
+
     /// Before any write: the trie must hold the prefixes this update adds.
     pub(crate) fn check_source_range_capacity(&self, spec: &ServiceSpec) -> Result<(), Error> {
         let have = prefixes(

@@ -160,6 +160,18 @@ impl AgentConfig {
         if self.kubernetes() && self.node_name().is_empty() {
             bail!("Kubernetes mode needs this node's name: pass --node-name or set NODE_NAME");
         }
+        let nat = self.dataplane.nat;
+        let np = self.node_port_range;
+        if nat.port_min <= np.last && np.first <= nat.port_max {
+            bail!(
+                "dataplane.nat ports {}-{} overlap node_port_range {}-{}: a reply to a \
+                 source-NATed flow would be taken for a NodePort; move one of them",
+                nat.port_min,
+                nat.port_max,
+                np.first,
+                np.last
+            );
+        }
         if let Some(p) = &self.peer_service {
             crate::peers::parse_service(p)?;
         }
