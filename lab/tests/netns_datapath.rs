@@ -193,3 +193,29 @@ fn netns_bounded_load_both_modes_zero_failures() {
     assert_eq!(dp.reason(Reason::DropNoBackend).unwrap(), 0);
     lab.assert_no_checksum_errors();
 }
+
+#[test]
+fn netns_udp_datagram_larger_than_the_mtu_through_a_nodeport_both_ways() {
+    let lab = lab(1);
+    let mut dp = dataplane(&lab);
+    let echo = SocketAddr::new(IpAddr::V4(lab.backend_addr(0)), 5400);
+    dp.upsert_service(&ServiceSpec {
+        name: "default/big:udp".into(),
+        protocol: Protocol::Udp,
+        frontends: vec![Frontend::NodePort(30054)],
+        backends: vec![BackendSpec::ready(echo)],
+        ..Default::default()
+    })
+    .expect("service");
+    let target = SocketAddr::new(lab.node_addr().into(), 30054);
+    udp_echo_through(lab.client(), lab.backend(0), echo, target, 4000);
+    assert!(
+        dp.reason(Reason::FragmentTranslated).unwrap() >= 2,
+        "later fragments at XDP"
+    );
+    assert!(
+        dp.reason(Reason::TcFragmentTranslated).unwrap() >= 2,
+        "later fragments at TC"
+    );
+    lab.assert_no_checksum_errors();
+}

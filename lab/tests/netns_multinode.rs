@@ -257,6 +257,19 @@ fn nodeport_reaches_pods_on_both_nodes(redirect: bool) {
         }
         a.remove_service(&name).expect("remove");
     }
+    // A UDP datagram larger than the links' MTU, to a pod on B and back: fragments are
+    // source-NATed, and the reply's are translated back, as their first fragment was.
+    let echo = SocketAddr::new(IpAddr::V4(pod_addr(Node::B, 1)), 5400);
+    a.upsert_service(&ServiceSpec {
+        name: "default/big:udp".into(),
+        protocol: Protocol::Udp,
+        frontends: vec![Frontend::NodePort(30054)],
+        backends: vec![BackendSpec::ready(echo).on_another_node()],
+        ..Default::default()
+    })
+    .expect("big");
+    let target = SocketAddr::new(NODE_A.into(), 30054);
+    common::udp_echo_through(lab.client(), lab.pod(Node::B, 1), echo, target, 4000);
     let errors = lab.checksum_errors().expect("counters");
     assert!(errors.is_empty(), "checksum errors: {errors:?}");
 }

@@ -28,6 +28,7 @@ pub mod map_names {
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     pub const SOURCE_DENIED: &str = "SOURCE_DENIED";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
 
     /// Every map of the object, in a fixed order (pinning, verification).
     pub const ALL: &[&str] = &[
@@ -49,6 +50,7 @@ pub mod map_names {
         SOURCE_RANGES,
         SOURCE_DENIED,
         SCRATCH,
+        FRAGMENTS,
     ];
 }
 
@@ -372,6 +374,29 @@ pub struct GlobalConfig {
     pub nat_port_max: u16,
 }
 
+/// A `FRAGMENTS` key: an IPv4 datagram as its fragments arrive (before translation), in
+/// one direction.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct FragKey {
+    pub src: NetAddr,
+    pub dst: NetAddr,
+    /// The IPv4 identification field, raw.
+    pub id: u16,
+    pub proto: u8,
+    /// One of [`dir`]: FORWARD at XDP, REPLY at TC.
+    pub dir: u8,
+}
+
+/// How the first fragment of a datagram was translated: the later fragments get the same
+/// addresses (they carry no ports).
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug)]
+pub struct FragEntry {
+    pub src: NetAddr,
+    pub dst: NetAddr,
+}
+
 /// A `SOURCE_RANGES` key (after the LPM trie's prefix length): a service and a client
 /// address. The prefix length covers the 32 bits of the id plus the address prefix (an
 /// IPv4 prefix `/p` is the mapped `/(96 + p)`), so a lookup matches only that service's
@@ -421,6 +446,8 @@ const _: () = {
     assert!(core::mem::size_of::<TrafficStats>() == 24);
     assert!(core::mem::size_of::<GlobalConfig>() == 28);
     assert!(core::mem::size_of::<SourceRangeKey>() == 20);
+    assert!(core::mem::size_of::<FragKey>() == 36);
+    assert!(core::mem::size_of::<FragEntry>() == 32);
     assert!(core::mem::size_of::<AffinityKey>() == 20);
     assert!(core::mem::size_of::<AffinityEntry>() == 16);
     assert!(core::mem::size_of::<RefusalWindow>() == 16);
@@ -446,6 +473,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for RefusalWindow {}
     unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
 }
 
 #[cfg(test)]

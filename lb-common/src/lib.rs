@@ -30,5 +30,6 @@ pub use reason::Reason;
 ///   [`service_flags::NODE_PORT`].
 /// - v4: several nodes: `CtEntry` carries the client (`peer_*`) and source-NATed flows
 ///   ([`ct_flags::SNAT`]); `Backend` can be [`backend_flags::REMOTE`]; `GlobalConfig`
-///   holds the NAT port range; `SOURCE_RANGES` (LPM trie), `SOURCE_DENIED` and `SCRATCH`.
+///   holds the NAT port range; `SOURCE_RANGES` (LPM trie), `SOURCE_DENIED`, `SCRATCH` and
+///   `FRAGMENTS` (IPv4 datagrams whose first fragment was translated).
 pub const LAYOUT_VERSION: u32 = 4;

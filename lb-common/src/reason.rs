@@ -22,8 +22,9 @@ reasons! {
     PassNotIp = "xdp_pass_not_ip",
     /// XDP: no frontend matches destination, port and protocol: passed untouched.
     PassNotOurs = "xdp_pass_not_ours",
-    /// XDP: an IP fragment (IPv4 fragment fields, or an IPv6 fragment header, first
-    /// fragment included): passed untouched (ports are only in the first fragment).
+    /// XDP: an IP fragment that cannot be translated: a later IPv4 fragment whose first
+    /// fragment was not seen (or not ours), or any IPv6 fragment: passed untouched (ports
+    /// are only in the first fragment).
     PassFragment = "xdp_pass_fragment",
     /// XDP: IPv6 with more extension headers than the program walks (4), or a routing
     /// header with segments left (the destination is not the final one): passed untouched.
@@ -112,6 +113,10 @@ reasons! {
     /// XDP: a packet to the NAT port range of a node address without a live SNAT flow:
     /// passed untouched.
     PassSnatStale = "xdp_pass_snat_stale",
+    /// XDP: a later IPv4 fragment translated as its datagram's first fragment was.
+    FragmentTranslated = "xdp_fragment_translated",
+    /// TC: a later IPv4 fragment of a reply translated as its first fragment was.
+    TcFragmentTranslated = "tc_fragment_translated",
 }
 
 impl Reason {

@@ -37,6 +37,9 @@ pub struct Capacities {
     pub redirect_ports: u32,
     /// `loadBalancerSourceRanges` prefixes over all services.
     pub source_ranges: u32,
+    /// IPv4 datagrams in flight as fragments (LRU): how each first fragment was
+    /// translated, for the later ones.
+    pub fragments: u32,
 }
 
 impl Default for Capacities {
@@ -53,6 +56,7 @@ impl Default for Capacities {
             node_addresses: 256,
             redirect_ports: 256,
             source_ranges: 16384,
+            fragments: 8192,
         }
     }
 }

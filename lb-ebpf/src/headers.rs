@@ -14,6 +14,8 @@ pub const TCP_HLEN_MIN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 /// Fragment offset and more-fragments bits of `frag_off` (raw).
 pub const IP_FRAG_MASK_RAW: u16 = 0x3fffu16.to_be();
+/// The fragment offset bits of `frag_off` (raw).
+pub const IP_OFFSET_MASK_RAW: u16 = 0x1fffu16.to_be();
 
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_ACK: u8 = 0x10;
@@ -121,6 +123,9 @@ pub struct Packet<H> {
     pub tcp_flags: u8,
     /// Offset of the checksum field from the start of the L4 header.
     pub check_off: usize,
+    /// IPv4: the first fragment of a fragmented datagram (more fragments follow; its L4
+    /// header is here, the rest of the datagram is not).
+    pub frag_first: bool,
 }
 
 impl<H> Clone for Packet<H> {
@@ -150,6 +155,7 @@ impl<H> Packet<H> {
             dport: self.dport,
             tcp_flags: self.tcp_flags,
             check_off: self.check_off,
+            frag_first: self.frag_first,
         }
     }
 
@@ -279,15 +285,23 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
     if ihl < IPV4_HLEN_MIN {
         return Err(ParseStop::Malformed);
     }
-    if frag_off & IP_FRAG_MASK_RAW != 0 {
+    // A later fragment has no L4 header (see `crate::frag`); the first one does.
+    if frag_off & IP_OFFSET_MASK_RAW != 0 {
         return Err(ParseStop::Fragment);
     }
+    let frag_first = frag_off & IP_FRAG_MASK_RAW != 0;
     let l4_off = ETH_HLEN + ihl;
     let l4 = parse_l4(data, data_end, l4_off, proto, true)?;
     // Length fields against each other and the frame (after the pointer checks, see above).
+    // A first fragment holds the L4 header but not the whole datagram a UDP length claims.
+    let l4_min = if frag_first && proto == lb_common::IPPROTO_UDP {
+        UDP_HLEN
+    } else {
+        l4.min_len
+    };
     // SAFETY: `ip` was bounds checked.
     let tot_len = u16::from_be(unsafe { (*ip).tot_len }) as usize;
-    if tot_len < ihl + l4.min_len || ETH_HLEN + tot_len > frame_len {
+    if tot_len < ihl + l4_min || ETH_HLEN + tot_len > frame_len {
         return Err(ParseStop::Malformed);
     }
     Ok(Packet {
@@ -299,6 +313,7 @@ pub fn parse_ipv4(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv4
         dport: l4.dport,
         tcp_flags: l4.tcp_flags,
         check_off: l4.check_off,
+        frag_first,
     })
 }
 
@@ -365,5 +380,6 @@ pub fn parse_ipv6(data: usize, data_end: usize, frame_len: usize) -> Result<Ipv6
         dport: l4.dport,
         tcp_flags: l4.tcp_flags,
         check_off: l4.check_off,
+        frag_first: false,
     })
 }

@@ -11,6 +11,7 @@
 mod baseline;
 mod conntrack;
 mod forward;
+mod frag;
 mod headers;
 mod icmp;
 mod maps;

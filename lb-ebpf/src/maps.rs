@@ -8,7 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityEntry, AffinityKey, Backend, CtEntry, FlowKey, GlobalConfig, NetAddr, RefusalWindow,
-    ServiceKey, ServiceName, ServiceValue, SlotBlock, SourceRangeKey, TrafficStats,
+    FragEntry, FragKey, ServiceKey, ServiceName, ServiceValue, SlotBlock, SourceRangeKey,
+    TrafficStats,
     map_flags::MMAPABLE,
 };
 
@@ -93,8 +94,14 @@ pub struct Scratch {
     pub fib: FibParams,
     pub key: FlowKey,
     pub entry: CtEntry,
+    pub frag: FragKey,
 }
 
 /// One element per CPU (see [`Scratch`]).
 #[map]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// IPv4 datagrams whose first fragment was translated: how, for the later fragments. See
+/// [`crate::frag`].
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> = LruHashMap::with_max_entries(1, 0);

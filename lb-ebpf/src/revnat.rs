@@ -62,6 +62,7 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
             return crate::icmp::translate_out(ctx);
         }
         Err(ParseStop::NotIpv4) => return try_run_v6(ctx),
+        Err(ParseStop::Fragment) => return crate::frag::follow_reply(ctx),
         Err(_) => return Err(Reason::TcPassNotOurs),
     };
     // SAFETY: bounds checked by the parser.
@@ -104,6 +105,11 @@ fn try_run(ctx: &TcContext) -> Result<Reason, Reason> {
         .map_err(fail)?;
     ctx.store(IP_SADDR_OFF, &new_saddr, 0).map_err(fail)?;
     ctx.store(pkt.l4_off, &new_sport, 0).map_err(fail)?;
+    if pkt.frag_first {
+        // The later fragments of this reply get the same source.
+        let id = ctx.load::<u16>(ETH_HLEN + 4).map_err(fail)?;
+        crate::frag::remember(&key, u32::from(id), &ct.nat_addr, &key.dst, dir::REPLY);
+    }
     Ok(Reason::TcRevNat)
 }
 

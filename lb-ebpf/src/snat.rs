@@ -270,6 +270,11 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
         *sport = new_sport;
         *dport = new_dport;
     }
+    if pkt.frag_first {
+        // SAFETY: `ip` was bounds checked (IPv4).
+        let id = u32::from(unsafe { (*pkt.ip.cast::<Ipv4Hdr>()).id });
+        crate::frag::remember(&*key, id, &r.nat_addr, &r.peer_addr, dir::FORWARD);
+    }
     count(Reason::RevSnat);
     Ok(if v6 {
         forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, new_sport, new_dport)

@@ -7,7 +7,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{FlowKey, NetAddr, NetPort, Reason, backend_flags, csum, dir, service_flags};
 
 use crate::{
-    conntrack, forward,
+    conntrack, forward, frag,
     headers::{
         self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseStop,
         TCP_FLAG_ACK, TCP_FLAG_SYN, ptr_at,
@@ -22,6 +22,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // paths' stack frames never add up).
     let verdict = match try_run(ctx) {
         Err(Reason::PassNotOurs) => snat::reverse(ctx),
+        // A later fragment: translated as its first fragment was, if that one was ours.
+        Err(Reason::PassFragment) => frag::follow(ctx),
         v => v,
     };
     match verdict {
@@ -240,6 +242,14 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         }
         *pkt.l4.cast::<u16>()
     };
+    if pkt.frag_first {
+        // SAFETY: `ip` was bounds checked (IPv4: only IPv4 has first fragments here).
+        let (id, new_src) = unsafe {
+            let ip = pkt.ip.cast::<Ipv4Hdr>();
+            (u32::from((*ip).id), NetAddr::from_v4_raw((*ip).saddr))
+        };
+        frag::remember(&flow, id, &new_src, &backend.addr, dir::FORWARD);
+    }
     traffic(svc.id, backend_id, (data_end - data) as u64, new_flow);
 
     Ok(if v6 {

@@ -262,6 +262,7 @@ impl Dataplane {
             ("capacities.node_addresses", caps.node_addresses),
             ("capacities.redirect_ports", caps.redirect_ports),
             ("capacities.source_ranges", caps.source_ranges),
+            ("capacities.fragments", caps.fragments),
             ("capacities.affinity", caps.affinity),
         ] {
             if v == 0 || v >= u32::MAX / 2 {

@@ -253,7 +253,7 @@ impl Names {
 
 /// Max entries of every map from the capacities (ids are 1-based, so arrays get one more;
 /// `SLOTS` holds `SLOTS_PER_ENTRY` slots an element).
-pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 17] {
+pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 18] {
     [
         (names::SERVICES, c.frontends),
         (names::BACKENDS, c.backends + 1),
@@ -272,6 +272,7 @@ pub(crate) fn max_entries(c: &Capacities) -> [(&'static str, u32); 17] {
         (names::SOURCE_RANGES, c.source_ranges),
         (names::SOURCE_DENIED, c.services + 1),
         (names::SCRATCH, 1),
+        (names::FRAGMENTS, c.fragments),
     ]
 }
 

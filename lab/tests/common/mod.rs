@@ -164,3 +164,55 @@ pub fn sluice_bin() -> std::path::PathBuf {
     );
     bin
 }
+
+/// Sends one UDP datagram of `size` bytes from `client` to `target`, which a one-shot echo
+/// bound to `echo_at` inside `pod` returns; checks that both directions arrive whole and
+/// that the reply comes from `target`. Datagrams above the links' MTU travel as fragments.
+pub fn udp_echo_through(
+    client: &lab::Netns,
+    pod: &lab::Netns,
+    echo_at: SocketAddr,
+    target: SocketAddr,
+    size: usize,
+) {
+    use std::net::UdpSocket;
+    let timeout = Duration::from_secs(5);
+    let server = pod
+        .enter(|| UdpSocket::bind(echo_at))
+        .expect("enter pod")
+        .expect("bind the echo");
+    server.set_read_timeout(Some(timeout)).expect("timeout");
+    let echo = std::thread::spawn(move || -> std::io::Result<usize> {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = server.recv_from(&mut buf)?;
+        server.send_to(&buf[..n], from)?;
+        Ok(n)
+    });
+    let payload: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    let (reply, from) = client
+        .enter(move || -> std::io::Result<(Vec<u8>, SocketAddr)> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(timeout))?;
+            s.send_to(&payload, target)?;
+            let mut buf = vec![0u8; 65536];
+            let (n, from) = s.recv_from(&mut buf)?;
+            buf.truncate(n);
+            Ok((buf, from))
+        })
+        .expect("enter client")
+        .unwrap_or_else(|e| panic!("UDP datagram of {size} bytes through {target}: {e}"));
+    assert_eq!(
+        echo.join().expect("echo thread").expect("echo"),
+        size,
+        "arrived whole"
+    );
+    assert_eq!(reply.len(), size, "the reply arrived whole");
+    assert!(
+        reply.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8),
+        "the reply's bytes are the request's"
+    );
+    assert_eq!(
+        from, target,
+        "the reply comes from the frontend the client dialled"
+    );
+}
