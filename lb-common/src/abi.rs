@@ -124,6 +124,10 @@ pub mod service_flags {
     /// New flows are allowed only from the client prefixes of this service in
     /// `SOURCE_RANGES` (`loadBalancerSourceRanges`); others are dropped and counted.
     pub const SOURCE_RANGES: u32 = 8;
+    /// Direct server return: a new flow to an endpoint on another node travels there
+    /// encapsulated (IPIP, the frontend untouched inside), and that node's data path
+    /// translates it and sends the reply straight to the client from the frontend.
+    pub const DSR: u32 = 16;
 }
 
 /// What a frontend maps to.
@@ -341,6 +345,11 @@ pub mod ct_flags {
     /// The flow is source-NATed (its backend is on another node): FORWARD `nat_*` name
     /// the source it leaves with, and its replies come back to that address and port.
     pub const SNAT: u8 = 2;
+    /// A direct-server-return flow. On the node that chose the endpoint: the FORWARD entry
+    /// only (replies do not come back), `nat_addr` the outer source of the encapsulation.
+    /// On the endpoint's node: `backend_id` 0 (the endpoint came with the packet), judged by
+    /// its timeouts alone.
+    pub const DSR: u8 = 4;
 }
 
 /// Per-service and per-backend traffic counters (per CPU; userspace sums them).

@@ -117,6 +117,18 @@ reasons! {
     FragmentTranslated = "xdp_fragment_translated",
     /// TC: a later IPv4 fragment of a reply translated as its first fragment was.
     TcFragmentTranslated = "tc_fragment_translated",
+    /// Event: a new flow to an endpoint on another node was sent there by direct server
+    /// return.
+    DsrNew = "dsr_new",
+    /// XDP: a packet of a direct-server-return flow was encapsulated (IPIP) towards its
+    /// endpoint's node.
+    DsrEncapsulated = "xdp_dsr_encapsulated",
+    /// XDP: an encapsulated packet for a local endpoint of a direct-server-return frontend
+    /// was decapsulated and translated.
+    DsrDecapsulated = "xdp_dsr_decapsulated",
+    /// XDP: a packet that would exceed the path MTU once encapsulated: an ICMP
+    /// fragmentation needed (with the MTU less the encapsulation) was sent back (XDP_TX).
+    TxFragNeeded = "xdp_tx_frag_needed",
 }
 
 impl Reason {

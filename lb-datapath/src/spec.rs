@@ -187,6 +187,11 @@ pub struct ServiceSpec {
     /// `loadBalancerSourceRanges`, when the service has them.
     #[serde(default)]
     pub source_ranges: Option<SourceRanges>,
+    /// Direct server return to endpoints on other nodes (IPv4): their node's data path
+    /// answers the client straight from the frontend, and the endpoint sees the client's
+    /// address. Off: such flows are source-NATed. Every node must program the service.
+    #[serde(default)]
+    pub dsr: bool,
 }
 
 impl ServiceSpec {

@@ -241,6 +241,22 @@ pub fn on_forward(t: Table, fwd: &FlowKey, e: *mut CtEntry, backend: &Backend, f
     };
     // SAFETY: this CPU's scratch element, valid while the program runs.
     let (c, key) = unsafe { (&mut (*s).entry, &mut (*s).key) };
+    if e.flags & ct_flags::DSR != 0 && e.backend_id != 0 {
+        // A direct-server-return flow on the node that chose its endpoint: replies never
+        // come back here, so a handshake is confirmed by the client's first packet without
+        // SYN (it stays in its table) and no REPLY entry is kept.
+        if fwd.proto == IPPROTO_TCP {
+            let mut state = next_state(e.state, tcp_flags);
+            if state == ct_state::NEW && tcp_flags & (TCP_SYN | TCP_RST | TCP_FIN) == 0 {
+                state = ct_state::ESTABLISHED;
+            }
+            e.state = state;
+        }
+        if e.last_seen_s != now {
+            e.last_seen_s = now;
+        }
+        return;
+    }
     *key = e.reply_key(fwd, backend.addr, backend.port);
     if fwd.proto == IPPROTO_TCP {
         let state = next_state(e.state, tcp_flags);

@@ -10,6 +10,7 @@
 
 mod baseline;
 mod conntrack;
+mod dsr;
 mod forward;
 mod frag;
 mod headers;

@@ -95,6 +95,9 @@ pub struct Scratch {
     pub key: FlowKey,
     pub entry: CtEntry,
     pub frag: FragKey,
+    /// A decapsulated DSR flow's key and endpoint ([`crate::dsr`]).
+    pub fwd: FlowKey,
+    pub backend: Backend,
 }
 
 /// One element per CPU (see [`Scratch`]).

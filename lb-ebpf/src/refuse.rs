@@ -31,6 +31,7 @@ const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 const IP_DF_RAW: u16 = 0x4000u16.to_be();
 /// ICMP header + the quoted IPv4 header + 8 bytes of the original datagram.
 const ICMP_QUOTE: usize = 8 + IPV4_HLEN_MIN + 8;
@@ -180,6 +181,29 @@ fn pseudo_ipv6(src: &[u32; 4], dst: &[u32; 4], nexthdr: u8, len: u16) -> u32 {
     sum
 }
 
+/// The main path found no usable backend for this packet: parses it again (beside the main
+/// path's stack frame) and refuses it, counting how.
+#[inline(never)]
+pub fn packet(ctx: &XdpContext) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let len = data_end - data;
+    let (action, tcp) = match crate::headers::parse_ipv4(data, data_end, len) {
+        Ok(p) => (refuse(ctx, &p)?, p.proto == lb_common::IPPROTO_TCP),
+        Err(crate::headers::ParseStop::NotIpv4) => {
+            let p = crate::headers::parse_ipv6(data, data_end, len)
+                .map_err(|_| Reason::DropNoBackend)?;
+            (refuse6(ctx, &p)?, p.proto == lb_common::IPPROTO_TCP)
+        }
+        Err(_) => return Err(Reason::DropNoBackend),
+    };
+    crate::stats::count(if tcp {
+        Reason::TxRefuseTcpRst
+    } else {
+        Reason::TxRefuseIcmpUnreachable
+    });
+    Ok(action)
+}
+
 /// Answers a packet to a frontend without usable backend. `Ok(XDP_TX)` with the reply in
 /// place, or `Err(reason)` to drop it.
 #[inline(always)]
@@ -204,8 +228,29 @@ pub fn refuse(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
         if !budget() {
             return Err(Reason::DropRefusalRateLimited);
         }
-        icmp_port_unreachable(ctx)
+        icmp_unreachable(ctx, ICMP_PORT_UNREACH, 0)
     }
+}
+
+/// RFC 1191 "fragmentation needed" with the next-hop MTU `mtu`, back to the sender of an
+/// IPv4 packet (no options) that does not fit once encapsulated: the sender lowers its path
+/// MTU. Under the same destination rules and budget as refusals.
+#[inline(always)]
+pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (vhl, saddr) = unsafe { ((*ip).vhl, (*ip).saddr) };
+    if vhl != 0x45 {
+        return Err(Reason::DropNoBackend);
+    }
+    if !refusable_v4(saddr) {
+        return Err(Reason::DropRefusalBadDestination);
+    }
+    if !budget() {
+        return Err(Reason::DropRefusalRateLimited);
+    }
+    icmp_unreachable(ctx, ICMP_FRAG_NEEDED, mtu)
 }
 
 /// RFC 9293 reset generation: acknowledge what the segment occupied, or reuse its ACK.
@@ -258,11 +303,12 @@ fn tcp_rst(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
     transmit(ctx, data_end - data, ETH_HLEN + 40)
 }
 
-/// RFC 792 destination unreachable (port): outer IPv4 + ICMP + the original IPv4 header and
-/// its first 8 bytes. The original headers already sit where the quote goes once 28 bytes
-/// are prepended, so nothing is copied but the Ethernet header.
+/// RFC 792 destination unreachable (`code`; `mtu`: the next-hop MTU of "fragmentation
+/// needed", else 0): outer IPv4 + ICMP + the original IPv4 header and its first 8 bytes.
+/// The original headers already sit where the quote goes once 28 bytes are prepended, so
+/// nothing is copied but the Ethernet header.
 #[inline(always)]
-fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
+fn icmp_unreachable(ctx: &XdpContext, code: u8, mtu: u16) -> Result<u32, Reason> {
     let (data, data_end) = prepend_reply_eth(ctx, IPV4_HLEN_MIN + 8)?;
     let new_len = ETH_HLEN + IPV4_HLEN_MIN + ICMP_QUOTE;
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
@@ -281,10 +327,10 @@ fn icmp_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
             (IPV4_HLEN_MIN + ICMP_QUOTE) as u16,
         );
         let words = &mut *icmp;
-        words[0] = u16::from_ne_bytes([ICMP_DEST_UNREACH, ICMP_PORT_UNREACH]);
+        words[0] = u16::from_ne_bytes([ICMP_DEST_UNREACH, code]);
         words[1] = 0;
         words[2] = 0;
-        words[3] = 0;
+        words[3] = mtu.to_be();
         words[1] = !csum::fold(sum_words::<{ ICMP_QUOTE / 2 }>(icmp.cast()));
     }
     transmit(ctx, data_end - data, new_len)

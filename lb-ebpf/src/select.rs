@@ -40,6 +40,31 @@ pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
     unsafe { SERVICES.get(&key) }.copied()
 }
 
+/// The service of `daddr:dport/proto` wherever the packet was addressed: an exact frontend,
+/// else a NodePort of any address of that family (a direct-server-return packet names the
+/// address of the node that chose the endpoint, not one of this node's).
+#[inline(always)]
+pub fn frontend_anywhere(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
+    let mut key = ServiceKey {
+        addr: daddr,
+        port: NetPort(dport),
+        proto,
+        scope: scope::EXACT,
+    };
+    // SAFETY: values are plain data; the reference does not outlive this function.
+    if let Some(svc) = unsafe { SERVICES.get(&key) } {
+        return Some(*svc);
+    }
+    key.addr = if daddr.is_v4() {
+        NetAddr::V4_UNSPECIFIED
+    } else {
+        NetAddr::UNSPECIFIED
+    };
+    key.scope = scope::NODE_PORT;
+    // SAFETY: as above.
+    unsafe { SERVICES.get(&key) }.copied()
+}
+
 /// A live backend of service `service_id` by id, in place in the map (no copy: the XDP
 /// program's stack is tight): `None` for id 0, out of range, deleted, or a backend of
 /// another service (counted: a table or a tracked flow that names another service's

@@ -23,7 +23,7 @@ use crate::{
     conntrack,
     forward,
     headers::{self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ptr_at},
-    maps::{CONFIG, CONNTRACK, NODE_ADDRS, SCRATCH},
+    maps::{CONFIG, CONNTRACK, NODE_ADDRS, SCRATCH, Scratch},
     stats::count,
 };
 
@@ -60,40 +60,7 @@ pub fn track(
     // SAFETY: `s` is this CPU's scratch element, valid while the program runs; `ctx.ctx`
     // is the program's context.
     unsafe {
-        let fib = &mut (*s).fib;
-        zero_words(
-            (fib as *mut FibParams).cast(),
-            core::mem::size_of::<FibParams>() / 4,
-        );
-        let v4 = backend.addr.is_v4();
-        if v4 {
-            fib.family = AF_INET;
-            fib.__bindgen_anon_4.ipv4_dst = backend.addr.words[3];
-        } else {
-            fib.family = AF_INET6;
-            fib.__bindgen_anon_4.ipv6_dst = backend.addr.words;
-        }
-        fib.l4_protocol = fwd.proto;
-        fib.ifindex = (*ctx.ctx).ingress_ifindex;
-        let rc = bpf_fib_lookup(
-            ctx.ctx.cast(),
-            fib,
-            core::mem::size_of::<FibParams>() as i32,
-            FIB_SRC | FIB_SKIP_NEIGH,
-        );
-        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-            return Err(Reason::DropSnatNoRoute);
-        }
-        let src = if v4 {
-            NetAddr::from_v4_raw(fib.__bindgen_anon_3.ipv4_src)
-        } else {
-            NetAddr {
-                words: fib.__bindgen_anon_3.ipv6_src,
-            }
-        };
-        if src == NetAddr::UNSPECIFIED || src == NetAddr::V4_UNSPECIFIED {
-            return Err(Reason::DropSnatNoRoute);
-        }
+        let src = route_source(ctx, s, &backend.addr, fwd.proto)?;
 
         // The REPLY value: the frontend to restore as the source, the client as the
         // destination.
@@ -155,12 +122,64 @@ pub fn track(
     Ok(())
 }
 
+/// The node's address towards `addr`: the preferred source of the route the kernel would
+/// take (`bpf_fib_lookup` with `BPF_FIB_LOOKUP_SRC`), looked up in `s`'s fib room.
+///
+/// # Safety
+/// `s` must be this CPU's scratch element.
+#[inline(always)]
+pub unsafe fn route_source(
+    ctx: &XdpContext,
+    s: *mut Scratch,
+    addr: &NetAddr,
+    proto: u8,
+) -> Result<NetAddr, Reason> {
+    // SAFETY: per the contract; `ctx.ctx` is the program's context.
+    unsafe {
+        let fib = &mut (*s).fib;
+        zero_words(
+            (fib as *mut FibParams).cast(),
+            core::mem::size_of::<FibParams>() / 4,
+        );
+        let v4 = addr.is_v4();
+        if v4 {
+            fib.family = AF_INET;
+            fib.__bindgen_anon_4.ipv4_dst = addr.words[3];
+        } else {
+            fib.family = AF_INET6;
+            fib.__bindgen_anon_4.ipv6_dst = addr.words;
+        }
+        fib.l4_protocol = proto;
+        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        let rc = bpf_fib_lookup(
+            ctx.ctx.cast(),
+            fib,
+            core::mem::size_of::<FibParams>() as i32,
+            FIB_SRC | FIB_SKIP_NEIGH,
+        );
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+            return Err(Reason::DropSnatNoRoute);
+        }
+        let src = if v4 {
+            NetAddr::from_v4_raw(fib.__bindgen_anon_3.ipv4_src)
+        } else {
+            NetAddr {
+                words: fib.__bindgen_anon_3.ipv6_src,
+            }
+        };
+        if src == NetAddr::UNSPECIFIED || src == NetAddr::V4_UNSPECIFIED {
+            return Err(Reason::DropSnatNoRoute);
+        }
+        Ok(src)
+    }
+}
+
 /// Zeroes `n` 4-byte words with volatile stores (never turned into a `memset` call).
 ///
 /// # Safety
 /// `p` must be valid for `n` aligned 4-byte writes.
 #[inline(always)]
-unsafe fn zero_words(p: *mut u32, n: usize) {
+pub(crate) unsafe fn zero_words(p: *mut u32, n: usize) {
     let mut i = 0;
     while i < n {
         // SAFETY: per the contract.

@@ -7,12 +7,13 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{FlowKey, NetAddr, NetPort, Reason, backend_flags, csum, dir, service_flags};
 
 use crate::{
-    conntrack, forward, frag,
+    conntrack, dsr, forward, frag,
     headers::{
         self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseStop,
         TCP_FLAG_ACK, TCP_FLAG_SYN, ptr_at,
     },
     icmp, ranges, refuse, select, snat,
+    maps::SCRATCH,
     stats::{count, traffic},
 };
 
@@ -24,6 +25,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Err(Reason::PassNotOurs) => snat::reverse(ctx),
         // A later fragment: translated as its first fragment was, if that one was ours.
         Err(Reason::PassFragment) => frag::follow(ctx),
+        // Signals of the main path: an IPIP packet (maybe direct server return to a local
+        // endpoint), and a DSR flow's packet to encapsulate.
+        Err(Reason::DsrDecapsulated) => dsr::decapsulate(ctx),
+        Err(Reason::DsrEncapsulated) => dsr::encapsulate(ctx),
+        // No usable backend: refused (TCP RST, ICMP port unreachable).
+        Err(Reason::TxRefuseTcpRst) => refuse::packet(ctx),
+        Err(TRANSLATE) => translate(ctx),
         v => v,
     };
     match verdict {
@@ -69,6 +77,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         let p = match headers::parse_ipv4(data, data_end, data_end - data) {
             Ok(p) => p,
             Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMP)) => return icmp::translate_in(ctx),
+            Err(ParseStop::OtherProto(dsr::IPPROTO_IPIP)) => return Err(Reason::DsrDecapsulated),
             Err(stop) => return Err(stop_reason(stop)),
         };
         // SAFETY: `ip` was bounds checked by the parser.
@@ -116,9 +125,12 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     // always selects afresh (client ports are reused at high connection rates); an expired
     // entry is a new flow.
     let now = conntrack::now_s();
+    let len = (data_end - data) as u64;
     let mut chosen = None;
-    // The FORWARD entry of a source-NATed flow (its source is rewritten too).
-    let mut snat_entry: Option<*const lb_common::CtEntry> = None;
+    // Whether the flow is source-NATed or sent by direct server return is read below from
+    // this CPU's scratch entry, where every path leaves the flow's FORWARD value: no
+    // variable tells the paths apart, so the verifier walks the rest once for all of them.
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtUpdateFailed)?;
     match conntrack::forward(&flow) {
         Some((table, e)) => {
             // SAFETY: the entry is valid while the program runs; fields are read in place
@@ -137,10 +149,14 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 count(Reason::CtHit);
                 let flags_now = (u64::from(pkt.tcp_flags) << 32) | u64::from(now);
                 conntrack::on_forward(table, &flow, e, b, flags_now);
-                if ct.flags & lb_common::ct_flags::SNAT != 0 {
-                    snat_entry = Some(e);
+                // SAFETY: this CPU's scratch element (on_forward used it as it liked).
+                unsafe {
+                    (*scratch).entry.flags = ct.flags;
+                    (*scratch).entry.nat_addr = ct.nat_addr;
+                    (*scratch).entry.nat_port = ct.nat_port;
                 }
-                chosen = Some((bid, b, false));
+                traffic(svc.id, bid, len, false);
+                chosen = Some(b);
             } else {
                 // Its backend is gone (or the id names another backend now): the flow is
                 // selected afresh and tracked anew; the GC deletes the old REPLY entry.
@@ -151,7 +167,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         None if is_tcp && !is_syn => count(Reason::CtMiss),
         None => {}
     }
-    let (backend_id, backend, new_flow) = match chosen {
+    let backend = match chosen {
         Some(c) => c,
         None => {
             if svc.flags & service_flags::SOURCE_RANGES != 0
@@ -173,33 +189,74 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
                 if svc.flags & service_flags::DROP_WHEN_EMPTY != 0 {
                     return Err(Reason::DropNoLocalEndpoint);
                 }
-                let action = if v6 {
-                    refuse::refuse6(ctx, &pkt.cast())?
-                } else {
-                    refuse::refuse(ctx, &pkt.cast())?
-                };
-                count(if is_tcp {
-                    Reason::TxRefuseTcpRst
-                } else {
-                    Reason::TxRefuseIcmpUnreachable
-                });
-                return Ok(action);
+                // Refused beside this frame (see `run`).
+                return Err(Reason::TxRefuseTcpRst);
             };
             if b.flags & backend_flags::REMOTE != 0 {
                 let ids = (u64::from(svc.id) << 32) | u64::from(id);
-                snat::track(ctx, &flow, ids, b, now)?;
-                snat_entry = conntrack::forward(&flow).map(|(_, e)| e.cast_const());
-                if snat_entry.is_none() {
-                    return Err(Reason::CtUpdateFailed);
+                if svc.flags & service_flags::DSR != 0 {
+                    dsr::track(ctx, &flow, ids, b, now)?;
+                } else {
+                    snat::track(ctx, &flow, ids, b, now)?;
                 }
             } else {
+                // Leaves a value without SNAT or DSR in the scratch entry.
                 conntrack::track(&flow, svc.id, id, b, now);
             }
             count(Reason::CtNew);
-            (id, b, true)
+            traffic(svc.id, id, len, true);
+            b
         }
     };
+    // SAFETY: this CPU's scratch element; plain data.
+    let nat_flags = unsafe { (*scratch).entry.flags };
 
+    if nat_flags & lb_common::ct_flags::DSR != 0 {
+        // Sent on untouched inside IPIP (beside this frame: see `run`).
+        if v6 {
+            return Err(Reason::PassNotOurs);
+        }
+        dsr::stage(backend)?;
+        return Err(Reason::DsrEncapsulated);
+    }
+    // The rewrite happens beside this frame (see `run` and `translate`): the backend goes
+    // to this CPU's scratch, next to the flow's FORWARD value.
+    // SAFETY: this CPU's scratch element.
+    unsafe {
+        (*scratch).backend.addr = backend.addr;
+        (*scratch).backend.port = backend.port;
+    }
+    Err(TRANSLATE)
+}
+
+/// The signal of [`try_run`] that a packet is to be translated by [`translate`] (never
+/// counted as such: `translate` counts what it did).
+const TRANSLATE: Reason = Reason::Redirect;
+
+/// The rewrite of a packet [`try_run`] chose a backend for (in `SCRATCH`: the backend's
+/// address and port, and the flow's FORWARD value, whose flags say whether the source is
+/// rewritten too), then forwarding. Parses the packet again: as its own call from `run`,
+/// it is verified once for every kind of packet, not once for every path of the choice.
+#[inline(never)]
+fn translate(ctx: &XdpContext) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let v6 = unsafe { (*eth).proto } == ETH_P_IPV6_RAW;
+    let (pkt, src, dst): (Packet<u8>, NetAddr, NetAddr) = if v6 {
+        let p = headers::parse_ipv6(data, data_end, data_end - data).map_err(stop_reason)?;
+        // SAFETY: `ip` was bounds checked by the parser.
+        let (s, d) = unsafe { ((*p.ip).saddr, (*p.ip).daddr) };
+        (p.cast(), NetAddr { words: s }, NetAddr { words: d })
+    } else {
+        let p = headers::parse_ipv4(data, data_end, data_end - data).map_err(stop_reason)?;
+        // SAFETY: as above.
+        let (s, d) = unsafe { ((*p.ip).saddr, (*p.ip).daddr) };
+        (p.cast(), NetAddr::from_v4_raw(s), NetAddr::from_v4_raw(d))
+    };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtUpdateFailed)?;
+    // SAFETY: this CPU's scratch element.
+    let (backend, nat_flags) = unsafe { (&(*scratch).backend, (*scratch).entry.flags) };
     // DNAT: the destination address (in the IPv4 header and its checksum; in the L4
     // pseudo-header for both families) and port; SNAT flows get their source as well.
     let new_dport = backend.port.raw();
@@ -231,8 +288,8 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
         };
         c = c.map(|c| csum::update16(c, pkt.dport, new_dport));
         *dport = new_dport;
-        if let Some(e) = snat_entry {
-            c = snat::rewrite_source(pkt.ip, v6, pkt.l4.cast(), e, c);
+        if nat_flags & lb_common::ct_flags::SNAT != 0 {
+            c = snat::rewrite_source(pkt.ip, v6, pkt.l4.cast(), &(*scratch).entry, c);
         }
         if let Some(mut c) = c {
             if pkt.proto == lb_common::IPPROTO_UDP {
@@ -248,9 +305,17 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
             let ip = pkt.ip.cast::<Ipv4Hdr>();
             (u32::from((*ip).id), NetAddr::from_v4_raw((*ip).saddr))
         };
+        let flow = FlowKey {
+            src,
+            dst,
+            sport: NetPort(pkt.sport),
+            dport: NetPort(pkt.dport),
+            proto: pkt.proto,
+            dir: dir::FORWARD,
+            _pad: [0; 2],
+        };
         frag::remember(&flow, id, &new_src, &backend.addr, dir::FORWARD);
     }
-    traffic(svc.id, backend_id, (data_end - data) as u64, new_flow);
 
     Ok(if v6 {
         forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, sport, new_dport)

@@ -302,6 +302,22 @@ impl Dataplane {
             .collect()
     }
 
+    /// How many instructions the verifier walked to accept each program (its complexity,
+    /// against the kernel's limit of 1 000 000): `None` where the kernel does not say.
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        [progs::XDP_LB, progs::TC_REVNAT]
+            .into_iter()
+            .map(|name| {
+                let n = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count());
+                (name, n)
+            })
+            .collect()
+    }
+
     /// Makes `addr` a NodePort address (done by [`Dataplane::attach`] for the interface's own).
     pub fn add_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
         self.insert_node_address(addr, lb_common::node_addr_origin::INTERFACE)

@@ -23,7 +23,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
-use lb_common::{Backend, CtEntry, FlowKey, GlobalConfig, backend_flags, ct_state, dir};
+use lb_common::{Backend, CtEntry, FlowKey, GlobalConfig, backend_flags, ct_flags, ct_state, dir};
 use lb_datapath::{ConntrackConfig, ConntrackStats};
 
 /// One table's handles: a map handle for lookups and deletes, a raw fd for
@@ -284,7 +284,11 @@ impl Collector {
             Err(e) => return Err(e),
         };
         let dead = if k.dir == dir::FORWARD {
-            !alive(&e, now, &self.cfg) || !self.backends.live(e.backend_id, e.backend_gen)?
+            // A DSR flow tracked on its endpoint's node names no backend id (the endpoint
+            // came with the packet): its timeouts alone decide.
+            !alive(&e, now, &self.cfg)
+                || (!(e.flags & ct_flags::DSR != 0 && e.backend_id == 0)
+                    && !self.backends.live(e.backend_id, e.backend_gen)?)
         } else {
             match t.map.get(&e.forward_key(k), 0) {
                 Ok(f) => {

@@ -80,6 +80,8 @@ pub(crate) struct ServiceState {
     pub when_empty: WhenEmpty,
     /// The `SOURCE_RANGES` entries written for this service, and the frontends they filter.
     pub source_ranges: Option<SourceRanges>,
+    /// Direct server return (mirrors `service_flags::DSR`).
+    pub dsr: bool,
     /// Other slot ranges a frontend of this service may still point at (restored frontends
     /// that disagreed, or a table change cut short): reserved until every frontend points at
     /// the table in force, then released.
@@ -489,6 +491,7 @@ impl Dataplane {
                         WhenEmpty::Refuse
                     },
                     source_ranges: None,
+                    dsr: v.flags & service_flags::DSR != 0,
                     stray_ranges,
                 },
             );
@@ -799,6 +802,7 @@ impl Dataplane {
                         affinity: None,
                         when_empty: WhenEmpty::Refuse,
                         source_ranges: None,
+                        dsr: false,
                         stray_ranges: Vec::new(),
                     },
                 );
@@ -958,7 +962,7 @@ impl Dataplane {
                 service_flags::DROP_WHEN_EMPTY
             } else {
                 0
-            },
+            } | if spec.dsr { service_flags::DSR } else { 0 },
             affinity_timeout_s: spec.affinity.map_or(0, |t| t.as_secs() as u32),
         };
         let family = self.family_of(spec);
@@ -1011,6 +1015,7 @@ impl Dataplane {
             svc.table_current = true;
             svc.affinity = spec.affinity;
             svc.when_empty = spec.when_empty;
+            svc.dsr = spec.dsr;
         }
         self.retire_source_ranges(spec, id)?;
         let gone: Vec<Frontend> = self.services[&spec.name]

@@ -46,6 +46,8 @@ fn small_config() -> DataplaneConfig {
 #[test]
 fn snat_tcp_to_an_endpoint_on_another_node_both_ways_exactly() {
     in_node(1, |env, dp| {
+        // The programs' verification complexity, for the log (limit 1 000 000).
+        eprintln!("verified instructions: {:?}", dp.verified_instructions());
         dp.upsert_service(&remote_service("web", Protocol::Tcp, &env.backends))
             .unwrap();
         let snat_addr = lab::topology::node_pod_addr(0);
@@ -378,5 +380,110 @@ fn external_local_without_endpoints_drops_instead_of_refusing() {
         .unwrap();
         let (v, _) = run(dp, env, &tcp(NODE, NODE_PORT, 40001, TcpFlags::SYN).build());
         assert_eq!(v, XDP_PASS);
+    });
+}
+
+/// Direct server return: a flow to an endpoint on another node leaves inside IPIP, the
+/// client's packet untouched; the outer header is fresh (DF, TTL 64, the endpoint's port as
+/// its id), from the node's address towards the endpoint.
+#[test]
+fn dsr_encapsulates_the_untouched_packet_towards_the_endpoint() {
+    in_node(1, |env, dp| {
+        let mut spec = remote_service("web", Protocol::Tcp, &env.backends);
+        spec.dsr = true;
+        dp.upsert_service(&spec).unwrap();
+        let input = tcp(NODE, NODE_PORT, 40000, TcpFlags::SYN).build();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!(verdict, XDP_PASS);
+        let expected = PacketBuilder::new()
+            .ipv4(lab::topology::node_pod_addr(0), env.backends[0])
+            .ip_id(TARGET_PORT)
+            .dont_fragment()
+            .ttl(64)
+            .protocol(4)
+            .payload(&input[14..])
+            .build();
+        assert_eq!(
+            out, expected,
+            "exact bytes: IPIP around the client's packet"
+        );
+        assert_eq!(
+            d,
+            vec![
+                ("ct_new", 1),
+                ("dsr_new", 1),
+                ("xdp_dsr_encapsulated", 1),
+                ("xdp_pass_to_stack", 1)
+            ]
+        );
+        // The flow's next packet goes the same way, without a new flow.
+        let next = tcp(NODE, NODE_PORT, 40000, TcpFlags::ACK).build();
+        let ((_, out), d) = delta(dp, |dp| run(dp, env, &next));
+        let want = PacketBuilder::new()
+            .ipv4(lab::topology::node_pod_addr(0), env.backends[0])
+            .ip_id(TARGET_PORT)
+            .dont_fragment()
+            .ttl(64)
+            .protocol(4)
+            .payload(&next[14..])
+            .build();
+        assert_eq!(
+            out, want,
+            "exact bytes: the same outer header around the next packet"
+        );
+        assert!(d.contains(&("ct_hit", 1)), "{d:?}");
+    });
+}
+
+/// The endpoint's node: an IPIP packet for a DSR frontend is decapsulated and translated
+/// to the endpoint the outer header names; the reply leaves (TC) from the frontend.
+#[test]
+fn dsr_decapsulates_translates_and_the_reply_leaves_from_the_frontend() {
+    in_node(1, |env, dp| {
+        let mut spec = service("web", Protocol::Tcp, &env.backends);
+        spec.dsr = true;
+        dp.upsert_service(&spec).unwrap();
+        // From node A (another node's address) for the NodePort on A's address.
+        let node_a = Ipv4Addr::new(192, 0, 2, 17);
+        let a_addr = Ipv4Addr::new(192, 0, 2, 100);
+        let inner = tcp(a_addr, NODE_PORT, 40000, TcpFlags::SYN).build();
+        let input = PacketBuilder::new()
+            .ipv4(node_a, env.backends[0])
+            .ip_id(TARGET_PORT)
+            .dont_fragment()
+            .ttl(64)
+            .protocol(4)
+            .payload(&inner[14..])
+            .build();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!(verdict, XDP_PASS);
+        let expected = tcp(env.backends[0], TARGET_PORT, 40000, TcpFlags::SYN).build();
+        assert_eq!(out, expected, "exact bytes: decapsulated and translated");
+        verify_checksums(&out).unwrap();
+        assert!(d.contains(&("xdp_dsr_decapsulated", 1)), "{d:?}");
+        let reply = PacketBuilder::new()
+            .ipv4(env.backends[0], CLIENT)
+            .tcp(TARGET_PORT, 40000)
+            .tcp_flags(TcpFlags::SYN | TcpFlags::ACK)
+            .ack(1001)
+            .build();
+        let out = dp.test_tc(&reply).unwrap();
+        let expected = PacketBuilder::new()
+            .ipv4(a_addr, CLIENT)
+            .tcp(NODE_PORT, 40000)
+            .tcp_flags(TcpFlags::SYN | TcpFlags::ACK)
+            .ack(1001)
+            .build();
+        assert_eq!(
+            out.data, expected,
+            "the reply comes from the frontend the client dialled"
+        );
+        verify_checksums(&out.data).unwrap();
+        // Not a DSR frontend (e.g. a CNI's own IPIP traffic): untouched.
+        dp.upsert_service(&service("web", Protocol::Tcp, &env.backends))
+            .unwrap();
+        let ((verdict, out), d) = delta(dp, |dp| run(dp, env, &input));
+        assert_eq!((verdict, out), (XDP_PASS, input.clone()));
+        assert_eq!(d, vec![("xdp_pass_not_ours", 1)]);
     });
 }
