@@ -20,8 +20,8 @@ use common::{HTTP_PORT, UDP_PORT, bench_bin};
 use lab::{
     process::Process,
     two_nodes::{
-        A_NODE_LINK, A_UPLINK, B_NODE_LINK, CLIENT, NODE_A, NODE_A_LINK, Node, TwoNodeLab,
-        pod_addr, pod_link,
+        A_NODE_LINK, A_UPLINK, B_NODE_LINK, B_UPLINK, CLIENT, NODE_A, NODE_A_LINK, Node,
+        TwoNodeLab, pod_addr, pod_link,
     },
 };
 use lb_userspace::{
@@ -88,17 +88,23 @@ fn lab_server(lab: &TwoNodeLab, node: Node, i: usize) -> Process {
     p
 }
 
-fn endpoint(node: Node, i: usize, port: u16) -> BackendSpec {
+/// Pod `i` of `node` as an endpoint of a service programmed on node `on`.
+fn endpoint(node: Node, i: usize, port: u16, on: Node) -> BackendSpec {
     let b = BackendSpec::ready(SocketAddr::new(IpAddr::V4(pod_addr(node, i)), port));
-    if node == Node::A {
-        b
-    } else {
-        b.on_another_node()
-    }
+    if node == on { b } else { b.on_another_node() }
 }
 
-fn program(lab: &TwoNodeLab, dp: &mut Dataplane) {
+/// How flows to endpoints on the other node travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Snat,
+    Dsr,
+}
+
+/// The services as node `on` programs them.
+fn program(lab: &TwoNodeLab, dp: &mut Dataplane, on: Node, mode: Mode) {
     let pods = lab.pods();
+    let dsr = mode == Mode::Dsr;
     dp.upsert_service(&ServiceSpec {
         name: "default/web:http".into(),
         protocol: Protocol::Tcp,
@@ -108,8 +114,9 @@ fn program(lab: &TwoNodeLab, dp: &mut Dataplane) {
         ],
         backends: pods
             .iter()
-            .map(|&(n, i)| endpoint(n, i, HTTP_PORT))
+            .map(|&(n, i)| endpoint(n, i, HTTP_PORT, on))
             .collect(),
+        dsr,
         ..Default::default()
     })
     .expect("web");
@@ -119,8 +126,9 @@ fn program(lab: &TwoNodeLab, dp: &mut Dataplane) {
         frontends: vec![Frontend::NodePort(NODE_PORT_UDP)],
         backends: pods
             .iter()
-            .map(|&(n, i)| endpoint(n, i, UDP_PORT))
+            .map(|&(n, i)| endpoint(n, i, UDP_PORT, on))
             .collect(),
+        dsr,
         ..Default::default()
     })
     .expect("dns");
@@ -174,7 +182,46 @@ fn peer_seen_by(lab: &TwoNodeLab, node: Node, i: usize, target: SocketAddr) -> S
     server.join().expect("server thread").expect("accept")
 }
 
-fn nodeport_reaches_pods_on_both_nodes(redirect: bool) {
+/// Sends `size` bytes through `target` to a sink in pod `i` of `node`, which answers with
+/// the count it read: segments of the full MTU cross the node (and, encapsulated, must
+/// shrink by path MTU discovery).
+fn bulk_through(lab: &TwoNodeLab, node: Node, i: usize, target: SocketAddr, size: usize) {
+    let listener = lab
+        .pod(node, i)
+        .enter(|| TcpListener::bind(SocketAddr::new(pod_addr(node, i).into(), PEER_PORT)))
+        .expect("enter pod")
+        .expect("bind");
+    let sink = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let mut buf = vec![0u8; 65536];
+        let mut n = 0;
+        while n < size {
+            match conn.read(&mut buf)? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        conn.write_all(n.to_string().as_bytes())
+    });
+    let reply = lab
+        .client()
+        .enter(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            s.set_write_timeout(Some(TIMEOUT))?;
+            s.write_all(&vec![7u8; size])?;
+            let mut reply = String::new();
+            s.read_to_string(&mut reply)?;
+            Ok(reply)
+        })
+        .expect("enter client")
+        .unwrap_or_else(|e| panic!("{size} bytes through {target}: {e}"));
+    sink.join().expect("sink thread").expect("sink");
+    assert_eq!(reply, size.to_string(), "every byte arrived");
+}
+
+fn nodeport_reaches_pods_on_both_nodes(mode: Mode, redirect: bool) {
     let lab = two_node_lab();
     let redirect_a: Vec<String> = if redirect {
         vec![A_UPLINK.into(), A_NODE_LINK.into(), pod_link(Node::A, 0)]
@@ -182,11 +229,13 @@ fn nodeport_reaches_pods_on_both_nodes(redirect: bool) {
         Vec::new()
     };
     let mut a = dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK], &redirect_a);
-    let _b = dataplane(&lab, Node::B, &[B_NODE_LINK], &[]);
+    let mut b = dataplane(&lab, Node::B, &[B_NODE_LINK, B_UPLINK], &[]);
     for (n, i) in lab.pods() {
         lab.adopt(lab_server(&lab, n, i));
     }
-    program(&lab, &mut a);
+    // Every node programs every service (B's data path acts only on DSR traffic here).
+    program(&lab, &mut a, Node::A, mode);
+    program(&lab, &mut b, Node::B, mode);
 
     let pods = lab.pods().len();
     for (what, target, protocol) in [
@@ -206,80 +255,120 @@ fn nodeport_reaches_pods_on_both_nodes(redirect: bool) {
             LoadProtocol::udp(b"q".to_vec()),
         ),
     ] {
-        for mode in [
+        for conn in [
             ConnectionMode::KeepAlive,
             ConnectionMode::NewConnectionPerRequest,
         ] {
-            let r = run_load(&lab, target, protocol.clone(), mode);
-            let what = format!("{what} {mode:?} (redirect {redirect})");
+            let r = run_load(&lab, target, protocol.clone(), conn);
+            let what = format!("{what} {conn:?} ({mode:?}, redirect {redirect})");
             assert_eq!(r.sent, 600, "{what}: {r}");
             assert_eq!(r.outcomes.ok, 600, "{what}: every request answered: {r}");
             assert_eq!(r.retried, 0, "{what}: {r}");
-            if mode == ConnectionMode::NewConnectionPerRequest {
+            if conn == ConnectionMode::NewConnectionPerRequest {
                 assert_eq!(r.responders.len(), pods, "{what}: every pod answered: {r}");
             }
         }
     }
-    assert!(
-        a.reason(Reason::SnatNew).unwrap() > 0,
-        "flows were source-NATed"
-    );
-    assert!(
-        a.reason(Reason::RevSnat).unwrap() > 0,
-        "replies came back through A"
-    );
-    assert_eq!(a.reason(Reason::DropSnatPortExhausted).unwrap(), 0);
+    let count = |dp: &Dataplane, r: Reason| dp.reason(r).expect("counter");
+    match mode {
+        Mode::Snat => {
+            assert!(count(&a, Reason::SnatNew) > 0, "flows were source-NATed");
+            assert!(
+                count(&a, Reason::RevSnat) > 0,
+                "replies came back through A"
+            );
+            assert_eq!(count(&a, Reason::DropSnatPortExhausted), 0);
+            assert_eq!(count(&a, Reason::DsrNew), 0);
+        }
+        Mode::Dsr => {
+            assert!(
+                count(&a, Reason::DsrNew) > 0,
+                "flows went by direct server return"
+            );
+            assert!(
+                count(&b, Reason::DsrDecapsulated) > 0,
+                "B decapsulated them"
+            );
+            assert_eq!(count(&a, Reason::SnatNew), 0, "nothing was source-NATed");
+            assert_eq!(
+                count(&a, Reason::RevSnat),
+                0,
+                "no reply came back through A"
+            );
+        }
+    }
 
-    // What the pods see: A's node-link address for a pod on B, the client for A's own.
-    for (node, expect) in [(Node::B, NODE_A_LINK), (Node::A, CLIENT)] {
+    // What the pods see: with SNAT, A's node-link address for a pod on B; with DSR, the
+    // client; and the client for A's own pod either way.
+    let remote_sees = match mode {
+        Mode::Snat => NODE_A_LINK,
+        Mode::Dsr => CLIENT,
+    };
+    for (node, expect) in [(Node::B, remote_sees), (Node::A, CLIENT)] {
         let name = format!("default/peer-{node:?}:tcp");
-        a.upsert_service(&ServiceSpec {
-            name: name.clone(),
-            protocol: Protocol::Tcp,
-            frontends: vec![Frontend::NodePort(PEER_NODE_PORT)],
-            backends: vec![endpoint(node, 0, PEER_PORT)],
-            ..Default::default()
-        })
-        .expect("peer service");
-        let peer = peer_seen_by(
-            &lab,
-            node,
-            0,
-            SocketAddr::new(NODE_A.into(), PEER_NODE_PORT),
-        );
+        for (on, dp) in [(Node::A, &mut a), (Node::B, &mut b)] {
+            dp.upsert_service(&ServiceSpec {
+                name: name.clone(),
+                protocol: Protocol::Tcp,
+                frontends: vec![Frontend::NodePort(PEER_NODE_PORT)],
+                backends: vec![endpoint(node, 0, PEER_PORT, on)],
+                dsr: mode == Mode::Dsr,
+                ..Default::default()
+            })
+            .expect("peer service");
+        }
+        let target = SocketAddr::new(NODE_A.into(), PEER_NODE_PORT);
+        let peer = peer_seen_by(&lab, node, 0, target);
         assert_eq!(
             peer.ip(),
             IpAddr::V4(expect),
             "the address a pod on {node:?} sees"
         );
-        if node == Node::B {
+        if node == Node::B && mode == Mode::Snat {
             assert!((61000..=65535).contains(&peer.port()), "a NAT port: {peer}");
         }
+        // Full-size segments: with DSR they no longer fit once encapsulated, and path MTU
+        // discovery (the ICMP fragmentation needed A sends) makes them fit.
+        bulk_through(&lab, node, 0, target, 256 * 1024);
         a.remove_service(&name).expect("remove");
+        b.remove_service(&name).expect("remove");
     }
-    // A UDP datagram larger than the links' MTU, to a pod on B and back: fragments are
-    // source-NATed, and the reply's are translated back, as their first fragment was.
-    let echo = SocketAddr::new(IpAddr::V4(pod_addr(Node::B, 1)), 5400);
-    a.upsert_service(&ServiceSpec {
-        name: "default/big:udp".into(),
-        protocol: Protocol::Udp,
-        frontends: vec![Frontend::NodePort(30054)],
-        backends: vec![BackendSpec::ready(echo).on_another_node()],
-        ..Default::default()
-    })
-    .expect("big");
-    let target = SocketAddr::new(NODE_A.into(), 30054);
-    common::udp_echo_through(lab.client(), lab.pod(Node::B, 1), echo, target, 4000);
+    if mode == Mode::Dsr {
+        assert!(
+            count(&a, Reason::TxFragNeeded) > 0,
+            "the client was told the MTU"
+        );
+    }
+    if mode == Mode::Snat {
+        // A UDP datagram larger than the links' MTU, to a pod on B and back: fragments are
+        // source-NATed, and the reply's are translated back, as their first fragment was.
+        let echo = SocketAddr::new(IpAddr::V4(pod_addr(Node::B, 1)), 5400);
+        a.upsert_service(&ServiceSpec {
+            name: "default/big:udp".into(),
+            protocol: Protocol::Udp,
+            frontends: vec![Frontend::NodePort(30054)],
+            backends: vec![BackendSpec::ready(echo).on_another_node()],
+            ..Default::default()
+        })
+        .expect("big");
+        let target = SocketAddr::new(NODE_A.into(), 30054);
+        common::udp_echo_through(lab.client(), lab.pod(Node::B, 1), echo, target, 4000);
+    }
     let errors = lab.checksum_errors().expect("counters");
     assert!(errors.is_empty(), "checksum errors: {errors:?}");
 }
 
 #[test]
 fn netns_snat_nodeport_and_vip_reach_pods_on_both_nodes_redirected() {
-    nodeport_reaches_pods_on_both_nodes(true);
+    nodeport_reaches_pods_on_both_nodes(Mode::Snat, true);
 }
 
 #[test]
 fn netns_snat_nodeport_and_vip_reach_pods_on_both_nodes_through_the_stack() {
-    nodeport_reaches_pods_on_both_nodes(false);
+    nodeport_reaches_pods_on_both_nodes(Mode::Snat, false);
+}
+
+#[test]
+fn netns_dsr_nodeport_and_vip_reach_pods_on_both_nodes_and_the_pods_see_the_client() {
+    nodeport_reaches_pods_on_both_nodes(Mode::Dsr, true);
 }
