@@ -20,10 +20,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
 use lb_datapath::Protocol;
+use tokio::sync::Notify;
 
 use crate::{
     health::Probe,
@@ -156,6 +158,13 @@ pub struct Tables {
     dirty: Dirty,
     /// Nodes whose object changed since [`Tables::take_node_change`] last looked.
     nodes_changed: BTreeSet<String>,
+    /// Services with a health-check node port.
+    health_checked: BTreeSet<Key>,
+    /// Services whose health check may have changed since
+    /// [`Tables::take_health_check_changes`] (they have one, or just lost it).
+    health_checks_dirty: BTreeSet<Key>,
+    /// Notified when `health_checks_dirty` gains a service.
+    health_checks_changed: Arc<Notify>,
     /// Bumped on every change of any table.
     pub generation: u64,
     /// Trigger times before this are not recorded: as kube-proxy, changes from before the
@@ -182,6 +191,9 @@ impl Default for Tables {
             cluster_uid: None,
             dirty: Dirty::default(),
             nodes_changed: BTreeSet::new(),
+            health_checked: BTreeSet::new(),
+            health_checks_dirty: BTreeSet::new(),
+            health_checks_changed: Arc::new(Notify::new()),
             generation: 0,
             triggers_since: SystemTime::now(),
         }
@@ -212,8 +224,27 @@ impl Tables {
     fn touch(&mut self, service: Option<Key>) {
         self.generation += 1;
         if let Some(s) = service {
+            if self.health_checked.contains(&s) {
+                self.health_check_changed(s.clone());
+            }
             self.dirty.services.insert(s);
             self.dirty.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn health_check_changed(&mut self, service: Key) {
+        if self.health_checks_dirty.insert(service) {
+            self.health_checks_changed.notify_one();
+        }
+    }
+
+    /// Keeps the index of services with a health-check node port: `has` whether `key` has
+    /// one now (a service that lost it is marked here; one that has it, by `touch`).
+    fn index_health_check(&mut self, key: &Key, has: bool) {
+        if has {
+            self.health_checked.insert(key.clone());
+        } else if self.health_checked.remove(key) {
+            self.health_check_changed(key.clone());
         }
     }
 
@@ -283,6 +314,22 @@ impl Tables {
         }
     }
 
+    /// This node's name (from the protections; `None`: unknown, every endpoint is local).
+    pub fn node_name(&self) -> Option<&str> {
+        self.protections.node_name.as_deref()
+    }
+
+    /// Takes the services whose health-check node port may have changed (they have one, or
+    /// lost it) since the last call.
+    pub fn take_health_check_changes(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.health_checks_dirty)
+    }
+
+    /// Notified (one stored permit) when a service's health check may have changed.
+    pub fn health_checks_changed(&self) -> Arc<Notify> {
+        self.health_checks_changed.clone()
+    }
+
     /// This node's addresses: the attached interfaces' and its Node object's.
     pub fn node_addresses(&self) -> BTreeSet<IpAddr> {
         let mut out = self.protections.interface_addresses.clone();
@@ -342,11 +389,13 @@ impl Tables {
                     return false;
                 }
                 let fronts = frontends_of(&m);
+                self.index_health_check(&key, m.health_check_node_port.is_some());
                 let old = self.services.insert(key.clone(), m);
                 self.reindex(&key, old.as_ref(), fronts);
                 self.touch(Some(key));
             }
             Model::Service(Translated::Skipped(why)) => {
+                self.index_health_check(&key, false);
                 let old = self.services.remove(&key);
                 self.reindex(&key, old.as_ref(), BTreeSet::new());
                 let had = old.is_some();
@@ -444,6 +493,7 @@ impl Tables {
     pub fn remove(&mut self, kind: Kind, key: &Key) -> bool {
         match kind {
             Kind::Service => {
+                self.index_health_check(key, false);
                 let skipped = self.skipped.remove(key).is_some();
                 let old = self.services.remove(key);
                 self.reindex(key, old.as_ref(), BTreeSet::new());

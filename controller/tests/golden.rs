@@ -153,12 +153,12 @@ fn reconcile_applies_new_before_removing_and_reports_errors_without_stopping() {
 
 #[test]
 fn invalid_yaml_is_reported_with_file_and_line() {
-    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  ports: [{port: 80}]\n  externalTrafficPolicy: Local\n---\nnot: [valid\n";
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  ports: [{port: 80}]\n  loadBalancerSourceRanges: [203.0.113.0/33]\n---\nnot: [valid\n";
     let errs = files::parse_file(Path::new("x.yaml"), text).unwrap_err();
     let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert!(
         msgs.iter()
-            .any(|m| m.contains("externalTrafficPolicy") && m.contains("not enforced")),
+            .any(|m| m.contains("loadBalancerSourceRanges[0]") && m.contains("not a CIDR")),
         "{msgs:?}"
     );
     assert!(
