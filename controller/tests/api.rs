@@ -1043,7 +1043,7 @@ fn invalid_requests() -> Vec<Bad> {
         bad(
             "loadBalancerSourceRanges not a CIDR",
             put_svc(|v| {
-                v["spec"]["loadBalancerSourceRanges"] = json!(["192.0.2.0/24", "192.0.2.7"])
+                v["spec"]["loadBalancerSourceRanges"] = json!(["192.0.2.0/24", "192.0.2.7"]);
             }),
             S::UNPROCESSABLE_ENTITY,
             "spec.loadBalancerSourceRanges[1]: \"192.0.2.7\" is not a CIDR",
