@@ -759,4 +759,61 @@ mod tests {
             "no empty set is left behind"
         );
     }
+
+    fn service(name: &str, health_check_node_port: Option<u16>) -> Model {
+        Model::Service(Translated::Model(ServiceModel {
+            key: Key::new("ns", name),
+            type_: crate::model::ServiceType::LoadBalancer,
+            ports: Vec::new(),
+            cluster_ips: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            affinity: None,
+            publish_not_ready: false,
+            external_local: health_check_node_port.is_some(),
+            internal_local: false,
+            source_ranges: Vec::new(),
+            health_check_node_port,
+        }))
+    }
+
+    /// Only services with a health-check node port (or that just lost it) are marked for
+    /// the health checks, each change once, and the waiting task is woken.
+    #[test]
+    fn health_check_changes_are_marked_for_health_checked_services_only() {
+        let mut t = Tables::default();
+        let notified = t.health_checks_changed();
+        let (web, other) = (Key::new("ns", "web"), Key::new("ns", "other"));
+        t.put(other.clone(), service("other", None));
+        assert!(t.take_health_check_changes().is_empty());
+        t.put(web.clone(), service("web", Some(32100)));
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web.clone()]));
+        // A permit was stored for the waiting task.
+        let woken = futures::FutureExt::now_or_never(notified.notified());
+        assert!(woken.is_some());
+
+        // A slice of web marks it; a slice of another service does not.
+        t.put(Key::new("ns", "web-abc"), slice(&["web-a1-x"]));
+        let Model::Slice(Translated::Model(mut other_slice)) = slice(&["other-b2-y"]) else {
+            unreachable!()
+        };
+        other_slice.key = Key::new("ns", "other-abc");
+        other_slice.service = other.clone();
+        t.put(
+            other_slice.key.clone(),
+            Model::Slice(Translated::Model(other_slice)),
+        );
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web.clone()]));
+
+        // Losing the port marks it once more, then no longer.
+        t.put(web.clone(), service("web", None));
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web.clone()]));
+        t.mark_dirty(web.clone());
+        assert!(t.take_health_check_changes().is_empty());
+        // Removal of a health-checked service marks it.
+        t.put(web.clone(), service("web", Some(32101)));
+        t.take_health_check_changes();
+        t.remove(Kind::Service, &web);
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web]));
+    }
 }
