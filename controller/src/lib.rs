@@ -9,7 +9,8 @@
 //! - [`reconcile`]: desired vs applied, per changed service, pruning only after a full sync;
 //! - [`kube`]: the Kubernetes source (watchers); [`ipam`]: LoadBalancer IP assignment;
 //!   [`files`]: the YAML directory source; [`api`]: the HTTP API; [`health`]: probes;
-//!   [`peers`]: the other agents (drain handshake);
+//!   [`peers`]: the other agents (drain handshake); [`healthcheck`]: the health-check node
+//!   ports of `externalTrafficPolicy: Local` services;
 //! - [`memory`]: returning freed heap after bulk work;
 //! - [`metrics`]: Prometheus metrics (kube-proxy's names where the meaning is the same);
 //! - [`rollouts`]: Deployments' rollouts, their ReplicaSets' backends and new-flow split;
@@ -23,6 +24,7 @@ pub mod desired;
 pub mod fake;
 pub mod files;
 pub mod health;
+pub mod healthcheck;
 pub mod ipam;
 pub mod kube;
 pub mod memory;

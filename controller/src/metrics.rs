@@ -59,6 +59,11 @@ pub fn capacity_error(setting: &'static str) {
     counter!("sluice_capacity_errors_total", "setting" => setting).increment(1);
 }
 
+/// A health-check node port could not be opened (once per distinct error of a service).
+pub fn health_check_node_port_error() {
+    counter!("sluice_health_check_node_port_errors_total").increment(1);
+}
+
 pub fn reconcile_error(op: &'static str) {
     counter!("sluice_reconcile_errors_total", "op" => op).increment(1);
 }

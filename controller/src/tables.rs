@@ -20,10 +20,12 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::{Instant, SystemTime},
 };
 
 use lb_datapath::Protocol;
+use tokio::sync::Notify;
 
 use crate::{
     health::Probe,
@@ -156,6 +158,13 @@ pub struct Tables {
     dirty: Dirty,
     /// Nodes whose object changed since [`Tables::take_node_change`] last looked.
     nodes_changed: BTreeSet<String>,
+    /// Services with a health-check node port.
+    health_checked: BTreeSet<Key>,
+    /// Services whose health check may have changed since
+    /// [`Tables::take_health_check_changes`] (they have one, or just lost it).
+    health_checks_dirty: BTreeSet<Key>,
+    /// Notified when `health_checks_dirty` gains a service.
+    health_checks_changed: Arc<Notify>,
     /// Bumped on every change of any table.
     pub generation: u64,
     /// Trigger times before this are not recorded: as kube-proxy, changes from before the
@@ -182,6 +191,9 @@ impl Default for Tables {
             cluster_uid: None,
             dirty: Dirty::default(),
             nodes_changed: BTreeSet::new(),
+            health_checked: BTreeSet::new(),
+            health_checks_dirty: BTreeSet::new(),
+            health_checks_changed: Arc::new(Notify::new()),
             generation: 0,
             triggers_since: SystemTime::now(),
         }
@@ -212,8 +224,27 @@ impl Tables {
     fn touch(&mut self, service: Option<Key>) {
         self.generation += 1;
         if let Some(s) = service {
+            if self.health_checked.contains(&s) {
+                self.health_check_changed(s.clone());
+            }
             self.dirty.services.insert(s);
             self.dirty.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn health_check_changed(&mut self, service: Key) {
+        if self.health_checks_dirty.insert(service) {
+            self.health_checks_changed.notify_one();
+        }
+    }
+
+    /// Keeps the index of services with a health-check node port: `has` whether `key` has
+    /// one now (a service that lost it is marked here; one that has it, by `touch`).
+    fn index_health_check(&mut self, key: &Key, has: bool) {
+        if has {
+            self.health_checked.insert(key.clone());
+        } else if self.health_checked.remove(key) {
+            self.health_check_changed(key.clone());
         }
     }
 
@@ -283,6 +314,22 @@ impl Tables {
         }
     }
 
+    /// This node's name (from the protections; `None`: unknown, every endpoint is local).
+    pub fn node_name(&self) -> Option<&str> {
+        self.protections.node_name.as_deref()
+    }
+
+    /// Takes the services whose health-check node port may have changed (they have one, or
+    /// lost it) since the last call.
+    pub fn take_health_check_changes(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.health_checks_dirty)
+    }
+
+    /// Notified (one stored permit) when a service's health check may have changed.
+    pub fn health_checks_changed(&self) -> Arc<Notify> {
+        self.health_checks_changed.clone()
+    }
+
     /// This node's addresses: the attached interfaces' and its Node object's.
     pub fn node_addresses(&self) -> BTreeSet<IpAddr> {
         let mut out = self.protections.interface_addresses.clone();
@@ -342,11 +389,13 @@ impl Tables {
                     return false;
                 }
                 let fronts = frontends_of(&m);
+                self.index_health_check(&key, m.health_check_node_port.is_some());
                 let old = self.services.insert(key.clone(), m);
                 self.reindex(&key, old.as_ref(), fronts);
                 self.touch(Some(key));
             }
             Model::Service(Translated::Skipped(why)) => {
+                self.index_health_check(&key, false);
                 let old = self.services.remove(&key);
                 self.reindex(&key, old.as_ref(), BTreeSet::new());
                 let had = old.is_some();
@@ -444,6 +493,7 @@ impl Tables {
     pub fn remove(&mut self, kind: Kind, key: &Key) -> bool {
         match kind {
             Kind::Service => {
+                self.index_health_check(key, false);
                 let skipped = self.skipped.remove(key).is_some();
                 let old = self.services.remove(key);
                 self.reindex(key, old.as_ref(), BTreeSet::new());
@@ -708,5 +758,62 @@ mod tests {
             !t.replicasets_of.contains_key(&Key::new("ns", "web")),
             "no empty set is left behind"
         );
+    }
+
+    fn service(name: &str, health_check_node_port: Option<u16>) -> Model {
+        Model::Service(Translated::Model(ServiceModel {
+            key: Key::new("ns", name),
+            type_: crate::model::ServiceType::LoadBalancer,
+            ports: Vec::new(),
+            cluster_ips: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            affinity: None,
+            publish_not_ready: false,
+            external_local: health_check_node_port.is_some(),
+            internal_local: false,
+            source_ranges: Vec::new(),
+            health_check_node_port,
+        }))
+    }
+
+    /// Only services with a health-check node port (or that just lost it) are marked for
+    /// the health checks, each change once, and the waiting task is woken.
+    #[test]
+    fn health_check_changes_are_marked_for_health_checked_services_only() {
+        let mut t = Tables::default();
+        let notified = t.health_checks_changed();
+        let (web, other) = (Key::new("ns", "web"), Key::new("ns", "other"));
+        t.put(other.clone(), service("other", None));
+        assert!(t.take_health_check_changes().is_empty());
+        t.put(web.clone(), service("web", Some(32100)));
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web.clone()]));
+        // A permit was stored for the waiting task.
+        let woken = futures::FutureExt::now_or_never(notified.notified());
+        assert!(woken.is_some());
+
+        // A slice of web marks it; a slice of another service does not.
+        t.put(Key::new("ns", "web-abc"), slice(&["web-a1-x"]));
+        let Model::Slice(Translated::Model(mut other_slice)) = slice(&["other-b2-y"]) else {
+            unreachable!()
+        };
+        other_slice.key = Key::new("ns", "other-abc");
+        other_slice.service = other.clone();
+        t.put(
+            other_slice.key.clone(),
+            Model::Slice(Translated::Model(other_slice)),
+        );
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web.clone()]));
+
+        // Losing the port marks it once more, then no longer.
+        t.put(web.clone(), service("web", None));
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web.clone()]));
+        t.mark_dirty(web.clone());
+        assert!(t.take_health_check_changes().is_empty());
+        // Removal of a health-checked service marks it.
+        t.put(web.clone(), service("web", Some(32101)));
+        t.take_health_check_changes();
+        t.remove(Kind::Service, &web);
+        assert_eq!(t.take_health_check_changes(), BTreeSet::from([web]));
     }
 }

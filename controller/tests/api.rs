@@ -1035,16 +1035,24 @@ fn invalid_requests() -> Vec<Bad> {
             "protocol SCTP is not supported",
         ),
         bad(
-            "externalTrafficPolicy Local",
-            put_svc(|v| v["spec"]["externalTrafficPolicy"] = json!("Local")),
+            "externalTrafficPolicy not a policy",
+            put_svc(|v| v["spec"]["externalTrafficPolicy"] = json!("Nearest")),
             S::UNPROCESSABLE_ENTITY,
-            "externalTrafficPolicy: Local is not enforced",
+            "externalTrafficPolicy: Nearest is not a policy",
         ),
         bad(
-            "loadBalancerSourceRanges",
-            put_svc(|v| v["spec"]["loadBalancerSourceRanges"] = json!(["192.0.2.0/24"])),
+            "loadBalancerSourceRanges not a CIDR",
+            put_svc(|v| {
+                v["spec"]["loadBalancerSourceRanges"] = json!(["192.0.2.0/24", "192.0.2.7"]);
+            }),
             S::UNPROCESSABLE_ENTITY,
-            "loadBalancerSourceRanges is not enforced",
+            "spec.loadBalancerSourceRanges[1]: \"192.0.2.7\" is not a CIDR",
+        ),
+        bad(
+            "healthCheckNodePort without externalTrafficPolicy Local",
+            put_svc(|v| v["spec"]["healthCheckNodePort"] = json!(32000)),
+            S::UNPROCESSABLE_ENTITY,
+            "healthCheckNodePort: 32000 may only be set when type is LoadBalancer and externalTrafficPolicy is Local",
         ),
         bad(
             "sessionAffinity Cookie",
@@ -1109,10 +1117,10 @@ fn invalid_requests() -> Vec<Bad> {
             put_svc(|v| {
                 port(v)["port"] = json!(0);
                 port(v)["protocol"] = json!("SCTP");
-                v["spec"]["externalTrafficPolicy"] = json!("Local");
+                v["spec"]["externalTrafficPolicy"] = json!("Nearest");
             }),
             S::UNPROCESSABLE_ENTITY,
-            "spec.ports[0].port: 0 is not a port|protocol SCTP is not supported|externalTrafficPolicy: Local",
+            "spec.ports[0].port: 0 is not a port|protocol SCTP is not supported|externalTrafficPolicy: Nearest",
         ),
         // EndpointSlice fields.
         bad(

@@ -153,12 +153,12 @@ fn reconcile_applies_new_before_removing_and_reports_errors_without_stopping() {
 
 #[test]
 fn invalid_yaml_is_reported_with_file_and_line() {
-    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  ports: [{port: 80}]\n  externalTrafficPolicy: Local\n---\nnot: [valid\n";
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\nspec:\n  ports: [{port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: bad}\nspec:\n  ports: [{port: 80}]\n  loadBalancerSourceRanges: [203.0.113.0/33]\n---\nnot: [valid\n";
     let errs = files::parse_file(Path::new("x.yaml"), text).unwrap_err();
     let msgs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert!(
         msgs.iter()
-            .any(|m| m.contains("externalTrafficPolicy") && m.contains("not enforced")),
+            .any(|m| m.contains("loadBalancerSourceRanges[0]") && m.contains("not a CIDR")),
         "{msgs:?}"
     );
     assert!(
@@ -233,4 +233,114 @@ fn golden_kubectl_objects_of_a_real_cluster() {
         );
     }
     check("kubectl", &out);
+}
+
+/// Every desired spec of the tables, one service line (frontends, `when_empty`, source
+/// ranges) and one line per backend (`remote` for another node's), sorted: the fields the
+/// fake data path's dump does not show.
+/// `only`: that service's.
+fn render_specs(store: &Store, only: Option<&str>) -> String {
+    let t = &store.tables;
+    let mut keys: Vec<_> = t
+        .service_keys()
+        .filter(|k| only.is_none_or(|o| k.to_string() == o))
+        .cloned()
+        .collect();
+    keys.sort();
+    let mut out = String::new();
+    for k in keys {
+        for (name, spec) in controller::desired::of_service(t, &k, &Default::default()) {
+            let mut fronts: Vec<String> = spec.frontends.iter().map(|f| f.to_string()).collect();
+            fronts.sort();
+            out += &format!(
+                "service {name} {} frontends=[{}] when_empty={:?}",
+                spec.protocol,
+                fronts.join(", "),
+                spec.when_empty
+            );
+            if let Some(r) = &spec.source_ranges {
+                let allow: Vec<String> = r.allow.iter().map(ToString::to_string).collect();
+                let on: Vec<String> = r.frontends.iter().map(ToString::to_string).collect();
+                out += &format!(
+                    " source_ranges=[{}] on [{}]",
+                    allow.join(", "),
+                    on.join(", ")
+                );
+            }
+            out += "\n";
+            let mut backends = spec.backends.clone();
+            backends.sort_by_key(|b| b.addr);
+            for b in backends {
+                out += &format!(
+                    "  backend {} {:?}{}\n",
+                    b.addr,
+                    b.state,
+                    if b.remote { " remote" } else { "" }
+                );
+            }
+        }
+        if let Some((port, n)) = controller::desired::health_check(t, &k, &Default::default()) {
+            out += &format!("health check {k} port {port}: {n} ready local endpoint(s)\n");
+        }
+    }
+    out
+}
+
+/// Objects as `kubectl get -o yaml` prints them on a two-node cluster, this agent on
+/// node-a -> desired specs and the data path: endpoints of node-b are remote, those without
+/// a nodeName local; externalTrafficPolicy Local puts the NodePort, externalIPs and
+/// LoadBalancer IPs on local endpoints (`/external`, drop while none is usable) and leaves
+/// the cluster IP on every endpoint; internalTrafficPolicy Local the reverse; both Local is
+/// one spec; loadBalancerSourceRanges (field, else annotation) filter the LoadBalancer IPs
+/// of their family only; health-check node ports count ready local endpoints. Then the
+/// policy goes back to Cluster: the usual names only, `/external` removed.
+#[test]
+fn golden_traffic_policies_locality_and_source_ranges() {
+    let dir = golden_dir().join("policy");
+    let mut store = Store::default();
+    store
+        .tables
+        .set_protections(controller::protections::Protections {
+            node_name: Some("node-a".into()),
+            ..Default::default()
+        });
+    let services = dir.join("services.yaml");
+    let services_text = std::fs::read_to_string(&services).unwrap();
+    for path in [dir.join("endpointslices.yaml"), services.clone()] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let objs = files::parse_file(&path, &text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(store.replace_file(&path, objs).is_empty());
+    }
+    let mut rec = Reconciler::new(FakeDataPath::default());
+    let round = reconcile(&mut store, &mut rec);
+    assert!(round.errors.is_empty(), "{round:?}");
+    let mut out = render_specs(&store, None);
+    // What the reconciler applied is exactly the desired specs.
+    let desired: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("service "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let mut applied = rec.data_path().service_names_for_test();
+    applied.sort();
+    let mut sorted = desired.clone();
+    sorted.sort();
+    assert_eq!(applied, sorted);
+
+    let cluster = services_text.replace(
+        "externalTrafficPolicy: Local\n    healthCheckNodePort: 32100\n",
+        "externalTrafficPolicy: Cluster\n",
+    );
+    assert_ne!(cluster, services_text);
+    let objs = files::parse_file(&services, &cluster).unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(store.replace_file(&services, objs).is_empty());
+    let round = reconcile(&mut store, &mut rec);
+    assert!(round.errors.is_empty(), "{round:?}");
+    out += "# default/web: externalTrafficPolicy Cluster\n";
+    out += &format!(
+        "upserted {:?}\nremoved {:?}\n",
+        round.upserted, round.removed
+    );
+    out += &render_specs(&store, Some("default/web"));
+    check("policy", &out);
 }

@@ -70,6 +70,9 @@ impl Agent {
         }
         cmd.arg("--manifests")
             .arg(&settings.manifests)
+            // The node the demo's EndpointSlices name: their endpoints are local, as on a
+            // one-node cluster (another name would make them remote, source-NATed).
+            .args(["--node-name", crate::k8s::NODE_NAME])
             .args(["--api-listen", &settings.api.to_string()])
             .args(["--metrics-listen", &settings.metrics.to_string()])
             .arg("--token-file")

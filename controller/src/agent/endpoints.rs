@@ -55,6 +55,14 @@ impl Health {
     pub fn synced_now(&self) {
         self.last_sync_unix.store(unix_now(), Ordering::Relaxed);
     }
+
+    /// As kube-proxy's: unhealthy while a change has waited longer than the allowed age to
+    /// be applied (the agent is stuck or far behind); an idle agent is healthy however long
+    /// ago it last synced.
+    pub async fn healthy(&self) -> bool {
+        let waiting = self.shared.store.lock().await.tables.pending_since();
+        waiting.is_none_or(|t| t.elapsed() <= self.max_age)
+    }
 }
 
 fn unix_now() -> u64 {
@@ -94,12 +102,9 @@ async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
     )
 }
 
-/// As kube-proxy's: 503 when a change has waited longer than the allowed age to be applied
-/// (the agent is stuck or far behind), 200 otherwise (an idle agent is healthy however long
-/// ago it last synced), with the times.
+/// As kube-proxy's: 503 when [`Health::healthy`] says no, 200 otherwise, with the times.
 async fn healthz(State(h): State<Health>) -> impl IntoResponse {
-    let waiting = h.shared.store.lock().await.tables.pending_since();
-    let behind = waiting.is_some_and(|t| t.elapsed() > h.max_age);
+    let behind = !h.healthy().await;
     let body = serde_json::json!({
         "lastUpdated": rfc3339(h.last_sync_unix.load(Ordering::Relaxed)),
         "currentTime": rfc3339(unix_now()),

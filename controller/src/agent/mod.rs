@@ -4,7 +4,8 @@
 //!
 //! - [`config`]: the configuration file and its checks;
 //! - [`endpoints`]: `/metrics`, `/healthz`, `/readyz`;
-//! - [`reconcile_loop`]: changes -> reconcile rounds;
+//! - [`reconcile_loop`]: changes -> reconcile rounds (the health-check node ports follow the
+//!   tables in [`crate::healthcheck::run`]);
 //! - [`standalone`]: the manifest directory and the prober (standalone mode).
 
 pub mod config;
@@ -133,6 +134,19 @@ pub async fn run(
     });
     tracing::info!(api = %cfg.api_listen, metrics = %cfg.metrics_listen, "listening");
 
+    let proxy_health = health.clone();
+    let checks = crate::healthcheck::HealthChecks::new(
+        crate::healthcheck::Wildcards,
+        std::sync::Arc::new(move || {
+            let h = proxy_health.clone();
+            Box::pin(async move { h.healthy().await })
+        }),
+    );
+    tasks.spawn(crate::healthcheck::run(
+        shared.clone(),
+        health.ready.subscribe(),
+        checks,
+    ));
     tasks.spawn(reconcile_loop::run(
         shared.clone(),
         health,

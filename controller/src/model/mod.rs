@@ -114,13 +114,6 @@ impl Problems {
         }
     }
 
-    pub fn not_enforced(&mut self, what: &str) {
-        self.push(format!(
-            "{what} is not enforced by the data path yet; remove it (it would be silently \
-             ignored otherwise)"
-        ));
-    }
-
     pub fn finish<T>(self, value: T) -> Result<T, Invalid> {
         if self.0.is_empty() {
             Ok(value)

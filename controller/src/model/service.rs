@@ -2,6 +2,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
+use ipnet::IpNet;
 use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::util::intstr::IntOrString};
 use lb_datapath::Protocol;
 use serde::Serialize;
@@ -14,6 +15,9 @@ use crate::objects::Kind;
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The value of [`SERVICE_PROXY_NAME_LABEL`] that hands a service to sluice.
 pub const PROXY_NAME: &str = "sluice";
+/// The allowed client ranges of a LoadBalancer, read when `spec.loadBalancerSourceRanges` is
+/// empty (comma-separated CIDRs), as the cloud providers' load balancers read it.
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
@@ -44,6 +48,19 @@ pub struct ServiceModel {
     pub affinity: Option<Duration>,
     /// `publishNotReadyAddresses`: every listed endpoint counts as ready.
     pub publish_not_ready: bool,
+    /// `externalTrafficPolicy: Local` on a service reachable from outside (type NodePort or
+    /// LoadBalancer, or with externalIPs), as kube-proxy reads it: the NodePorts, externalIPs
+    /// and LoadBalancer IPs use only this node's endpoints.
+    pub external_local: bool,
+    /// `internalTrafficPolicy: Local`: the cluster IPs use only this node's endpoints.
+    pub internal_local: bool,
+    /// `spec.loadBalancerSourceRanges`, else the [`SOURCE_RANGES_ANNOTATION`]: the clients
+    /// allowed to reach the LoadBalancer IPs (networks, host bits cleared; both families:
+    /// each family's spec takes its own); empty: every client.
+    pub source_ranges: Vec<IpNet>,
+    /// `spec.healthCheckNodePort` (type LoadBalancer with `externalTrafficPolicy: Local`):
+    /// the port this node answers load balancers' health checks on.
+    pub health_check_node_port: Option<u16>,
 }
 
 /// Why kube-proxy would not proxy this service, if it would not.
@@ -146,7 +163,7 @@ impl ServiceModel {
                 cluster_ips.extend(errs.ip(c, "spec.clusterIPs"));
             }
         }
-        let external_ips = spec
+        let external_ips: Vec<IpAddr> = spec
             .external_ips
             .iter()
             .flatten()
@@ -176,27 +193,44 @@ impl ServiceModel {
         if type_ != ServiceType::LoadBalancer {
             load_balancer_ips.clear();
         }
-        match spec.external_traffic_policy.as_deref() {
-            None | Some("Cluster") => {}
-            Some("Local") => errs.not_enforced("spec.externalTrafficPolicy: Local"),
-            Some(o) => errs.push(format!(
-                "spec.externalTrafficPolicy: {o} is not a policy (Cluster, Local)"
-            )),
-        }
-        match spec.internal_traffic_policy.as_deref() {
-            None | Some("Cluster") => {}
-            Some("Local") => errs.not_enforced("spec.internalTrafficPolicy: Local"),
-            Some(o) => errs.push(format!(
-                "spec.internalTrafficPolicy: {o} is not a policy (Cluster, Local)"
-            )),
-        }
-        if spec
-            .load_balancer_source_ranges
-            .as_ref()
-            .is_some_and(|r| !r.is_empty())
-        {
-            errs.not_enforced("spec.loadBalancerSourceRanges");
-        }
+        let external_local = match spec.external_traffic_policy.as_deref() {
+            None | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(o) => {
+                errs.push(format!(
+                    "spec.externalTrafficPolicy: {o} is not a policy (Cluster, Local)"
+                ));
+                false
+            }
+        };
+        // As kube-proxy: the policy matters only for a service reachable from outside.
+        let external_local =
+            external_local && (type_ != ServiceType::ClusterIP || !external_ips.is_empty());
+        let internal_local = match spec.internal_traffic_policy.as_deref() {
+            None | Some("Cluster") => false,
+            Some("Local") => true,
+            Some(o) => {
+                errs.push(format!(
+                    "spec.internalTrafficPolicy: {o} is not a policy (Cluster, Local)"
+                ));
+                false
+            }
+        };
+        let source_ranges = source_ranges(s, &mut errs);
+        let health_check_node_port = match spec.health_check_node_port {
+            None | Some(0) => None,
+            Some(p) if type_ == ServiceType::LoadBalancer && external_local => {
+                Some(errs.port(p.into(), "spec.healthCheckNodePort"))
+            }
+            Some(p) => {
+                // As the API server validates it.
+                errs.push(format!(
+                    "spec.healthCheckNodePort: {p} may only be set when type is LoadBalancer \
+                     and externalTrafficPolicy is Local"
+                ));
+                None
+            }
+        };
         let affinity = match spec.session_affinity.as_deref() {
             None | Some("None") => None,
             Some("ClientIP") => {
@@ -229,6 +263,236 @@ impl ServiceModel {
             load_balancer_ips,
             affinity,
             publish_not_ready: spec.publish_not_ready_addresses == Some(true),
+            external_local,
+            internal_local,
+            source_ranges,
+            health_check_node_port,
         }))
+    }
+}
+
+/// The allowed client ranges: `spec.loadBalancerSourceRanges` (each entry trimmed, as
+/// kube-proxy does), or when that is empty the [`SOURCE_RANGES_ANNOTATION`] (comma-separated,
+/// as the cloud providers read it). Every entry must be a CIDR; host bits are cleared
+/// (`10.1.2.3/8` is `10.0.0.0/8`, as Go's parser reads it).
+fn source_ranges(s: &Service, errs: &mut Problems) -> Vec<IpNet> {
+    let field = s
+        .spec
+        .as_ref()
+        .and_then(|sp| sp.load_balancer_source_ranges.as_deref())
+        .unwrap_or_default();
+    let parse = |text: &str| text.trim().parse::<IpNet>().map(|n| n.trunc());
+    if !field.is_empty() {
+        let mut out = Vec::new();
+        for (i, r) in field.iter().enumerate() {
+            match parse(r) {
+                Ok(n) => out.push(n),
+                Err(_) => errs.push(format!(
+                    "spec.loadBalancerSourceRanges[{i}]: {r:?} is not a CIDR (e.g. \
+                     203.0.113.0/24, 2001:db8::/32)"
+                )),
+            }
+        }
+        return out;
+    }
+    let annotation = s
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty());
+    let Some(text) = annotation else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for r in text.split(',') {
+        match parse(r) {
+            Ok(n) => out.push(n),
+            Err(_) => errs.push(format!(
+                "metadata.annotations.{SOURCE_RANGES_ANNOTATION}: {:?} is not a CIDR (a \
+                 comma-separated list of CIDRs, e.g. 203.0.113.0/24,2001:db8::/32)",
+                r.trim()
+            )),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A LoadBalancer Service as `kubectl get service -o yaml` prints it, with `extra`
+    /// lines appended to its spec (indented by four spaces) and `annotations` (JSON).
+    fn service(annotations: &str, extra: &str) -> Service {
+        let text = format!(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  annotations: {annotations}
+  creationTimestamp: "2026-12-01T10:00:00Z"
+  name: web
+  namespace: default
+  resourceVersion: "51230"
+  uid: 3f0b7d1e-2c4a-4e8b-9f1d-7a6c5b4e3d21
+spec:
+  allocateLoadBalancerNodePorts: true
+  clusterIP: 10.96.0.30
+  clusterIPs:
+  - 10.96.0.30
+  - fd00:10:96::30
+  ipFamilies:
+  - IPv4
+  - IPv6
+  ipFamilyPolicy: PreferDualStack
+  ports:
+  - name: http
+    nodePort: 30800
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+  selector:
+    app: web
+  sessionAffinity: None
+  type: LoadBalancer
+{extra}status:
+  loadBalancer:
+    ingress:
+    - ip: 203.0.113.20
+      ipMode: VIP
+"#
+        );
+        serde_yaml::from_str(&text).expect("a Service")
+    }
+
+    fn model(s: &Service) -> Result<ServiceModel, Invalid> {
+        match ServiceModel::from_object(s)? {
+            Translated::Model(m) => Ok(m),
+            Translated::Skipped(why) => panic!("skipped: {why}"),
+        }
+    }
+
+    fn errors(s: &Service) -> String {
+        model(s).expect_err("rejected").to_string()
+    }
+
+    #[test]
+    fn traffic_policies_are_read_as_kube_proxy_reads_them() {
+        let m = model(&service("{}", "")).unwrap();
+        assert!(!m.external_local && !m.internal_local);
+        assert_eq!(m.health_check_node_port, None);
+
+        let m = model(&service(
+            "{}",
+            "  externalTrafficPolicy: Local\n  healthCheckNodePort: 32100\n  internalTrafficPolicy: Local\n",
+        ))
+        .unwrap();
+        assert!(m.external_local && m.internal_local);
+        assert_eq!(m.health_check_node_port, Some(32100));
+
+        // externalTrafficPolicy only matters for a service reachable from outside.
+        let mut s = service("{}", "  externalTrafficPolicy: Local\n");
+        let spec = s.spec.as_mut().unwrap();
+        spec.type_ = Some("ClusterIP".into());
+        spec.ports.as_mut().unwrap()[0].node_port = None;
+        assert!(!model(&s).unwrap().external_local);
+        s.spec.as_mut().unwrap().external_ips = Some(vec!["203.0.113.21".into()]);
+        assert!(model(&s).unwrap().external_local);
+    }
+
+    #[test]
+    fn unknown_policies_and_a_misplaced_health_check_port_are_rejected_by_name() {
+        assert!(
+            errors(&service("{}", "  externalTrafficPolicy: Nearest\n"))
+                .contains("spec.externalTrafficPolicy: Nearest is not a policy (Cluster, Local)")
+        );
+        assert!(
+            errors(&service("{}", "  internalTrafficPolicy: Node\n"))
+                .contains("spec.internalTrafficPolicy: Node is not a policy (Cluster, Local)")
+        );
+        assert!(
+            errors(&service("{}", "  healthCheckNodePort: 32100\n")).contains(
+                "spec.healthCheckNodePort: 32100 may only be set when type is LoadBalancer and \
+                 externalTrafficPolicy is Local"
+            )
+        );
+        assert!(
+            errors(&service(
+                "{}",
+                "  externalTrafficPolicy: Local\n  healthCheckNodePort: 70000\n"
+            ))
+            .contains("spec.healthCheckNodePort: 70000 is not a port")
+        );
+    }
+
+    #[test]
+    fn source_ranges_are_parsed_trimmed_and_truncated() {
+        let m = model(&service(
+            "{}",
+            "  loadBalancerSourceRanges:\n  - 203.0.113.0/25\n  - ' 192.0.2.7/24 '\n  - 2001:db8:100::1/48\n",
+        ))
+        .unwrap();
+        let want: Vec<IpNet> = ["203.0.113.0/25", "192.0.2.0/24", "2001:db8:100::/48"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert_eq!(m.source_ranges, want);
+        assert!(model(&service("{}", "")).unwrap().source_ranges.is_empty());
+    }
+
+    #[test]
+    fn an_invalid_source_range_rejects_the_service_naming_the_entry() {
+        let e = errors(&service(
+            "{}",
+            "  loadBalancerSourceRanges:\n  - 203.0.113.0/25\n  - 203.0.113.9\n  - 10.0.0.0/33\n",
+        ));
+        assert!(
+            e.contains("spec.loadBalancerSourceRanges[1]: \"203.0.113.9\" is not a CIDR"),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.loadBalancerSourceRanges[2]: \"10.0.0.0/33\" is not a CIDR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_source_ranges_annotation_applies_only_without_the_field() {
+        let note = r#"{"service.beta.kubernetes.io/load-balancer-source-ranges": "192.0.2.0/24, 2001:db8::/32"}"#;
+        let m = model(&service(note, "")).unwrap();
+        let want: Vec<IpNet> = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        assert_eq!(m.source_ranges, want);
+        // The field wins, as the cloud providers read it.
+        let m = model(&service(
+            note,
+            "  loadBalancerSourceRanges: [198.51.100.0/24]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.source_ranges,
+            vec!["198.51.100.0/24".parse::<IpNet>().unwrap()]
+        );
+        // Empty: every client.
+        let m = model(&service(
+            r#"{"service.beta.kubernetes.io/load-balancer-source-ranges": " "}"#,
+            "",
+        ))
+        .unwrap();
+        assert!(m.source_ranges.is_empty());
+        let e = errors(&service(
+            r#"{"service.beta.kubernetes.io/load-balancer-source-ranges": "192.0.2.0/24,office"}"#,
+            "",
+        ));
+        assert!(
+            e.contains(
+                "metadata.annotations.service.beta.kubernetes.io/load-balancer-source-ranges: \
+                 \"office\" is not a CIDR"
+            ),
+            "{e}"
+        );
     }
 }
