@@ -105,7 +105,11 @@ fn state_of(
 /// the tables' node ([`Tables::node_name`]).
 pub fn of_service(tables: &Tables, key: &Key, probes: &ProbeResults) -> Specs {
     match tables.service(key) {
-        Some(svc) => service_specs(svc, tables.slices_of(key), probes, tables.node_name()),
+        Some(svc) => {
+            let mut specs = service_specs(svc, tables.slices_of(key), probes, tables.node_name());
+            apply_dsr(&mut specs, svc, tables.protections().dsr_by_default);
+            specs
+        }
         None => Specs::new(),
     }
 }
@@ -167,6 +171,16 @@ fn backends(endpoints: &BTreeMap<SocketAddr, Endpoint>, local_only: bool) -> Vec
 /// The desired specs of one service from its slices, on the node `node` (its name; `None`:
 /// unknown, every endpoint is local). Endpoints listed by several slices are merged, the
 /// best condition winning (ready over serving-terminating over not serving).
+/// Direct server return for the IPv4 specs of a service that asks for it (its
+/// `sluice.io/dsr` annotation, else the agent's default); the data path's DSR is IPv4 only,
+/// so IPv6 specs keep source NAT.
+pub fn apply_dsr(specs: &mut Specs, svc: &ServiceModel, by_default: bool) {
+    let dsr = svc.dsr.unwrap_or(by_default);
+    for spec in specs.values_mut() {
+        spec.dsr = dsr && spec.family() != Some(lb_datapath::AddressFamily::Ipv6);
+    }
+}
+
 pub fn service_specs<'a>(
     svc: &ServiceModel,
     slices: impl Iterator<Item = &'a SliceModel>,
@@ -287,6 +301,7 @@ pub fn service_specs<'a>(
                         affinity: svc.affinity,
                         when_empty: when_empty(local_only),
                         source_ranges,
+                        dsr: false,
                     },
                 );
             }
@@ -323,6 +338,7 @@ mod tests {
             internal_local: false,
             source_ranges: Vec::new(),
             health_check_node_port: None,
+            dsr: None,
         }
     }
 
@@ -662,5 +678,33 @@ mod tests {
             local_ready_endpoints(&s, slices.iter(), &ProbeResults::new(), NODE),
             1
         );
+    }
+
+    #[test]
+    fn dsr_follows_the_annotation_else_the_default_and_stays_off_for_ipv6() {
+        let mut s = svc(ServiceType::NodePort);
+        s.cluster_ips.push("2001:db8:96::30".parse().unwrap());
+        let dsr_of = |s: &ServiceModel, by_default: bool| -> Vec<(bool, bool)> {
+            let mut specs = service_specs(s, std::iter::empty(), &ProbeResults::new(), NODE);
+            apply_dsr(&mut specs, s, by_default);
+            specs
+                .into_values()
+                .map(|x| (x.family() == Some(lb_datapath::AddressFamily::Ipv6), x.dsr))
+                .collect()
+        };
+        assert_eq!(dsr_of(&s, false), vec![(false, false), (true, false)]);
+        assert_eq!(
+            dsr_of(&s, true),
+            vec![(false, true), (true, false)],
+            "IPv4 only"
+        );
+        s.dsr = Some(false);
+        assert_eq!(
+            dsr_of(&s, true),
+            vec![(false, false), (true, false)],
+            "annotation wins"
+        );
+        s.dsr = Some(true);
+        assert_eq!(dsr_of(&s, false), vec![(false, true), (true, false)]);
     }
 }

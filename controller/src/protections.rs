@@ -186,6 +186,9 @@ pub struct Protections {
     pub interface_addresses: BTreeSet<IpAddr>,
     /// This node's Node object: its addresses are node addresses too.
     pub node_name: Option<String>,
+    /// Services without the `sluice.io/dsr` annotation use direct server return (the
+    /// agent's `dsr` setting; off: source NAT).
+    pub dsr_by_default: bool,
     /// The node's listening sockets; `None`: not checked.
     pub sockets: Option<Arc<dyn Sockets>>,
 }

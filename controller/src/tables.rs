@@ -774,6 +774,7 @@ mod tests {
             internal_local: false,
             source_ranges: Vec::new(),
             health_check_node_port,
+            dsr: None,
         }))
     }
 

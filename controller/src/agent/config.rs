@@ -56,6 +56,10 @@ pub struct AgentConfig {
     pub node_port_range: PortRange,
     /// LoadBalancer IP assignment (Kubernetes mode; off unless `ipam.pools` is set).
     pub ipam: IpamConfig,
+    /// Flows to endpoints on other nodes go by direct server return for every IPv4 service
+    /// without a `sluice.io/dsr` annotation (off: they are source-NATed). See README,
+    /// "Several nodes", for what DSR needs from the network.
+    pub dsr: bool,
     pub dataplane: DataplaneConfig,
 }
 
@@ -82,6 +86,7 @@ impl Default for AgentConfig {
                 crate::peers::DEFAULT_NAME
             )),
             node_port_range: PortRange::default(),
+            dsr: false,
             ipam: IpamConfig::default(),
             dataplane: DataplaneConfig {
                 pin: Some(PinConfig::default()),
@@ -123,6 +128,7 @@ impl AgentConfig {
                 .collect(),
             interface_addresses: interface_addresses.into_iter().collect(),
             node_name: Some(self.node_name()).filter(|n| !n.is_empty()),
+            dsr_by_default: self.dsr,
             sockets: Some(std::sync::Arc::new(ProcSockets::default())),
         }
     }

@@ -18,6 +18,9 @@ pub const PROXY_NAME: &str = "sluice";
 /// The allowed client ranges of a LoadBalancer, read when `spec.loadBalancerSourceRanges` is
 /// empty (comma-separated CIDRs), as the cloud providers' load balancers read it.
 pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+/// `"true"`: flows to endpoints on other nodes go by direct server return; `"false"`: they
+/// are source-NATed; absent: the agent's `dsr` setting decides.
+pub const DSR_ANNOTATION: &str = "sluice.io/dsr";
 /// Kubernetes' default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
 
@@ -61,6 +64,8 @@ pub struct ServiceModel {
     /// `spec.healthCheckNodePort` (type LoadBalancer with `externalTrafficPolicy: Local`):
     /// the port this node answers load balancers' health checks on.
     pub health_check_node_port: Option<u16>,
+    /// The [`DSR_ANNOTATION`]: `None` when absent.
+    pub dsr: Option<bool>,
 }
 
 /// Why kube-proxy would not proxy this service, if it would not.
@@ -254,6 +259,23 @@ impl ServiceModel {
                 None
             }
         };
+        let dsr = match s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DSR_ANNOTATION))
+            .map(String::as_str)
+        {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(o) => {
+                errs.push(format!(
+                    "metadata.annotations.{DSR_ANNOTATION}: {o:?} is not \"true\" or \"false\""
+                ));
+                None
+            }
+        };
         errs.finish(Translated::Model(ServiceModel {
             key: Key::of(Kind::Service, &s.metadata),
             type_,
@@ -267,6 +289,7 @@ impl ServiceModel {
             internal_local,
             source_ranges,
             health_check_node_port,
+            dsr,
         }))
     }
 }
@@ -453,6 +476,20 @@ spec:
         );
         assert!(
             e.contains("spec.loadBalancerSourceRanges[2]: \"10.0.0.0/33\" is not a CIDR"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_dsr_annotation_is_true_false_or_an_error_naming_it() {
+        assert_eq!(model(&service("{}", "")).unwrap().dsr, None);
+        let on = model(&service(r#"{"sluice.io/dsr": "true"}"#, "")).unwrap();
+        assert_eq!(on.dsr, Some(true));
+        let off = model(&service(r#"{"sluice.io/dsr": "false"}"#, "")).unwrap();
+        assert_eq!(off.dsr, Some(false));
+        let e = errors(&service(r#"{"sluice.io/dsr": "yes"}"#, ""));
+        assert!(
+            e.contains("metadata.annotations.sluice.io/dsr: \"yes\""),
             "{e}"
         );
     }
