@@ -89,11 +89,11 @@ impl Holder<'_> {
 
 fn setup(lab: &Lab, pins: &PinDir) -> PathBuf {
     let spec = vec![ServiceSpec {
-        // The longest name the controller builds (`namespace/name:port/PROTO/v6`, 151
-        // bytes): the restarted process must find the service under it, or it would add a
-        // second service on the same frontends and the upsert would fail.
+        // The longest name the controller builds (`namespace/name:port/PROTO/v6/external`,
+        // 159 bytes): the restarted process must find the service under it, or it would add
+        // a second service on the same frontends and the upsert would fail.
         name: format!(
-            "{}/{}:{}/TCP/v6",
+            "{}/{}:{}/TCP/v6/external",
             "n".repeat(63),
             "s".repeat(63),
             "p".repeat(15)

@@ -182,7 +182,8 @@ pub struct Backend {
 
 /// Longest service name `SERVICE_NAMES` keeps; longer names are refused up front, so a
 /// restarted agent restores every name exactly. The controller's names are
-/// `namespace/name:port/PROTO[/v6]`: at most 63 + 1 + 63 + 1 + 15 + 1 + 4 + 3 = 151 bytes.
+/// `namespace/name:port/PROTO[/v6][/external]`: at most 63 + 1 + 63 + 1 + 15 + 1 + 4 + 3 + 9 =
+/// 160 bytes.
 pub const SERVICE_NAME_MAX: usize = 252;
 
 /// A service's name, indexed by service id in `SERVICE_NAMES` (userspace only: lets a

@@ -135,18 +135,18 @@ fn pin_folder_of_another_layout_version_is_refused() {
 }
 
 /// Names up to `SERVICE_NAME_MAX` bytes survive a restart exactly (the longest name the
-/// controller builds, `namespace/name:port/PROTO/v6`, is 151 bytes); a longer name is
+/// controller builds, `namespace/name:port/PROTO/v6/external`, is 160 bytes); a longer name is
 /// refused before anything is written, naming the limit.
 #[test]
 fn pin_restart_restores_maximum_length_names_exactly() {
     let dir = PinDir::new("names").unwrap();
     let longest_k8s = format!(
-        "{}/{}:{}/SCTP/v6",
+        "{}/{}:{}/SCTP/v6/external",
         "n".repeat(63),
         "s".repeat(63),
         "p".repeat(15)
     );
-    assert_eq!(longest_k8s.len(), 151);
+    assert_eq!(longest_k8s.len(), 160);
     // Exactly at the limit, ending in a multi-byte character (stored bytes, not chars).
     let at_limit = "x".repeat(lb_common::SERVICE_NAME_MAX - 2) + "é";
     assert_eq!(at_limit.len(), lb_common::SERVICE_NAME_MAX);

@@ -22,6 +22,10 @@ pub enum What {
     /// 1 000 000 confirmed TCP flows (the ratio), one GC pass per million entries, conntrack
     /// map memory; writes target/bench/conntrack.json.
     Conntrack,
+    /// Requests/s (keep-alive and a new connection per request) through a NodePort
+    /// redirected to the pod, beside the untranslated path to the same pod, in one lab;
+    /// writes target/bench/lab.json.
+    Lab,
 }
 
 /// Options passed on to the benchmark binary (its defaults apply when absent).
@@ -46,6 +50,9 @@ pub struct Options {
     /// conntrack: confirmed TCP flows tracked for the second measurement (default 1 000 000).
     #[arg(long)]
     pub flows: Option<u32>,
+    /// lab: seconds of load per cell and round (default 3).
+    #[arg(long)]
+    pub seconds: Option<u32>,
 }
 
 /// A command-line option of a benchmark binary and its value, if given.
@@ -77,6 +84,7 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--changes", opts.changes),
                 ("--idle-seconds", opts.idle_seconds),
                 ("--flows", opts.flows),
+                ("--seconds", opts.seconds),
             ],
         ),
         What::Controller => (
@@ -90,6 +98,7 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--repeat", opts.repeat),
                 ("--rounds", opts.rounds),
                 ("--flows", opts.flows),
+                ("--seconds", opts.seconds),
             ],
         ),
         What::Conntrack => (
@@ -100,6 +109,18 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--rounds", opts.rounds),
                 ("--services", opts.services),
                 ("--idle-seconds", opts.idle_seconds),
+                ("--seconds", opts.seconds),
+            ],
+        ),
+        What::Lab => (
+            "lab-bench",
+            vec![("--seconds", opts.seconds), ("--rounds", opts.rounds)],
+            vec![
+                ("--repeat", opts.repeat),
+                ("--services", opts.services),
+                ("--changes", opts.changes),
+                ("--idle-seconds", opts.idle_seconds),
+                ("--flows", opts.flows),
             ],
         ),
     };
@@ -108,6 +129,17 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
             "{flag} does not apply to `bench {}`",
             bin.trim_end_matches("-bench")
         );
+    }
+    if what == What::Lab {
+        // The lab's pod runs the release `lab-server`, next to the benchmark's binary.
+        sh(Command::new("cargo").current_dir(workspace_root()).args([
+            "build",
+            "--release",
+            "-p",
+            "bench",
+            "--bin",
+            "lab-server",
+        ]))?;
     }
     if what == What::Controller {
         // The agent under test is the release `sluice` binary, next to the benchmark's.
