@@ -38,6 +38,9 @@ mod source_ranges;
 pub mod testrun;
 
 pub use baseline::BaselineProgram;
+// The origin bits of the node address table, for readers of `pinned_node_addresses`.
+pub use lb_common::node_addr_origin;
+pub use lb_datapath::datapath::{AddressChanges, AddressEvent, AddressSink, AddressWatch};
 pub use node_addresses::pinned_node_addresses;
 // The aya-free contract (`lb-datapath`), re-exported so callers of the real data path need
 // one import path.
