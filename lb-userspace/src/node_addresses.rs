@@ -73,12 +73,14 @@ impl Dataplane {
         Ok(changes)
     }
 
-    /// Every NodePort address, with whether the Node object lists it.
+    /// Every NodePort address, with whether only the Node object lists it (`false`: an
+    /// attached interface has it, whether or not the Node lists it too; see
+    /// [`Dataplane::node_address_origins`] for both).
     pub fn node_addresses(&self) -> Result<Vec<(IpAddr, bool)>, Error> {
         Ok(self
             .node_address_origins()?
             .into_iter()
-            .map(|(ip, origin)| (ip, origin & node_addr_origin::NODE_OBJECT != 0))
+            .map(|(ip, origin)| (ip, origin & node_addr_origin::INTERFACE == 0))
             .collect())
     }
 
