@@ -11,6 +11,7 @@ use std::{
 use lb_datapath::{
     BackendDump, Capacities, DataPath, EndpointState, EndpointStatus, Error, MapOccupancy, Reason,
     ServiceDump, ServiceSpec, ServiceStats, Stats,
+    datapath::{AddressChanges, AddressEvent, AddressSink, AddressWatch},
 };
 
 /// Calls recorded by a [`FakeDataPath`] made with [`FakeDataPath::with_journal`].
@@ -39,6 +40,38 @@ impl Counters {
     }
 }
 
+/// The interface address watch of a [`FakeDataPath`]: a test sends the events the kernel
+/// would report through it, once the agent started the watch. Clone
+/// [`FakeDataPath::address_feed`] before boxing the fake.
+#[derive(Clone, Default)]
+pub struct AddressFeed(Arc<Mutex<Option<AddressSink>>>);
+
+impl AddressFeed {
+    /// Delivers `events` as one batch of the watch; `false` when no watch was started yet.
+    pub fn send(&self, events: Vec<AddressEvent>) -> bool {
+        match self.0.lock().expect("address feed").as_mut() {
+            Some(sink) => {
+                sink(events);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the agent started the watch.
+    pub fn watching(&self) -> bool {
+        self.0.lock().expect("address feed").is_some()
+    }
+}
+
+impl std::fmt::Debug for AddressFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressFeed")
+            .field("watching", &self.watching())
+            .finish()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FakeDataPath {
     services: BTreeMap<String, (u32, ServiceSpec)>,
@@ -57,8 +90,14 @@ pub struct FakeDataPath {
     pub max_services: Option<usize>,
     /// Per-backend counters (see [`Counters`]).
     pub counters: Counters,
-    /// The attached interfaces' addresses it reports besides the Node object's.
+    /// The attached interfaces' addresses it reports besides the Node object's (set by
+    /// `set_interface_addresses` and `update_interface_addresses`, or by a test).
     pub interface_addresses: Vec<IpAddr>,
+    /// Where the watch of the interfaces' addresses gets its events from (see
+    /// [`AddressFeed`]).
+    pub address_feed: AddressFeed,
+    /// Fail writes of interface addresses (error-path tests).
+    pub fail_interface_addresses: bool,
     /// The hash seed last set, readable behind a `Box<dyn DataPath>` (clone it first).
     pub hash_seed: Arc<Mutex<Option<u32>>>,
 }
@@ -282,8 +321,66 @@ impl DataPath for FakeDataPath {
         all.dedup();
         Ok(all)
     }
+    fn set_interface_addresses(&mut self, addrs: &[IpAddr]) -> Result<AddressChanges, Error> {
+        self.record(format!("interface addresses {addrs:?}"));
+        self.replace_interface_addresses(addrs.to_vec())
+    }
+    fn update_interface_addresses(
+        &mut self,
+        added: &[IpAddr],
+        removed: &[IpAddr],
+    ) -> Result<AddressChanges, Error> {
+        self.record(format!("interface addresses +{added:?} -{removed:?}"));
+        let mut next = self.interface_addresses.clone();
+        next.retain(|a| !removed.contains(a));
+        next.extend(
+            added
+                .iter()
+                .filter(|a| !next.contains(a))
+                .collect::<Vec<_>>(),
+        );
+        self.replace_interface_addresses(next)
+    }
+    fn watch_interface_addresses(
+        &mut self,
+        sink: AddressSink,
+    ) -> Result<Option<AddressWatch>, Error> {
+        *self.address_feed.0.lock().expect("address feed") = Some(sink);
+        Ok(Some(AddressWatch::new(())))
+    }
     fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
         *self.hash_seed.lock().expect("hash seed") = Some(seed);
         Ok(())
+    }
+}
+
+impl FakeDataPath {
+    /// Makes `next` the interface addresses; what NodePorts started or stopped answering on
+    /// (the Node object's addresses stay served).
+    fn replace_interface_addresses(&mut self, next: Vec<IpAddr>) -> Result<AddressChanges, Error> {
+        if self.fail_interface_addresses {
+            return Err(Error::Interface {
+                ifname: "*".into(),
+                reason: "injected failure".into(),
+            });
+        }
+        let before = self.node_addresses()?;
+        let mut next = next;
+        next.sort();
+        next.dedup();
+        self.interface_addresses = next;
+        let after = self.node_addresses()?;
+        Ok(AddressChanges {
+            added: after
+                .iter()
+                .filter(|a| !before.contains(a))
+                .copied()
+                .collect(),
+            removed: before
+                .iter()
+                .filter(|a| !after.contains(a))
+                .copied()
+                .collect(),
+        })
     }
 }

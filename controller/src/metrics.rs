@@ -15,8 +15,14 @@
 //! 10 000-service cluster reads the counters of the rolling Deployments' services, not every
 //! backend's, and a finished rollout's series go after [`IDLE_TIMEOUT`]. Replica counts per
 //! Deployment are left to kube-state-metrics (`kube_deployment_status_replicas_*`).
+//!
+//! NodePort addresses: `sluice_node_addresses{origin}` (`interface`, followed live, and
+//! `node_object`) and `sluice_node_address_changes_total{change}` (`added`, `removed`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use lb_datapath::{DataPath, EndpointState};
 
@@ -99,6 +105,41 @@ pub fn object_rejected(kind: &'static str) {
     counter!("sluice_objects_rejected_total", "kind" => kind).increment(1);
 }
 
+/// The NodePort address origins of `sluice_node_addresses`, with the count last written
+/// (`usize::MAX`: none yet), re-exported at every scrape so the series never goes idle.
+static NODE_ADDRESSES: [(&str, AtomicUsize); 2] = [
+    ("interface", AtomicUsize::new(usize::MAX)),
+    ("node_object", AtomicUsize::new(usize::MAX)),
+];
+
+/// The NodePort addresses by origin (`interface`: the attached interfaces', followed live;
+/// `node_object`: this node's Node object's), as last written.
+pub fn node_addresses(origin: &'static str, n: usize) {
+    for (o, count) in &NODE_ADDRESSES {
+        if *o == origin {
+            count.store(n, Ordering::Relaxed);
+        }
+    }
+    gauge!("sluice_node_addresses", "origin" => origin).set(n as f64);
+}
+
+fn export_node_addresses() {
+    for (origin, count) in &NODE_ADDRESSES {
+        let n = count.load(Ordering::Relaxed);
+        if n != usize::MAX {
+            gauge!("sluice_node_addresses", "origin" => *origin).set(n as f64);
+        }
+    }
+}
+
+/// Addresses NodePorts started or stopped answering on, as the interfaces changed.
+pub fn node_address_changes(changes: &lb_datapath::datapath::AddressChanges) {
+    counter!("sluice_node_address_changes_total", "change" => "added")
+        .increment(changes.added.len() as u64);
+    counter!("sluice_node_address_changes_total", "change" => "removed")
+        .increment(changes.removed.len() as u64);
+}
+
 pub fn file_errors(n: usize) {
     gauge!("sluice_manifest_files_invalid").set(n as f64);
 }
@@ -148,6 +189,7 @@ pub fn export_datapath(dp: &dyn DataPath, per_backend: bool) {
             counter!("sluice_datapath_events_total", "reason" => r.label()).absolute(v);
         }
     }
+    export_node_addresses();
     let caps = dp.capacities();
     if let Ok(o) = dp.usage() {
         for (map, used, cap) in [

@@ -7,13 +7,23 @@
 //! Restarts: the data path may hold services adopted from pins that no source has named yet.
 //! They are never removed before every source finished its first full list
 //! ([`Reconciler::prune_unowned`] refuses until [`Reconciler::allow_pruning`]).
+//!
+//! Interface addresses: the data path's watch reports the attached interfaces' addresses
+//! ([`AddressEvent`]); the reconciler folds them ([`InterfaceAddresses`]) and writes only
+//! the difference to the NodePort addresses ([`Reconciler::interface_address_events`]). The
+//! first full list replaces every interface entry, so addresses a previous run left in the
+//! pinned table and no attached interface has any more go then (logged by name).
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_datapath::{DataPath, Error, ServiceSpec};
+use lb_datapath::{
+    DataPath, Error, ServiceSpec,
+    datapath::{AddressChanges, AddressEvent, AddressSink, AddressWatch},
+};
 
 use crate::{desired::Specs, metrics, model::Key, tables::Triggers};
 
@@ -68,6 +78,54 @@ pub struct Reconciler<D: DataPath> {
     /// is.
     triggers: Triggers,
     pruning_allowed: bool,
+    /// The attached interfaces' addresses as the watch reported them.
+    interfaces: InterfaceAddresses,
+    /// The interface addresses last written (`None`: nothing written since the start, so
+    /// the next write replaces every interface entry).
+    interfaces_applied: Option<BTreeSet<IpAddr>>,
+    /// The last write of interface addresses failed: the next one writes the full list.
+    interfaces_failed: bool,
+}
+
+/// The attached interfaces' addresses, folded from the data path's watch: (ifindex,
+/// address) pairs, so an address on two interfaces stays while either has it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InterfaceAddresses {
+    by_interface: BTreeSet<(u32, IpAddr)>,
+    listed: bool,
+}
+
+impl InterfaceAddresses {
+    /// Folds `events`; returns whether one of them was a full list.
+    pub fn apply(&mut self, events: impl IntoIterator<Item = AddressEvent>) -> bool {
+        let mut listed = false;
+        for e in events {
+            match e {
+                AddressEvent::Listed(all) => {
+                    self.by_interface = all.into_iter().collect();
+                    self.listed = true;
+                    listed = true;
+                }
+                AddressEvent::Added { ifindex, addr } => {
+                    self.by_interface.insert((ifindex, addr));
+                }
+                AddressEvent::Removed { ifindex, addr } => {
+                    self.by_interface.remove(&(ifindex, addr));
+                }
+            }
+        }
+        listed
+    }
+
+    /// Whether a full list arrived (before it, the fold knows only changes).
+    pub fn listed(&self) -> bool {
+        self.listed
+    }
+
+    /// The addresses, whatever interface has them.
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.by_interface.iter().map(|(_, a)| *a).collect()
+    }
 }
 
 impl<D: DataPath> std::fmt::Debug for Reconciler<D> {
@@ -90,6 +148,9 @@ impl<D: DataPath> Reconciler<D> {
             failed_now: BTreeSet::new(),
             triggers: Triggers::new(),
             pruning_allowed: false,
+            interfaces: InterfaceAddresses::default(),
+            interfaces_applied: None,
+            interfaces_failed: false,
         }
     }
 
@@ -290,7 +351,99 @@ impl<D: DataPath> Reconciler<D> {
                 .errors
                 .push(("<node addresses>".into(), e.to_string()));
         } else {
+            metrics::node_addresses("node_object", addrs.len());
             tracing::info!(addresses = ?addrs, "NodePorts also answer on the Node's addresses");
+        }
+        round
+    }
+
+    /// Starts the data path's watch of the attached interfaces' addresses (it only reports;
+    /// its events come back through [`Reconciler::interface_address_events`]).
+    pub fn watch_interface_addresses(
+        &mut self,
+        sink: AddressSink,
+    ) -> Result<Option<AddressWatch>, Error> {
+        self.dp.watch_interface_addresses(sink)
+    }
+
+    /// Applies a batch of the watch's events to the NodePort addresses. Before the first full
+    /// list, nothing is written. The first write (and any after a failure or a new full
+    /// list) replaces every interface entry: entries of addresses no interface has any more,
+    /// left by a previous run, are removed and logged. After it, only the addresses that
+    /// changed are written (a lookup and a write each).
+    pub fn interface_address_events(&mut self, events: Vec<AddressEvent>) -> Round {
+        let listed = self.interfaces.apply(events);
+        if !self.interfaces.listed() {
+            return Round::default();
+        }
+        self.write_interface_addresses(listed)
+    }
+
+    /// The attached interfaces' addresses, once the watch listed them.
+    pub fn interface_addresses(&self) -> Option<BTreeSet<IpAddr>> {
+        self.interfaces
+            .listed()
+            .then(|| self.interfaces.addresses())
+    }
+
+    /// Whether the last write of interface addresses failed (retried by the loop).
+    pub fn interface_addresses_failed(&self) -> bool {
+        self.interfaces_failed
+    }
+
+    /// The safety net (retries and the rare resync): writes the full list of interface
+    /// addresses again (one pass over the node address table; nothing written if nothing
+    /// differs).
+    pub fn resync_interface_addresses(&mut self) -> Round {
+        if !self.interfaces.listed() {
+            return Round::default();
+        }
+        let before = self.interfaces_applied.clone();
+        let round = self.write_interface_addresses(true);
+        if round.errors.is_empty() && before.is_some() && before != self.interfaces_applied {
+            tracing::warn!("the resync found interface addresses the incremental path missed");
+        }
+        round
+    }
+
+    fn write_interface_addresses(&mut self, full: bool) -> Round {
+        let mut round = Round::default();
+        let want = self.interfaces.addresses();
+        let first = self.interfaces_applied.is_none();
+        let result = match &self.interfaces_applied {
+            Some(have) if !full && !self.interfaces_failed => {
+                let added: Vec<IpAddr> = want.difference(have).copied().collect();
+                let removed: Vec<IpAddr> = have.difference(&want).copied().collect();
+                if added.is_empty() && removed.is_empty() {
+                    return round;
+                }
+                self.dp.update_interface_addresses(&added, &removed)
+            }
+            _ => self
+                .dp
+                .set_interface_addresses(&want.iter().copied().collect::<Vec<_>>()),
+        };
+        match result {
+            Ok(changes) => {
+                log_interface_changes(&changes, first);
+                if first {
+                    tracing::info!(addresses = ?want, "NodePorts follow the attached interfaces' addresses");
+                }
+                metrics::node_address_changes(&changes);
+                metrics::node_addresses("interface", want.len());
+                self.interfaces_applied = Some(want);
+                self.interfaces_failed = false;
+            }
+            Err(e) => {
+                metrics::reconcile_error("interface_addresses");
+                if !self.interfaces_failed {
+                    tracing::warn!(error = %e, "writing the interfaces' NodePort addresses failed (retried)");
+                }
+                self.interfaces_failed = true;
+                round
+                    .errors
+                    .push(("<interface addresses>".into(), e.to_string()));
+            }
         }
         round
     }
@@ -318,6 +471,26 @@ impl<D: DataPath> Reconciler<D> {
     /// the tables must be handed back as empty changes).
     pub fn applied_services(&self) -> impl Iterator<Item = &Key> {
         self.applied.keys()
+    }
+}
+
+/// One line per NodePort address that came or went; at the first write after a start, the
+/// removed ones are a previous run's (no attached interface has them any more).
+fn log_interface_changes(changes: &AddressChanges, first: bool) {
+    for a in &changes.added {
+        tracing::info!(address = %a, "NodePorts answer on a new address of an attached interface");
+    }
+    if first {
+        if !changes.removed.is_empty() {
+            tracing::info!(
+                removed = ?changes.removed,
+                "removed NodePort addresses of a previous run that no attached interface has any more"
+            );
+        }
+    } else {
+        for a in &changes.removed {
+            tracing::info!(address = %a, "NodePorts no longer answer on an address an attached interface lost");
+        }
     }
 }
 
@@ -437,5 +610,98 @@ mod tests {
         assert!(rec.failures().is_empty());
         assert_eq!(rec.failed().count(), 0);
         assert_eq!(sample(&handle.render(), not_programmed), Some(0.0));
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// The interface addresses: nothing written before the first full list; the first list
+    /// replaces every interface entry (a previous run's address goes, the Node's stays);
+    /// after it only differences are written, and an address on two interfaces stays
+    /// until both lost it; a failed write is retried as a full list; the gauge follows.
+    #[test]
+    fn interface_addresses_follow_the_watch_writing_only_what_changed() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let (mut fake, journal) = FakeDataPath::with_journal();
+        // Left by a previous run, and the Node object's.
+        fake.interface_addresses = vec![ip("192.0.2.9")];
+        fake.node_addresses = vec![ip("192.0.2.50")];
+        let mut rec = Reconciler::new(fake);
+        let events = |rec: &mut Reconciler<FakeDataPath>, e: Vec<AddressEvent>| {
+            ::metrics::with_local_recorder(&recorder, || rec.interface_address_events(e))
+        };
+        let calls = || journal.lock().unwrap().clone();
+        let added = |ifindex, addr: &str| AddressEvent::Added {
+            ifindex,
+            addr: ip(addr),
+        };
+        let removed = |ifindex, addr: &str| AddressEvent::Removed {
+            ifindex,
+            addr: ip(addr),
+        };
+
+        events(&mut rec, vec![added(2, "192.0.2.7")]);
+        assert!(calls().is_empty(), "nothing before the first list");
+        assert_eq!(rec.interface_addresses(), None);
+
+        events(
+            &mut rec,
+            vec![AddressEvent::Listed(vec![
+                (2, ip("192.0.2.1")),
+                (2, ip("2001:db8:1::1")),
+            ])],
+        );
+        assert_eq!(
+            calls(),
+            vec!["interface addresses [192.0.2.1, 2001:db8:1::1]".to_string()]
+        );
+        assert_eq!(
+            rec.data_path().node_addresses().unwrap(),
+            vec![ip("192.0.2.1"), ip("192.0.2.50"), ip("2001:db8:1::1")],
+            "the previous run's 192.0.2.9 is gone, the Node's address stays"
+        );
+        let gauge = r#"sluice_node_addresses{origin="interface"}"#;
+        assert_eq!(sample(&handle.render(), gauge), Some(2.0));
+
+        // One added on two interfaces, then lost by one: written once, kept.
+        events(&mut rec, vec![added(2, "192.0.2.3"), added(3, "192.0.2.3")]);
+        events(&mut rec, vec![removed(2, "192.0.2.3")]);
+        assert_eq!(
+            calls()[1..],
+            ["interface addresses +[192.0.2.3] -[]".to_string()]
+        );
+        events(&mut rec, vec![removed(3, "192.0.2.3")]);
+        assert_eq!(
+            calls()[2..],
+            ["interface addresses +[] -[192.0.2.3]".to_string()]
+        );
+        assert_eq!(
+            rec.interface_addresses(),
+            Some([ip("192.0.2.1"), ip("2001:db8:1::1")].into_iter().collect())
+        );
+        assert_eq!(
+            sample(
+                &handle.render(),
+                r#"sluice_node_address_changes_total{change="removed"}"#
+            ),
+            Some(2.0),
+            "the previous run's address and 192.0.2.3"
+        );
+
+        // A failed write is retried with the full list.
+        rec.data_path_mut().fail_interface_addresses = true;
+        let r = events(&mut rec, vec![added(2, "192.0.2.4")]);
+        assert_eq!(r.errors.len(), 1);
+        assert!(rec.interface_addresses_failed());
+        rec.data_path_mut().fail_interface_addresses = false;
+        let r = rec.resync_interface_addresses();
+        assert!(r.errors.is_empty());
+        assert!(!rec.interface_addresses_failed());
+        assert_eq!(
+            calls().last().unwrap(),
+            "interface addresses [192.0.2.1, 192.0.2.4, 2001:db8:1::1]"
+        );
     }
 }

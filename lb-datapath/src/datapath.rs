@@ -44,6 +44,38 @@ pub trait DataPath: Send {
     fn set_node_addresses(&mut self, addrs: &[IpAddr]) -> Result<(), Error>;
     /// Every NodePort address: the attached interfaces' and the Node object's.
     fn node_addresses(&self) -> Result<Vec<IpAddr>, Error>;
+    /// Makes `addrs` the attached interfaces' NodePort addresses, replacing the previous
+    /// list: adds the missing ones, then removes the interface entries no longer listed
+    /// (addresses of a previous run among them). Node object entries stay; an address that
+    /// is both stays as long as either lists it. One pass over the node address table
+    /// (`capacities.node_addresses` entries at most): for a full read of the interfaces.
+    fn set_interface_addresses(&mut self, addrs: &[IpAddr]) -> Result<AddressChanges, Error> {
+        let _ = addrs;
+        Err(not_following())
+    }
+    /// Adds `added` to and removes `removed` from the attached interfaces' NodePort
+    /// addresses (same rules as `set_interface_addresses`), touching only those entries:
+    /// one kernel change costs a lookup and a write per address it names.
+    fn update_interface_addresses(
+        &mut self,
+        added: &[IpAddr],
+        removed: &[IpAddr],
+    ) -> Result<AddressChanges, Error> {
+        let _ = (added, removed);
+        Err(not_following())
+    }
+    /// Starts following the attached interfaces' addresses: `sink` gets, on a thread of the
+    /// watch, a first [`AddressEvent::Listed`] and then every change. `None`: this data path
+    /// does not follow them (its NodePort addresses stay as attached). Nothing is written
+    /// by the watch itself: the caller applies the events (`set_interface_addresses`,
+    /// `update_interface_addresses`).
+    fn watch_interface_addresses(
+        &mut self,
+        sink: AddressSink,
+    ) -> Result<Option<AddressWatch>, Error> {
+        let _ = sink;
+        Ok(None)
+    }
     /// Sets the seed of the flow hash and of Maglev (the same on every node); a change
     /// rebuilds each service's table at its next upsert.
     fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error>;
@@ -96,7 +128,83 @@ impl<T: DataPath + ?Sized> DataPath for Box<T> {
     fn node_addresses(&self) -> Result<Vec<IpAddr>, Error> {
         (**self).node_addresses()
     }
+    fn set_interface_addresses(&mut self, addrs: &[IpAddr]) -> Result<AddressChanges, Error> {
+        (**self).set_interface_addresses(addrs)
+    }
+    fn update_interface_addresses(
+        &mut self,
+        added: &[IpAddr],
+        removed: &[IpAddr],
+    ) -> Result<AddressChanges, Error> {
+        (**self).update_interface_addresses(added, removed)
+    }
+    fn watch_interface_addresses(
+        &mut self,
+        sink: AddressSink,
+    ) -> Result<Option<AddressWatch>, Error> {
+        (**self).watch_interface_addresses(sink)
+    }
     fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
         (**self).set_hash_seed(seed)
+    }
+}
+
+/// A change of the attached interfaces' usable addresses, as the kernel reported it
+/// (IPv6 link-local, tentative and DAD-failed addresses are never reported as usable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressEvent {
+    /// Every usable address of every attached interface, as (ifindex, address): the first
+    /// full read, and every read again after the kernel dropped notifications. Replaces
+    /// everything reported before.
+    Listed(Vec<(u32, IpAddr)>),
+    /// `addr` became usable on the interface `ifindex`.
+    Added { ifindex: u32, addr: IpAddr },
+    /// `addr` is no longer usable on the interface `ifindex` (removed, or DAD failed).
+    Removed { ifindex: u32, addr: IpAddr },
+}
+
+/// Where a watch of the interfaces' addresses delivers its events: called on the watch's
+/// own thread, once per batch the kernel handed over (a burst of changes is one call).
+pub type AddressSink = Box<dyn FnMut(Vec<AddressEvent>) + Send>;
+
+/// A running watch of the interfaces' addresses; dropping it stops the watch.
+pub struct AddressWatch {
+    _running: Box<dyn Send>,
+}
+
+impl AddressWatch {
+    /// A watch that runs as long as `running` lives (a guard that stops it on drop).
+    pub fn new(running: impl Send + 'static) -> Self {
+        AddressWatch {
+            _running: Box::new(running),
+        }
+    }
+}
+
+impl std::fmt::Debug for AddressWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressWatch").finish_non_exhaustive()
+    }
+}
+
+/// What a change of the interface addresses did to the addresses NodePorts answer on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressChanges {
+    /// Addresses NodePorts answer on now and did not before.
+    pub added: Vec<IpAddr>,
+    /// Addresses NodePorts no longer answer on.
+    pub removed: Vec<IpAddr>,
+}
+
+impl AddressChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn not_following() -> Error {
+    Error::Interface {
+        ifname: "*".into(),
+        reason: "this data path does not follow interface addresses".into(),
     }
 }

@@ -144,25 +144,10 @@ pub fn ifindex(ifname: &str) -> Result<u32, Error> {
     })
 }
 
-/// Addresses configured on an interface (IPv4 and IPv6, link-local IPv6 excluded).
+/// Addresses configured on an interface (IPv4 and IPv6; link-local IPv6, tentative and
+/// DAD-failed ones excluded: the rule of [`crate::addr_watch`], which follows them later).
 pub fn interface_addresses(ifname: &str) -> Result<Vec<IpAddr>, Error> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| Error::Interface {
-        ifname: ifname.into(),
-        reason: format!("getifaddrs failed: {e}"),
-    })?;
-    let mut out = Vec::new();
-    for a in addrs.filter(|a| a.interface_name == ifname) {
-        let Some(sa) = a.address else { continue };
-        if let Some(v4) = sa.as_sockaddr_in() {
-            out.push(IpAddr::V4(v4.ip()));
-        } else if let Some(v6) = sa.as_sockaddr_in6() {
-            let ip = v6.ip();
-            if (ip.segments()[0] & 0xffc0) != 0xfe80 {
-                out.push(IpAddr::V6(ip));
-            }
-        }
-    }
-    Ok(out)
+    crate::addr_watch::read_interface_addresses(ifname)
 }
 
 impl Dataplane {
@@ -320,7 +305,7 @@ impl Dataplane {
 
     /// Makes `addr` a NodePort address (done by [`Dataplane::attach`] for the interface's own).
     pub fn add_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
-        self.insert_node_address(addr, lb_common::node_addr_origin::INTERFACE)
+        self.add_node_address_origin(addr, lb_common::node_addr_origin::INTERFACE)
     }
 
     /// Writes a `NODE_ADDRS` entry with its origin (`lb_common::node_addr_origin`).

@@ -6,6 +6,7 @@ use lb_common::Reason;
 use lb_datapath::{
     Capacities, ConntrackStats, DataPath, EndpointStatus, Error, MapOccupancy, ServiceDump,
     ServiceSpec, ServiceStats,
+    datapath::{AddressChanges, AddressSink, AddressWatch},
 };
 
 use crate::dataplane::Dataplane;
@@ -59,6 +60,22 @@ impl DataPath for Dataplane {
             .into_iter()
             .map(|(a, _)| a)
             .collect())
+    }
+    fn set_interface_addresses(&mut self, addrs: &[IpAddr]) -> Result<AddressChanges, Error> {
+        Dataplane::set_interface_addresses(self, addrs)
+    }
+    fn update_interface_addresses(
+        &mut self,
+        added: &[IpAddr],
+        removed: &[IpAddr],
+    ) -> Result<AddressChanges, Error> {
+        Dataplane::update_interface_addresses(self, added, removed)
+    }
+    fn watch_interface_addresses(
+        &mut self,
+        sink: AddressSink,
+    ) -> Result<Option<AddressWatch>, Error> {
+        Dataplane::watch_interface_addresses(self, sink).map(Some)
     }
     fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
         Dataplane::set_hash_seed(self, seed)

@@ -10,11 +10,15 @@
 //! - [`slots`]: where each selection table lives in the shared slot array;
 //! - [`dataplane`]: [`Dataplane`], the owner of the maps, and the update order;
 //! - [`attach`]: XDP and TC attachment and the node's addresses;
+//! - [`addr_watch`]: the attached interfaces' addresses, read and followed over rtnetlink;
+//! - `node_addresses`: the NodePort address table and its origins
+//!   ([`pinned_node_addresses`] reads it through the pins);
 //! - `mmap`: the mapped arrays (`SLOTS`, `BACKENDS`, `SERVICE_NAMES`) bulk writes go through;
 //! - [`pins`]: pinning under bpffs, verification of pinned maps, adoption, uninstall;
 //! - [`pass`]: the stub XDP program for veth peers;
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` access for packet tests and benchmarks.
 
+pub mod addr_watch;
 pub mod attach;
 pub mod baseline;
 mod ct_gc;
@@ -35,6 +39,10 @@ mod source_ranges;
 pub mod testrun;
 
 pub use baseline::BaselineProgram;
+// The origin bits of the node address table, for readers of `pinned_node_addresses`.
+pub use lb_common::node_addr_origin;
+pub use lb_datapath::datapath::{AddressChanges, AddressEvent, AddressSink, AddressWatch};
+pub use node_addresses::pinned_node_addresses;
 // The aya-free contract (`lb-datapath`), re-exported so callers of the real data path need
 // one import path.
 pub use dataplane::Dataplane;
