@@ -3,7 +3,8 @@
 //! - The data path's rtnetlink watch on the lab node's uplink: a full list first (no IPv6
 //!   link-local address in it), then each change; an IPv6 address is reported only once its
 //!   duplicate address detection is done; the node address table keeps each origin (an
-//!   address that is both the interface's and the Node object's stays while either lists it).
+//!   address that is both the interface's and the Node object's stays while either lists it);
+//!   after a burst of changes the kernel dropped notifications of, a full list again.
 //! - `sluice run` under a bounded load on the node's address: a second address added to the
 //!   uplink is served by the NodePort once the agent wrote it, and no longer once it is
 //!   removed (its table entry gone, a connection there not translated), with no request of
@@ -19,7 +20,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Command,
-    sync::mpsc,
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -37,6 +38,9 @@ const METRICS: &str = "127.0.0.1:10249";
 const INSTANCE: &str = "addresses";
 const NODE_PORT: u16 = 30080;
 const SERVICE: &str = "default/web:80/TCP";
+/// Addresses added at once to overflow the watch's socket (about 1 KiB of receive queue
+/// each; the socket holds at most 2 x `net.core.rmem_max`).
+const BURST: u16 = 3000;
 /// How long anything the tests wait for may take.
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -285,11 +289,16 @@ fn the_watch_follows_the_uplink_and_the_table_keeps_each_origin() {
         .expect("accept_dad");
     let dp = dataplane(&lab);
     let (tx, rx) = mpsc::channel();
+    // Held by the test, the gate stops the watch's thread inside its sink, so that the
+    // kernel's notifications pile up in the socket until it drops some.
+    let gate = Arc::new(Mutex::new(()));
+    let held = gate.clone();
     let (mut dp, watch) = lab
         .node()
         .enter(move || {
             let watch = dp.watch_interface_addresses(Box::new(move |events| {
                 let _ = tx.send(events);
+                drop(held.lock());
             }));
             (dp, watch)
         })
@@ -394,6 +403,47 @@ fn the_watch_follows_the_uplink_and_the_table_keeps_each_origin() {
         !flags.contains("tentative"),
         "reported while still tentative: {flags}"
     );
+
+    // A burst the watch cannot keep up with (its thread is held while the kernel queues
+    // more notifications than the socket holds): the kernel drops some (ENOBUFS) and the
+    // watch reads every address again; its full list has the whole burst.
+    let burst: Vec<Ipv6Addr> = (0x1000..0x1000 + BURST)
+        .map(|h| Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 1, h))
+        .collect();
+    let batch: String = burst
+        .iter()
+        .map(|a| format!("addr add {a}/128 dev {} nodad\n", lab.node_uplink()))
+        .collect();
+    let file = std::env::temp_dir().join(format!("sluice-burst-{}", std::process::id()));
+    std::fs::write(&file, batch).unwrap();
+    let hold = gate.lock().unwrap();
+    let first = Ipv4Addr::new(192, 0, 2, 8);
+    // The watch's thread stops in the sink with this address's event.
+    let _first = UplinkAddress::add(&lab, first);
+    next_event(&rx, "192.0.2.8 added", |e| {
+        *e == AddressEvent::Added {
+            ifindex: uplink,
+            addr: first.into(),
+        }
+    });
+    let added = lab
+        .node()
+        .run("ip", ["-batch", &file.display().to_string()]);
+    let _ = std::fs::remove_file(&file);
+    added.expect("ip -batch");
+    drop(hold);
+    let (listed, _) = next_event(&rx, "full list after the burst", |e| {
+        matches!(e, AddressEvent::Listed(_))
+    });
+    let AddressEvent::Listed(all) = listed else {
+        unreachable!()
+    };
+    let missing: Vec<_> = burst
+        .iter()
+        .filter(|a| !all.contains(&(uplink, IpAddr::from(**a))))
+        .collect();
+    assert!(missing.is_empty(), "not in the list: {missing:?}");
+    assert!(all.contains(&(uplink, first.into())));
 
     // The watch stops when dropped (its thread is joined).
     drop(watch);

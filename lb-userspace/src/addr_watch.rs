@@ -309,10 +309,13 @@ fn run(s: Socket, stop: OwnedFd, mut t: Tracker, mut sink: AddressSink) {
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             return;
         }
-        if !fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
+        // A dropped notification shows as POLLERR (the read then returns ENOBUFS).
+        let ready = fds[0].revents().unwrap_or(PollFlags::empty());
+        if ready.intersects(PollFlags::POLLHUP | PollFlags::POLLNVAL) {
+            tracing::error!("the interface address watch stopped (its socket closed)");
+            return;
+        }
+        if !ready.intersects(PollFlags::POLLIN | PollFlags::POLLERR) {
             continue;
         }
         let mut out = Vec::new();
