@@ -286,9 +286,9 @@ impl Collector {
         let dead = if k.dir == dir::FORWARD {
             // A DSR flow tracked on its endpoint's node names no backend id (the endpoint
             // came with the packet): its timeouts alone decide.
+            let dsr_here = e.flags & ct_flags::DSR != 0 && e.backend_id == 0;
             !alive(&e, now, &self.cfg)
-                || (!(e.flags & ct_flags::DSR != 0 && e.backend_id == 0)
-                    && !self.backends.live(e.backend_id, e.backend_gen)?)
+                || !(dsr_here || self.backends.live(e.backend_id, e.backend_gen)?)
         } else {
             match t.map.get(&e.forward_key(k), 0) {
                 Ok(f) => {
