@@ -4,6 +4,8 @@
 //!
 //! Rows, each at both service counts:
 //! - `established`: a TCP ACK of a tracked flow (conntrack hit, DNAT, fib lookup);
+//! - `snat_established`: the same for a flow to an endpoint on another node (conntrack
+//!   hit, DNAT and source NAT, fib lookup);
 //! - `first_packet`: a TCP SYN, which always selects a backend afresh and writes conntrack;
 //! - `not_ours`: a TCP SYN to a port no service uses (passed untouched);
 //! - `parse_pass`: the baseline program (parse Ethernet + IPv4 + TCP/UDP ports, pass) on the
@@ -47,6 +49,10 @@ const NOT_OURS_PORT: u16 = 443;
 const ESTABLISHED_SPORT: u16 = 40_000;
 const FIRST_PACKET_SPORT: u16 = 40_001;
 const NOT_OURS_SPORT: u16 = 40_002;
+/// The source-NATed service's frontend port (its backend is itself, on "another node"), and
+/// the one port of the NAT range.
+const SNAT_VIP_PORT: u16 = 81;
+const NAT_PORT: u16 = 61_000;
 /// The scaling ratio the fast path should stay under (DESIGN.md: it must not grow with the
 /// number of services).
 const TARGET_RATIO: f64 = 1.2;
@@ -71,14 +77,16 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
     Established,
+    SnatEstablished,
     FirstPacket,
     NotOurs,
     ParsePass,
 }
 
 impl Case {
-    const ALL: [Case; 4] = [
+    const ALL: [Case; 5] = [
         Case::Established,
+        Case::SnatEstablished,
         Case::FirstPacket,
         Case::NotOurs,
         Case::ParsePass,
@@ -87,6 +95,7 @@ impl Case {
     fn name(self) -> &'static str {
         match self {
             Case::Established => "established",
+            Case::SnatEstablished => "snat_established",
             Case::FirstPacket => "first_packet",
             Case::NotOurs => "not_ours",
             Case::ParsePass => "parse_pass",
@@ -120,6 +129,9 @@ struct Packets {
     syn: Vec<u8>,
     /// SYN to `NOT_OURS_PORT`.
     not_ours: Vec<u8>,
+    /// SYN and ACK of the source-NATed flow (from the node's address and the NAT port).
+    snat_open: Vec<u8>,
+    snat_ack: Vec<u8>,
 }
 
 /// One run of one row.
@@ -206,6 +218,8 @@ fn run(args: &Args) -> Result<()> {
         ack: tcp(&lab, ESTABLISHED_SPORT, VIP_PORT, TcpFlags::ACK),
         syn: tcp(&lab, FIRST_PACKET_SPORT, VIP_PORT, TcpFlags::SYN),
         not_ours: tcp(&lab, NOT_OURS_SPORT, NOT_OURS_PORT, TcpFlags::SYN),
+        snat_open: snat_tcp(&lab, TcpFlags::SYN),
+        snat_ack: snat_tcp(&lab, TcpFlags::ACK),
     };
 
     let report = lab
@@ -241,6 +255,21 @@ fn tcp(lab: &Lab, sport: u16, dport: u16, flags: TcpFlags) -> Vec<u8> {
     b.build()
 }
 
+/// A TCP segment of the source-NATed flow: from the node's address towards the VIP (the
+/// route's source, what SNAT gives it) and the NAT port, so the rewrite is the identity.
+fn snat_tcp(lab: &Lab, flags: TcpFlags) -> Vec<u8> {
+    let mut b = PacketBuilder::new()
+        .eth(lab.client_mac(), lab.node_uplink_mac())
+        .ipv4(lab.node_pod_addr(0), VIP)
+        .tcp(NAT_PORT, SNAT_VIP_PORT)
+        .seq(1000)
+        .tcp_flags(flags);
+    if flags.contains(TcpFlags::ACK) {
+        b = b.ack(2000).payload(b"GET / HTTP/1.1\r\n\r\n");
+    }
+    b.build()
+}
+
 /// The data path config for both setups: the same capacities, so only the number of
 /// services differs.
 fn config(services: u32) -> DataplaneConfig {
@@ -249,13 +278,17 @@ fn config(services: u32) -> DataplaneConfig {
     let n = services + 1;
     DataplaneConfig {
         capacities: Capacities {
-            services: n,
-            frontends: n,
-            backends: n,
+            services: n + 1,
+            frontends: n + 1,
+            backends: n + 1,
             slots: (n * per_service).next_power_of_two(),
             ..Capacities::default()
         },
         maglev,
+        nat: lb_userspace::NatConfig {
+            port_min: NAT_PORT,
+            port_max: NAT_PORT,
+        },
         ..DataplaneConfig::default()
     }
 }
@@ -292,9 +325,18 @@ fn load(services: u32, cfg: DataplaneConfig) -> Result<Setup> {
         ..Default::default()
     })
     .context("inserting the measured service")?;
+    let snat_vip = SocketAddr::V4(SocketAddrV4::new(VIP, SNAT_VIP_PORT));
+    dp.upsert_service(&ServiceSpec {
+        name: "bench/measured-snat".into(),
+        protocol: Protocol::Tcp,
+        frontends: vec![Frontend::Address(snat_vip)],
+        backends: vec![BackendSpec::ready(snat_vip).on_another_node()],
+        ..Default::default()
+    })
+    .context("inserting the source-NATed service")?;
     let occupancy = dp.occupancy()?;
     ensure!(
-        occupancy.frontends == u64::from(services),
+        occupancy.frontends == u64::from(services) + 1,
         "{services} services loaded but the frontend map holds {}",
         occupancy.frontends
     );
@@ -313,18 +355,20 @@ fn measure_all(args: &Args, ifindex: u32, pkts: &Packets) -> Result<Report> {
     let setups = [load(1, cfg.clone())?, load(args.services, cfg)?];
     let baseline = BaselineProgram::load().context("loading the baseline program")?;
 
-    // The tracked flow of the `established` rows: one SYN creates its conntrack entry.
+    // The tracked flows of the `established` rows: one SYN creates each conntrack entry.
     for s in &setups {
-        let before = s.dp.reason(Reason::CtNew)?;
-        let out = s.dp.test_xdp(&pkts.open, ifindex, 1)?;
-        let new = s.dp.reason(Reason::CtNew)? - before;
-        ensure!(
-            new == 1,
-            "the SYN of the established flow at {} services tracked {new} flows, expected 1 \
-             (verdict {})",
-            s.services,
-            verdict_name(out.verdict)
-        );
+        for open in [&pkts.open, &pkts.snat_open] {
+            let before = s.dp.reason(Reason::CtNew)?;
+            let out = s.dp.test_xdp(open, ifindex, 1)?;
+            let new = s.dp.reason(Reason::CtNew)? - before;
+            ensure!(
+                new == 1,
+                "the SYN of an established flow at {} services tracked {new} flows, expected \
+                 1 (verdict {})",
+                s.services,
+                verdict_name(out.verdict)
+            );
+        }
     }
 
     // Every (setup, path) pair, a path's service counts next to each other so that their
@@ -386,7 +430,12 @@ fn measure_all(args: &Args, ifindex: u32, pkts: &Packets) -> Result<Report> {
             round4(medians[at(1, p)] / medians[at(0, p)]),
         );
     }
-    for p in [Case::Established, Case::FirstPacket, Case::NotOurs] {
+    for p in [
+        Case::Established,
+        Case::SnatEstablished,
+        Case::FirstPacket,
+        Case::NotOurs,
+    ] {
         for (s, setup) in setups.iter().enumerate() {
             ratios.insert(
                 format!("{}_to_parse_pass_at_{}", p.name(), setup.services),
@@ -431,6 +480,7 @@ fn sample(
             });
         }
         Case::Established => run_counted(dp, &pkts.ack, ifindex, repeat, counters)?,
+        Case::SnatEstablished => run_counted(dp, &pkts.snat_ack, ifindex, repeat, counters)?,
         Case::FirstPacket => run_counted(dp, &pkts.syn, ifindex, repeat, counters)?,
         Case::NotOurs => run_counted(dp, &pkts.not_ours, ifindex, repeat, counters)?,
     };
@@ -446,6 +496,15 @@ fn sample(
                 );
             }
             check_dst(&out.data, VIP, VIP_PORT).with_context(|| format!("{name} at {n}"))?;
+        }
+        Case::SnatEstablished => {
+            if hits != expect || new != 0 {
+                bail!(
+                    "{name} at {n} services: ct_hit rose by {hits} and ct_new by {new} in \
+                     {repeat} repeats; expected {repeat} and 0"
+                );
+            }
+            check_dst(&out.data, VIP, SNAT_VIP_PORT).with_context(|| format!("{name} at {n}"))?;
         }
         Case::FirstPacket => {
             if new != expect {
@@ -524,12 +583,12 @@ fn round4(x: f64) -> f64 {
 fn print_table(report: &Report, args: &Args) {
     println!();
     println!(
-        "{:<13} {:>8} {:>13} {:>19} {:>12} {:>8} {:>8}",
+        "{:<16} {:>8} {:>13} {:>19} {:>12} {:>8} {:>8}",
         "name", "services", "ns_per_packet", "ratio_to_parse_pass", "verdict", "repeat", "ct_hits"
     );
     for r in &report.rows {
         println!(
-            "{:<13} {:>8} {:>13.1} {:>19.2} {:>12} {:>8} {:>8}",
+            "{:<16} {:>8} {:>13.1} {:>19.2} {:>12} {:>8} {:>8}",
             r.name,
             r.services,
             r.ns_per_packet,
@@ -550,12 +609,17 @@ fn print_table(report: &Report, args: &Args) {
             _ if r <= TARGET_RATIO => "PASS",
             _ => "OVER",
         };
-        println!("  {:<13} {r:>6.2}  {verdict}", p.name());
+        println!("  {:<16} {r:>6.2}  {verdict}", p.name());
     }
     println!("ratio to parse_pass:");
-    for p in [Case::Established, Case::FirstPacket, Case::NotOurs] {
+    for p in [
+        Case::Established,
+        Case::SnatEstablished,
+        Case::FirstPacket,
+        Case::NotOurs,
+    ] {
         println!(
-            "  {:<13} at 1: {:>5.2}   at {}: {:>5.2}",
+            "  {:<16} at 1: {:>5.2}   at {}: {:>5.2}",
             p.name(),
             report.ratios[&format!("{}_to_parse_pass_at_1", p.name())],
             args.services,
