@@ -69,21 +69,9 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
                     &[],
                 )
             }),
-            Tier::Packet => cargo_test(
-                &[
-                    "-p",
-                    "lb-userspace",
-                    "--test",
-                    "packet",
-                    "--test",
-                    "packet_semantics",
-                    "--test",
-                    "packet_ipv6",
-                    "--test",
-                    "pins",
-                ],
-                &[],
-            ),
+            // Every integration test of lb-userspace (packet_*, pins, protections): all of
+            // them run programs in a lab's node namespace.
+            Tier::Packet => cargo_test(&["-p", "lb-userspace", "--test", "*"], &[]),
             // Namespace tests share the machine's 2 cores; run them one at a time.
             Tier::Netns => cargo_test(&["-p", "lab", "--test", "*"], &["--test-threads=1"]),
         };
