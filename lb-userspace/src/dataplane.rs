@@ -668,6 +668,13 @@ impl Dataplane {
                 return Err(invalid(format!("backend {} is listed twice", b.addr)));
             }
         }
+        if spec.dsr && family == AddressFamily::Ipv6 {
+            return Err(invalid(
+                "direct server return is IPv4 only; an IPv6 service reaches endpoints on \
+                 other nodes by source NAT (set dsr to false)"
+                    .into(),
+            ));
+        }
         if let Some(r) = &spec.source_ranges {
             for net in &r.allow {
                 if family_mismatch(net.addr()) {

@@ -158,6 +158,13 @@ fn snat_ipv6_both_ways_exactly() {
             ],
             ..service6("web6", Protocol::Tcp, &[])
         };
+        let err = dp
+            .upsert_service(&ServiceSpec {
+                dsr: true,
+                ..spec.clone()
+            })
+            .expect_err("DSR is IPv4 only");
+        assert!(err.to_string().contains("IPv4 only"), "{err}");
         dp.upsert_service(&spec).unwrap();
         let snat_addr = lab::topology::node_pod_addr6(0);
         let input = tcp6(VIP6, VIP_PORT, 40000, TcpFlags::SYN).build();
