@@ -5,11 +5,13 @@
 //!   [`load::Outcome`]. The `sluice-load` binary is its command line.
 //! - [`server`]: the backend that lab pods run (the `lab-server` binary). It answers with its
 //!   name, counts connections and requests, and drains gracefully on SIGTERM.
+//! - [`output`]: where benchmarks write their JSON (`target/bench/<name>.json`).
 //! - [`lifecycle`]: the serving / draining / stopped lifecycle shared with the demo's
 //!   bootcamp pods.
 
 pub mod lifecycle;
 pub mod load;
+pub mod output;
 pub mod server;
 
 mod http;

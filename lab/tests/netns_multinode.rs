@@ -24,50 +24,14 @@ use lab::{
         TwoNodeLab, pod_addr, pod_link,
     },
 };
-use lb_userspace::{
-    BackendSpec, Dataplane, DataplaneConfig, Frontend, Protocol, Reason, ServiceSpec,
-};
+use lb_userspace::{BackendSpec, Dataplane, Frontend, Protocol, Reason, ServiceSpec};
 
 const NODE_PORT: u16 = 30080;
 const NODE_PORT_UDP: u16 = 30053;
 const PEER_NODE_PORT: u16 = 30090;
 const PEER_PORT: u16 = 9100;
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const SEED: u32 = 0x5eed_0012;
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn two_node_lab() -> TwoNodeLab {
-    TwoNodeLab::builder()
-        .pods(1, 2)
-        .xdp_pass_attacher(|ifname| {
-            let p = lb_userspace::PassProgram::attach(ifname)?;
-            Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
-        })
-        .build()
-        .expect("two-node lab")
-}
-
-/// A node's data path: attached to `links`, allowed to redirect to `redirect`.
-fn dataplane(lab: &TwoNodeLab, node: Node, links: &[&str], redirect: &[String]) -> Dataplane {
-    lab.node(node)
-        .enter(|| {
-            let mut cfg = DataplaneConfig::default();
-            cfg.capacities.services = 64;
-            cfg.capacities.frontends = 256;
-            cfg.capacities.backends = 256;
-            cfg.capacities.slots = 1 << 16;
-            let mut dp = Dataplane::load(cfg).expect("load");
-            dp.set_hash_seed(SEED).expect("seed");
-            for l in links {
-                dp.attach(l).expect("attach");
-            }
-            for r in redirect {
-                dp.allow_redirect(r).expect("redirect port");
-            }
-            dp
-        })
-        .expect("enter node")
-}
 
 fn lab_server(lab: &TwoNodeLab, node: Node, i: usize) -> Process {
     let mut cmd = Command::new(bench_bin("lab-server"));
@@ -222,14 +186,14 @@ fn bulk_through(lab: &TwoNodeLab, node: Node, i: usize, target: SocketAddr, size
 }
 
 fn nodeport_reaches_pods_on_both_nodes(mode: Mode, redirect: bool) {
-    let lab = two_node_lab();
+    let lab = common::two_node_lab(1, 2);
     let redirect_a: Vec<String> = if redirect {
         vec![A_UPLINK.into(), A_NODE_LINK.into(), pod_link(Node::A, 0)]
     } else {
         Vec::new()
     };
-    let mut a = dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK], &redirect_a);
-    let mut b = dataplane(&lab, Node::B, &[B_NODE_LINK, B_UPLINK], &[]);
+    let mut a = common::node_dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK], &redirect_a);
+    let mut b = common::node_dataplane(&lab, Node::B, &[B_NODE_LINK, B_UPLINK], &[]);
     for (n, i) in lab.pods() {
         lab.adopt(lab_server(&lab, n, i));
     }

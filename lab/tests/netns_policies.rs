@@ -18,44 +18,12 @@ use lab::two_nodes::{
     A_NODE_LINK, A_UPLINK, B_NODE_LINK, B_UPLINK, CLIENT, NODE_A, NODE_B_UPLINK, Node, TwoNodeLab,
     pod_addr,
 };
-use lb_userspace::{
-    BackendSpec, Dataplane, DataplaneConfig, Frontend, Protocol, Reason, ServiceSpec, SourceRanges,
-    WhenEmpty,
-};
+use lb_userspace::{BackendSpec, Frontend, Protocol, Reason, ServiceSpec, SourceRanges, WhenEmpty};
 
 const NODE_PORT: u16 = 30080;
 const PORT: u16 = 9100;
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn lab() -> TwoNodeLab {
-    TwoNodeLab::builder()
-        .pods(1, 1)
-        .xdp_pass_attacher(|ifname| {
-            let p = lb_userspace::PassProgram::attach(ifname)?;
-            Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
-        })
-        .build()
-        .expect("two-node lab")
-}
-
-fn dataplane(lab: &TwoNodeLab, node: Node, links: &[&str]) -> Dataplane {
-    lab.node(node)
-        .enter(|| {
-            let mut cfg = DataplaneConfig::default();
-            cfg.capacities.services = 64;
-            cfg.capacities.frontends = 256;
-            cfg.capacities.backends = 256;
-            cfg.capacities.slots = 1 << 16;
-            let mut dp = Dataplane::load(cfg).expect("load");
-            dp.set_hash_seed(7).expect("seed");
-            for l in links {
-                dp.attach(l).expect("attach");
-            }
-            dp
-        })
-        .expect("enter node")
-}
 
 /// A TCP server in pod 0 of `node` that answers every connection with the peer address it
 /// saw, until the test ends (bounded by the listener's lifetime and a count).
@@ -103,9 +71,9 @@ fn endpoint(node: Node) -> BackendSpec {
 
 #[test]
 fn netns_external_traffic_policy_local_keeps_the_client_and_a_node_without_endpoints_drops() {
-    let lab = lab();
-    let mut a = dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK]);
-    let mut b = dataplane(&lab, Node::B, &[B_NODE_LINK, B_UPLINK]);
+    let lab = common::two_node_lab(1, 1);
+    let mut a = common::node_dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK], &[]);
+    let mut b = common::node_dataplane(&lab, Node::B, &[B_NODE_LINK, B_UPLINK], &[]);
     let _echo = peer_echo(&lab, Node::A, 1000);
     // The external spec of a service whose only endpoint runs on A, as each node derives it:
     // A has it locally, B has no local endpoint.
@@ -160,8 +128,8 @@ fn netns_external_traffic_policy_local_keeps_the_client_and_a_node_without_endpo
 
 #[test]
 fn netns_source_ranges_allow_and_deny_the_load_balancer_ip_and_count() {
-    let lab = lab();
-    let mut a = dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK]);
+    let lab = common::two_node_lab(1, 1);
+    let mut a = common::node_dataplane(&lab, Node::A, &[A_UPLINK, A_NODE_LINK], &[]);
     let _echo = peer_echo(&lab, Node::A, 1000);
     let vip = SocketAddr::new(VIP.into(), 80);
     let spec = |allow: &str| ServiceSpec {

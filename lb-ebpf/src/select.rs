@@ -18,6 +18,19 @@ use crate::{
 /// `::` (the IPv6 path never passes a v4-mapped destination).
 #[inline(always)]
 pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
+    lookup(daddr, dport, proto, false)
+}
+
+/// [`frontend`] wherever the packet was addressed: a NodePort matches any address of the
+/// family (a direct-server-return packet names the address of the node that chose the
+/// endpoint, not one of this node's).
+#[inline(always)]
+pub fn frontend_anywhere(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
+    lookup(daddr, dport, proto, true)
+}
+
+#[inline(always)]
+fn lookup(daddr: NetAddr, dport: u16, proto: u8, any_node: bool) -> Option<ServiceValue> {
     let mut key = ServiceKey {
         addr: daddr,
         port: NetPort(dport),
@@ -29,31 +42,8 @@ pub fn frontend(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
         return Some(*svc);
     }
     // SAFETY: as above.
-    unsafe { NODE_ADDRS.get(&daddr) }?;
-    key.addr = if daddr.is_v4() {
-        NetAddr::V4_UNSPECIFIED
-    } else {
-        NetAddr::UNSPECIFIED
-    };
-    key.scope = scope::NODE_PORT;
-    // SAFETY: as above.
-    unsafe { SERVICES.get(&key) }.copied()
-}
-
-/// The service of `daddr:dport/proto` wherever the packet was addressed: an exact frontend,
-/// else a NodePort of any address of that family (a direct-server-return packet names the
-/// address of the node that chose the endpoint, not one of this node's).
-#[inline(always)]
-pub fn frontend_anywhere(daddr: NetAddr, dport: u16, proto: u8) -> Option<ServiceValue> {
-    let mut key = ServiceKey {
-        addr: daddr,
-        port: NetPort(dport),
-        proto,
-        scope: scope::EXACT,
-    };
-    // SAFETY: values are plain data; the reference does not outlive this function.
-    if let Some(svc) = unsafe { SERVICES.get(&key) } {
-        return Some(*svc);
+    if !any_node && unsafe { NODE_ADDRS.get(&daddr) }.is_none() {
+        return None;
     }
     key.addr = if daddr.is_v4() {
         NetAddr::V4_UNSPECIFIED

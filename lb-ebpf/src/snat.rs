@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, CtEntry, FlowKey, IPPROTO_TCP, NetAddr, NetPort, Reason, csum, ct_flags, ct_state,
+    Backend, CtEntry, FlowKey, IPPROTO_TCP, NetAddr, NetPort, Reason, csum, ct_flags,
     dir,
 };
 
@@ -63,23 +63,11 @@ pub fn track(
         let src = route_source(ctx, s, &backend.addr, fwd.proto)?;
 
         // The REPLY value: the frontend to restore as the source, the client as the
-        // destination.
+        // destination (the FORWARD value with the flow's addresses, as for any flow).
         let e = &mut (*s).entry;
-        e.nat_addr = fwd.dst;
-        e.nat_port = fwd.dport;
-        e.state = if fwd.proto == IPPROTO_TCP {
-            ct_state::NEW
-        } else {
-            ct_state::OTHER
-        };
+        *e = conntrack::new_entry(fwd, (ids >> 32) as u32, ids as u32, backend, now);
         e.flags = ct_flags::SNAT;
-        e.service_id = (ids >> 32) as u32;
-        e.backend_id = ids as u32;
-        e.backend_gen = backend.generation;
-        e.last_seen_s = now;
-        e.peer_addr = fwd.src;
-        e.peer_port = fwd.sport;
-        e._pad = [0; 2];
+        *e = e.reply_value(fwd);
         let key = &mut (*s).key;
         key.src = backend.addr;
         key.dst = src;
@@ -120,6 +108,16 @@ pub fn track(
     }
     count(Reason::SnatNew);
     Ok(())
+}
+
+/// Whether `dport` (raw) is a port of the NAT range: only such a packet can be the reply of
+/// a source-NATed flow.
+#[inline(always)]
+pub fn in_nat_range(dport: u16) -> bool {
+    let port = u16::from_be(dport);
+    CONFIG
+        .get(0)
+        .is_some_and(|c| c.nat_port_min != 0 && (c.nat_port_min..=c.nat_port_max).contains(&port))
 }
 
 /// The node's address towards `addr`: the preferred source of the route the kernel would
@@ -222,9 +220,7 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
     } else {
         return Err(Reason::PassNotOurs);
     };
-    let cfg = CONFIG.get(0).ok_or(Reason::PassNotOurs)?;
-    let port = u16::from_be(pkt.dport);
-    if port < cfg.nat_port_min || port > cfg.nat_port_max || cfg.nat_port_min == 0 {
+    if !in_nat_range(pkt.dport) {
         return Err(Reason::PassNotOurs);
     }
     key.sport = NetPort(pkt.sport);

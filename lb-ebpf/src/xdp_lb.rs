@@ -22,7 +22,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     // Not a frontend: maybe the reply of a source-NATed flow (a sibling call, so the two
     // paths' stack frames never add up).
     let verdict = match try_run(ctx) {
-        Err(Reason::PassNotOurs) => snat::reverse(ctx),
+        Err(REV_SNAT) => snat::reverse(ctx),
         // A later fragment: translated as its first fragment was, if that one was ours.
         Err(Reason::PassFragment) => frag::follow(ctx),
         // Signals of the main path: an IPIP packet (maybe direct server return to a local
@@ -107,7 +107,16 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     } else {
         return Err(Reason::PassNotIp);
     };
-    let svc = select::frontend(dst, pkt.dport, pkt.proto).ok_or(Reason::PassNotOurs)?;
+    let Some(svc) = select::frontend(dst, pkt.dport, pkt.proto) else {
+        // Not a frontend: only a packet to a port of the NAT range may be a source-NATed
+        // flow's reply (checked beside this frame, see `run`); anything else is passed
+        // without being parsed again.
+        return Err(if snat::in_nat_range(pkt.dport) {
+            REV_SNAT
+        } else {
+            Reason::PassNotOurs
+        });
+    };
 
     let flow = FlowKey {
         src,
@@ -228,6 +237,10 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     }
     Err(TRANSLATE)
 }
+
+/// The signal of [`try_run`] that a packet to no frontend may be a source-NATed flow's reply
+/// (never counted as such: `snat::reverse` counts what it found).
+const REV_SNAT: Reason = Reason::RevSnat;
 
 /// The signal of [`try_run`] that a packet is to be translated by [`translate`] (never
 /// counted as such: `translate` counts what it did).

@@ -75,13 +75,8 @@ pub(crate) struct ServiceState {
     /// version may have built it; the first upsert rebuilds and rewrites what differs).
     pub table_current: bool,
     pub affinity: Option<Duration>,
-    /// What new flows get while no backend is usable (mirrors
-    /// `service_flags::DROP_WHEN_EMPTY`).
-    pub when_empty: WhenEmpty,
     /// The `SOURCE_RANGES` entries written for this service, and the frontends they filter.
     pub source_ranges: Option<SourceRanges>,
-    /// Direct server return (mirrors `service_flags::DSR`).
-    pub dsr: bool,
     /// Other slot ranges a frontend of this service may still point at (restored frontends
     /// that disagreed, or a table change cut short): reserved until every frontend points at
     /// the table in force, then released.
@@ -485,13 +480,7 @@ impl Dataplane {
                     table_current: false,
                     affinity: (v.flags & service_flags::CLIENT_IP_AFFINITY != 0)
                         .then(|| Duration::from_secs(v.affinity_timeout_s as u64)),
-                    when_empty: if v.flags & service_flags::DROP_WHEN_EMPTY != 0 {
-                        WhenEmpty::Drop
-                    } else {
-                        WhenEmpty::Refuse
-                    },
                     source_ranges: None,
-                    dsr: v.flags & service_flags::DSR != 0,
                     stray_ranges,
                 },
             );
@@ -807,9 +796,7 @@ impl Dataplane {
                         slot_count: 0,
                         table_current: false,
                         affinity: None,
-                        when_empty: WhenEmpty::Refuse,
                         source_ranges: None,
-                        dsr: false,
                         stray_ranges: Vec::new(),
                     },
                 );
@@ -1021,8 +1008,6 @@ impl Dataplane {
             svc.slot_count = size;
             svc.table_current = true;
             svc.affinity = spec.affinity;
-            svc.when_empty = spec.when_empty;
-            svc.dsr = spec.dsr;
         }
         self.retire_source_ranges(spec, id)?;
         let gone: Vec<Frontend> = self.services[&spec.name]

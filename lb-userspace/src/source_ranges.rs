@@ -88,17 +88,18 @@ impl Dataplane {
         }
         // What is written now: the union until the old ones are retired.
         let svc = self.services.get_mut(&spec.name).expect("present");
-        let mut union = svc.source_ranges.clone().unwrap_or_default();
-        for net in spec
-            .source_ranges
-            .as_ref()
-            .map_or(&[][..], |r| &r.allow[..])
-        {
-            if !union.allow.contains(&net.trunc()) {
-                union.allow.push(net.trunc());
-            }
-        }
-        svc.source_ranges = (!union.allow.is_empty()).then_some(union);
+        let union: BTreeSet<IpNet> = have
+            .union(&prefixes(spec.source_ranges.as_ref()))
+            .copied()
+            .collect();
+        svc.source_ranges = (!union.is_empty()).then(|| SourceRanges {
+            allow: union.into_iter().collect(),
+            frontends: svc
+                .source_ranges
+                .take()
+                .map(|r| r.frontends)
+                .unwrap_or_default(),
+        });
         Ok(())
     }
 

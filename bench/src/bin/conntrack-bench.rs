@@ -15,7 +15,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::PathBuf,
     time::Instant,
 };
 
@@ -291,14 +290,8 @@ fn run(args: &Args) -> Result<()> {
     for (map, mib) in &report.conntrack_memlock_mib {
         println!("memlock: {map}: {mib} MiB");
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("bench has no parent directory")?
-        .to_path_buf();
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("conntrack.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    let path = bench::output::write_json("conntrack", &report)
+        .context("writing target/bench/conntrack.json")?;
     println!("wrote {}", path.display());
     Ok(())
 }

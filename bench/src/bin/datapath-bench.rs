@@ -25,7 +25,6 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::PathBuf,
     time::Instant,
 };
 
@@ -228,15 +227,8 @@ fn run(args: &Args) -> Result<()> {
         .context("cannot enter the node namespace")??;
 
     print_table(&report, args);
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("bench has no parent directory")?
-        .to_path_buf();
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("datapath.json");
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    let path = bench::output::write_json("datapath", &report)
+        .context("writing target/bench/datapath.json")?;
     println!("\nwrote {}", path.display());
     Ok(())
 }

@@ -14,7 +14,6 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     process::Command,
     time::Duration,
 };
@@ -205,14 +204,8 @@ fn run(args: &Args) -> Result<()> {
         report.ratio_new_connections,
         verdict(report.ratio_new_connections, 0.95)
     );
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("bench has no parent directory")?
-        .to_path_buf();
-    let dir = root.join("target/bench");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("lab.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    let path =
+        bench::output::write_json("lab", &report).context("writing target/bench/lab.json")?;
     println!("wrote {}", path.display());
     Ok(())
 }

@@ -216,3 +216,44 @@ pub fn udp_echo_through(
         "the reply comes from the frontend the client dialled"
     );
 }
+
+/// A two-node lab (`lab::two_nodes`) with `a` pods on node A and `b` on node B, pass XDP
+/// programs on the peers that receive XDP_TX or redirected frames.
+pub fn two_node_lab(a: usize, b: usize) -> lab::two_nodes::TwoNodeLab {
+    lab::two_nodes::TwoNodeLab::builder()
+        .pods(a, b)
+        .xdp_pass_attacher(|ifname| {
+            let p = lb_userspace::PassProgram::attach(ifname)?;
+            Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
+        })
+        .build()
+        .expect("two-node lab")
+}
+
+/// A node's data path in a two-node lab: small capacities, the same hash seed on every
+/// node, attached to `links`, allowed to redirect to `redirect`.
+pub fn node_dataplane(
+    lab: &lab::two_nodes::TwoNodeLab,
+    node: lab::two_nodes::Node,
+    links: &[&str],
+    redirect: &[String],
+) -> Dataplane {
+    lab.node(node)
+        .enter(|| {
+            let mut cfg = DataplaneConfig::default();
+            cfg.capacities.services = 64;
+            cfg.capacities.frontends = 256;
+            cfg.capacities.backends = 256;
+            cfg.capacities.slots = 1 << 16;
+            let mut dp = Dataplane::load(cfg).expect("load");
+            dp.set_hash_seed(0x5eed_0012).expect("seed");
+            for l in links {
+                dp.attach(l).expect("attach");
+            }
+            for r in redirect {
+                dp.allow_redirect(r).expect("redirect port");
+            }
+            dp
+        })
+        .expect("enter node")
+}

@@ -1,0 +1,23 @@
+//! Where the benchmarks write their results: `target/bench/<name>.json` under the workspace
+//! root, pretty-printed with a trailing newline.
+
+use std::{io, path::PathBuf};
+
+/// `target/bench` under the workspace root (created).
+pub fn dir() -> io::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .parent()
+        .ok_or_else(|| io::Error::other("the bench crate has no parent directory"))?;
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes `report` to `target/bench/<name>.json`; returns the path.
+pub fn write_json(name: &str, report: &impl serde::Serialize) -> io::Result<PathBuf> {
+    let path = dir()?.join(format!("{name}.json"));
+    let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
+    std::fs::write(&path, json + "\n")?;
+    Ok(path)
+}
