@@ -82,6 +82,9 @@ pub type SlotBlock = [u32; SLOTS_PER_ENTRY as usize];
 pub mod program_names {
     pub const XDP_LB: &str = "sluice_xdp";
     pub const TC_REVNAT: &str = "sluice_revnat";
+    /// The load balancer as a TC classifier at ingress (`--mode tc`): the XDP program's
+    /// semantics for uplinks where XDP falls short (veth: partial checksums, XDP_TX).
+    pub const TC_LB: &str = "sluice_tc_lb";
     pub const XDP_PASS: &str = "sluice_pass";
     pub const XDP_BASELINE: &str = "sluice_baseline";
 }
