@@ -117,6 +117,63 @@ pub struct DataplaneConfig {
     pub conntrack: ConntrackConfig,
     /// Source NAT of flows to endpoints on other nodes.
     pub nat: NatConfig,
+    /// Which program takes the packets arriving on an attached interface (`auto`, `xdp` or
+    /// `tc`; the agent's `--mode` overrides it): see [`IngressMode`].
+    pub ingress_mode: IngressMode,
+}
+
+/// Which program load-balances the packets arriving on an attached interface. The TC
+/// reverse NAT at egress is attached in every mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressMode {
+    /// Chosen per interface when it is attached: `tc` for a veth (as a kind or Docker node's
+    /// uplink is: packets sent by local processes arrive with partial checksums XDP cannot
+    /// see, and `XDP_TX` frames vanish unless the peer runs an XDP program), `xdp` for
+    /// anything else.
+    #[default]
+    Auto,
+    /// The XDP program (native, else generic).
+    Xdp,
+    /// The TC classifier at TCX ingress (kernel 6.6 or later); translated packets are
+    /// redirected with `bpf_redirect`, to any device.
+    Tc,
+}
+
+impl IngressMode {
+    /// Every mode, as the configuration and the `--mode` flag spell them.
+    pub const ALL: [IngressMode; 3] = [IngressMode::Auto, IngressMode::Xdp, IngressMode::Tc];
+
+    /// The mode's name in configuration files and flags.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IngressMode::Auto => "auto",
+            IngressMode::Xdp => "xdp",
+            IngressMode::Tc => "tc",
+        }
+    }
+}
+
+impl std::fmt::Display for IngressMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An ingress mode name that is none of `auto`, `xdp`, `tc`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown ingress mode `{0}`: expected one of auto, xdp, tc")]
+pub struct UnknownIngressMode(pub String);
+
+impl std::str::FromStr for IngressMode {
+    type Err = UnknownIngressMode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IngressMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| UnknownIngressMode(s.to_string()))
+    }
 }
 
 /// Source NAT: a new flow to an endpoint on another node leaves this node from the node's
@@ -192,6 +249,7 @@ impl Default for DataplaneConfig {
             pin: None,
             conntrack: ConntrackConfig::default(),
             nat: NatConfig::default(),
+            ingress_mode: IngressMode::Auto,
         }
     }
 }
@@ -264,5 +322,34 @@ mod tests {
         let off: DataplaneConfig = serde_json::from_str(r#"{"pin": null}"#).expect("parses");
         assert_eq!(off.pin, None);
         assert_eq!(DataplaneConfig::default().pin, None);
+    }
+
+    #[test]
+    fn the_ingress_mode_is_auto_unless_set_and_unknown_names_list_the_accepted_ones() {
+        let c: DataplaneConfig = serde_json::from_str("{}").expect("parses");
+        assert_eq!(c.ingress_mode, IngressMode::Auto);
+        for (text, mode) in [
+            ("auto", IngressMode::Auto),
+            ("xdp", IngressMode::Xdp),
+            ("tc", IngressMode::Tc),
+        ] {
+            let c: DataplaneConfig =
+                serde_json::from_str(&format!(r#"{{"ingress_mode": "{text}"}}"#)).expect(text);
+            assert_eq!(c.ingress_mode, mode);
+            assert_eq!(text.parse::<IngressMode>(), Ok(mode));
+            assert_eq!(mode.to_string(), text);
+            assert_eq!(
+                serde_json::to_string(&mode).expect("serializes"),
+                format!("\"{text}\"")
+            );
+        }
+        let e = serde_json::from_str::<DataplaneConfig>(r#"{"ingress_mode": "TC"}"#)
+            .expect_err("names are lowercase");
+        assert!(e.to_string().contains("`auto`, `xdp`, `tc`"), "{e}");
+        let e = "ebpf".parse::<IngressMode>().expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "unknown ingress mode `ebpf`: expected one of auto, xdp, tc"
+        );
     }
 }

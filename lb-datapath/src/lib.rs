@@ -11,7 +11,8 @@ pub mod error;
 pub mod spec;
 
 pub use config::{
-    Capacities, ConntrackConfig, DataplaneConfig, MaglevConfig, NatConfig, PinConfig,
+    Capacities, ConntrackConfig, DataplaneConfig, IngressMode, MaglevConfig, NatConfig,
+    PinConfig, UnknownIngressMode,
 };
 pub use datapath::DataPath;
 pub use dump::{
