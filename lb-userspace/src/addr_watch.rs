@@ -37,7 +37,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::{Dataplane, attach::ifindex, error::Error};
 
 /// Receive buffer of one read (a dump part is at most 32 KiB; notifications are small).
-const READ_BUFFER: usize = 64 * 1024;
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
 /// The socket's receive queue: room for a burst of notifications before the kernel drops
 /// some (which costs a full read).
 const RECEIVE_QUEUE: usize = 1 << 20;
@@ -204,7 +204,7 @@ impl Tracker {
     }
 }
 
-fn netlink_socket() -> io::Result<Socket> {
+pub(crate) fn netlink_socket() -> io::Result<Socket> {
     let mut s = Socket::new(NETLINK_ROUTE)?;
     s.bind_auto()?;
     Ok(s)
@@ -227,7 +227,7 @@ fn request_dump(s: &Socket, seq: u32) -> io::Result<()> {
 }
 
 /// One read from the socket into `buf`; `Ok(None)`: the message did not fit (truncated).
-fn read(s: &Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {
+pub(crate) fn read(s: &Socket, buf: &mut [u8]) -> io::Result<Option<usize>> {
     let n = s.recv(&mut &mut buf[..], libc::MSG_TRUNC)?;
     Ok((n <= buf.len()).then_some(n))
 }
