@@ -10,6 +10,8 @@
 //! - [`slots`]: where each selection table lives in the shared slot array;
 //! - [`dataplane`]: [`Dataplane`], the owner of the maps, and the update order;
 //! - [`attach`]: XDP and TC attachment and the node's addresses;
+//! - [`ingress_mode`]: which program takes an interface's ingress (XDP or TC), and why;
+//! - `stale_link`: removing the other mode's pinned ingress link a previous run left;
 //! - [`addr_watch`]: the attached interfaces' addresses, read and followed over rtnetlink;
 //! - `node_addresses`: the NodePort address table and its origins
 //!   ([`pinned_node_addresses`] reads it through the pins);
@@ -25,6 +27,7 @@ mod ct_gc;
 mod datapath;
 pub mod dataplane;
 pub mod ids;
+pub mod ingress_mode;
 pub mod inspect;
 pub mod maglev;
 mod maps;
@@ -36,6 +39,7 @@ pub mod pass;
 pub mod pins;
 pub mod slots;
 mod source_ranges;
+mod stale_link;
 pub mod testrun;
 
 pub use baseline::BaselineProgram;
@@ -48,7 +52,8 @@ pub use node_addresses::pinned_node_addresses;
 pub use dataplane::Dataplane;
 pub use lb_datapath::{
     AddressFamily, BackendDump, BackendSpec, Capacities, ConntrackConfig, ConntrackStats, DataPath,
-    DataplaneConfig, EndpointState, EndpointStatus, Error, Frontend, MaglevConfig, MapOccupancy,
+    DataplaneConfig, EndpointState, EndpointStatus, Error, Frontend, IngressMode, MaglevConfig,
+    MapOccupancy,
     NatConfig, PinConfig, Protocol, Reason, ServiceDump, ServiceSpec, ServiceStats, SourceRanges,
     Stats, TrafficStats, WhenEmpty, config, dump, eligible, error, spec,
 };
