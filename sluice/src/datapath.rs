@@ -12,7 +12,7 @@ pub fn open(cfg: &AgentConfig) -> anyhow::Result<BoxedDataPath> {
     let mut dp = Dataplane::load(cfg.dataplane.clone()).context("loading the data path")?;
     for i in &cfg.interfaces {
         let mode = dp.attach(i).with_context(|| format!("attaching to {i}"))?;
-        tracing::info!(interface = %i, ?mode, "attached");
+        tracing::info!(interface = %i, ?mode, ingress = mode.ingress().name(), "attached");
     }
     for i in &cfg.redirect_interfaces {
         dp.allow_redirect(i)

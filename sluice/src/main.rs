@@ -116,6 +116,11 @@ struct RunArgs {
     /// The NodePorts services may take, FIRST-LAST (default 30000-32767, as Kubernetes').
     #[arg(long)]
     node_port_range: Option<controller::protections::PortRange>,
+    /// Which program takes each interface's ingress: `auto` (the default: `tc` on a veth,
+    /// `xdp` on anything else), `xdp` or `tc` (the TC classifier at TCX ingress, Linux 6.6+).
+    /// Overrides `dataplane.ingress_mode` of the config file.
+    #[arg(long, value_name = "auto|xdp|tc")]
+    mode: Option<lb_userspace::IngressMode>,
 }
 
 fn run_config(a: RunArgs) -> anyhow::Result<AgentConfig> {
@@ -148,6 +153,7 @@ fn run_config(a: RunArgs) -> anyhow::Result<AgentConfig> {
         cfg.state_dir = d;
     }
     cfg.node_port_range = a.node_port_range.unwrap_or(cfg.node_port_range);
+    cfg.dataplane.ingress_mode = a.mode.unwrap_or(cfg.dataplane.ingress_mode);
     if let Some(pin) = cfg.dataplane.pin.as_mut() {
         if let Some(r) = a.pin_root {
             pin.root = r;
@@ -225,5 +231,56 @@ fn main() -> std::process::ExitCode {
             eprintln!("sluice: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["sluice", "run"].iter().chain(args))?;
+        match cli.command {
+            Command::Run(a) => Ok(*a),
+            _ => panic!("not a run command"),
+        }
+    }
+
+    #[test]
+    fn the_mode_flag_overrides_the_config_file_and_unknown_modes_name_the_accepted_ones() {
+        use lb_userspace::IngressMode;
+        let dir = std::env::temp_dir().join(format!("sluice-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.yaml");
+        std::fs::write(&file, "dataplane:\n  ingress_mode: xdp\n").unwrap();
+        let file = file.to_str().unwrap();
+        let mode = |args: &[&str]| {
+            run_config(run_args(args).unwrap())
+                .unwrap()
+                .dataplane
+                .ingress_mode
+        };
+        assert_eq!(mode(&[]), IngressMode::Auto, "the default");
+        assert_eq!(mode(&["--config", file]), IngressMode::Xdp, "the file's");
+        assert_eq!(mode(&["--config", file, "--mode", "tc"]), IngressMode::Tc);
+        assert_eq!(
+            mode(&["--config", file, "--mode", "auto"]),
+            IngressMode::Auto
+        );
+        assert_eq!(mode(&["--mode", "xdp"]), IngressMode::Xdp);
+        let e = run_args(&["--mode", "ebpf"])
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("expected one of auto, xdp, tc"), "{e}");
+        std::fs::write(&file, "dataplane:\n  ingress_mode: native\n").unwrap();
+        let e = format!(
+            "{:#}",
+            run_config(run_args(&["--config", file]).unwrap())
+                .err()
+                .expect("refused")
+        );
+        assert!(e.contains("`auto`, `xdp`, `tc`"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

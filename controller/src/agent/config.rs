@@ -17,7 +17,9 @@ use crate::{
 pub struct AgentConfig {
     /// External interfaces to attach the load balancer to (NodePort on their addresses).
     pub interfaces: Vec<String>,
-    /// Devices translated frames may be redirected to (NICs, or veths whose peer runs XDP).
+    /// Devices the XDP program may redirect translated frames to (NICs, or veths whose peer
+    /// runs XDP). Not needed by interfaces in TC mode (`dataplane.ingress_mode`, `--mode`):
+    /// the TC classifier redirects to any device.
     pub redirect_interfaces: Vec<String>,
     /// Directory of Kubernetes YAML (Service, EndpointSlice, Deployment, ...), watched.
     pub manifests: Option<PathBuf>,
