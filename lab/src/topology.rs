@@ -13,7 +13,8 @@
 //! between its links like a Kubernetes node routes to its pods. Set up as on a real node (see
 //! TOOLCHAIN.md for the evidence behind each item):
 //! - TX checksum offload off on every veth end (all of them send), so no packet is
-//!   CHECKSUM_PARTIAL when an XDP program rewrites it;
+//!   CHECKSUM_PARTIAL when an XDP program rewrites it; except, with
+//!   [`LabBuilder::client_link_defaults`], on the client link (see below);
 //! - node: IPv4 and IPv6 forwarding on (else `bpf_fib_lookup` says FWD_DISABLED), `rp_filter`
 //!   0 on all/default/each link; `accept_local` stays 0, as no packet arrives with a source
 //!   address of the node in this topology;
@@ -25,6 +26,11 @@
 //!   `to-node` (receives the node's `XDP_TX` frames) and on each pod's `eth0` (receives
 //!   `XDP_REDIRECT`ed frames). Without the hook the pods' `eth0` get GRO on instead, which is
 //!   enough for redirected frames, but `XDP_TX` frames then never reach the client.
+//!
+//! [`LabBuilder::client_link_defaults`] sets the client link up as a kind or Docker node's
+//! uplink is, for the TC ingress mode: both ends keep the kernel's default offloads (TX
+//! checksum offload on, so the client's TCP and UDP arrive CHECKSUM_PARTIAL) and the client's
+//! `to-node` gets no pass XDP program (refusals sent back must not depend on one).
 //!
 //! The lab holds at most [`MAX_BACKENDS`] pods (the /30 per pod exhausts 198.51.100.0/24).
 
@@ -141,6 +147,7 @@ pub fn node_pod_link_name(i: usize) -> String {
 pub struct LabBuilder {
     backends: usize,
     attacher: Option<Arc<XdpPassAttacher>>,
+    client_defaults: bool,
 }
 
 impl fmt::Debug for LabBuilder {
@@ -148,6 +155,7 @@ impl fmt::Debug for LabBuilder {
         f.debug_struct("LabBuilder")
             .field("backends", &self.backends)
             .field("xdp_pass_attacher", &self.attacher.is_some())
+            .field("client_link_defaults", &self.client_defaults)
             .finish()
     }
 }
@@ -173,6 +181,14 @@ impl LabBuilder {
         F: Fn(&str) -> Result<Box<dyn Any + Send>> + Send + Sync + 'static,
     {
         self.attacher = Some(Arc::new(attach));
+        self
+    }
+
+    /// `true`: the client link keeps the kernel's default offloads on both ends (TX checksum
+    /// offload on) and the client's end gets no pass XDP program, as on a kind or Docker
+    /// node (for the TC ingress mode; see the module docs). Default `false`.
+    pub fn client_link_defaults(mut self, on: bool) -> Self {
+        self.client_defaults = on;
         self
     }
 
@@ -204,6 +220,7 @@ impl LabBuilder {
             pod_macs: Vec::new(),
             node_pod_macs: Vec::new(),
             xdp_stubs: self.attacher.is_some(),
+            client_defaults: self.client_defaults,
             client,
             node,
             backends,
@@ -239,6 +256,7 @@ pub struct Lab {
     pod_macs: Vec<MacAddr>,
     node_pod_macs: Vec<MacAddr>,
     xdp_stubs: bool,
+    client_defaults: bool,
     client: Netns,
     node: Netns,
     backends: Vec<Netns>,
@@ -254,6 +272,7 @@ impl fmt::Debug for Lab {
                 &self.backends.iter().map(Netns::name).collect::<Vec<_>>(),
             )
             .field("xdp_stubs", &self.xdp_stubs)
+            .field("client_link_defaults", &self.client_defaults)
             .finish_non_exhaustive()
     }
 }
@@ -273,6 +292,7 @@ impl Lab {
         LabBuilder {
             backends: 1,
             attacher: None,
+            client_defaults: false,
         }
     }
 
@@ -298,7 +318,9 @@ impl Lab {
         veth::add_ip(node, NODE_UPLINK, NODE_ADDR.into(), 24)?;
         veth::add_ip(node, NODE_UPLINK, NODE_ADDR6.into(), 64)?;
         for (ns, link) in [(client, CLIENT_LINK), (node, NODE_UPLINK)] {
-            veth::set_tx_checksum(ns, link, false)?;
+            if !self.client_defaults {
+                veth::set_tx_checksum(ns, link, false)?;
+            }
             veth::set_up(ns, link)?;
         }
         node.sysctl(&format!("net.ipv4.conf.{NODE_UPLINK}.rp_filter"), "0")?;
@@ -343,7 +365,11 @@ impl Lab {
         // Peers that receive XDP_TX (client) and XDP_REDIRECT (pods) frames need NAPI.
         match attacher {
             Some(attach) => {
-                let mut sides = vec![Side::Client];
+                let mut sides = if self.client_defaults {
+                    Vec::new()
+                } else {
+                    vec![Side::Client]
+                };
                 sides.extend((0..self.backends.len()).map(Side::Pod));
                 for side in sides {
                     let (ns, ifname) = self.side(side);
@@ -412,6 +438,12 @@ impl Lab {
     /// Whether pass XDP programs were attached through the hook (else GRO is on at the pods).
     pub fn has_xdp_stubs(&self) -> bool {
         self.xdp_stubs
+    }
+
+    /// Whether the client link kept the kernel's default offloads and the client no pass XDP
+    /// program ([`LabBuilder::client_link_defaults`]).
+    pub fn has_client_link_defaults(&self) -> bool {
+        self.client_defaults
     }
 
     /// Pod `i`'s IPv4 address, `198.51.100.(4i+2)`.

@@ -22,7 +22,10 @@
 //! every sending veth end, static neighbours, and a pass XDP program (or GRO) on the peers
 //! that receive `XDP_TX` or redirected frames: the client's link and every pod's link. The
 //! node link's ends get the data path's own XDP program from the test (each node attaches
-//! to it), which gives them NAPI. Everything is removed on drop, also while a test panics.
+//! to it), which gives them NAPI. With [`TwoNodeLabBuilder::client_link_defaults`] (the TC
+//! ingress mode) the client's two links keep the kernel's default offloads (TX checksum
+//! offload on) and the client's ends get no pass XDP program, as on a kind or Docker node.
+//! Everything is removed on drop, also while a test panics.
 
 use std::{
     any::Any,
@@ -100,6 +103,7 @@ pub struct TwoNodeLabBuilder {
     pods_a: usize,
     pods_b: usize,
     attacher: Option<Box<XdpPassAttacher>>,
+    client_defaults: bool,
 }
 
 impl TwoNodeLabBuilder {
@@ -118,6 +122,14 @@ impl TwoNodeLabBuilder {
         F: Fn(&str) -> Result<Box<dyn Any + Send>> + Send + Sync + 'static,
     {
         self.attacher = Some(Box::new(attach));
+        self
+    }
+
+    /// `true`: the client's links (to A and to B) keep the kernel's default offloads on both
+    /// ends (TX checksum offload on) and the client's ends get no pass XDP program (for the
+    /// TC ingress mode). Default `false`.
+    pub fn client_link_defaults(mut self, on: bool) -> Self {
+        self.client_defaults = on;
         self
     }
 
@@ -142,6 +154,7 @@ impl TwoNodeLabBuilder {
                 .map(|i| Netns::new(&format!("b{i}")))
                 .collect::<Result<_>>()?,
             a_uplink_mac: MacAddr::ZERO,
+            client_defaults: self.client_defaults,
         };
         lab.setup(self.attacher.as_deref())
             .context("cannot set up the two-node lab")?;
@@ -159,6 +172,7 @@ impl std::fmt::Debug for TwoNodeLabBuilder {
             .field("pods_a", &self.pods_a)
             .field("pods_b", &self.pods_b)
             .field("xdp_pass_attacher", &self.attacher.is_some())
+            .field("client_link_defaults", &self.client_defaults)
             .finish()
     }
 }
@@ -184,6 +198,7 @@ pub struct TwoNodeLab {
     pods_a: Vec<Netns>,
     pods_b: Vec<Netns>,
     a_uplink_mac: MacAddr,
+    client_defaults: bool,
 }
 
 impl TwoNodeLab {
@@ -192,6 +207,7 @@ impl TwoNodeLab {
             pods_a: 1,
             pods_b: 2,
             attacher: None,
+            client_defaults: false,
         }
     }
 
@@ -209,13 +225,33 @@ impl TwoNodeLab {
             pod.sysctl("net.ipv4.tcp_max_tw_buckets", "0")?;
         }
         let (client, a, b) = (&self.client, &self.a, &self.b);
+        let client_tx_off = !self.client_defaults;
         // Client <-> A.
-        self.a_uplink_mac = link(client, CLIENT_LINK, CLIENT, a, A_UPLINK, NODE_A, 28)?.1;
+        self.a_uplink_mac = link(
+            client,
+            CLIENT_LINK,
+            CLIENT,
+            a,
+            A_UPLINK,
+            NODE_A,
+            28,
+            client_tx_off,
+        )?
+        .1;
         for net in ["198.51.100.0/24", "203.0.113.0/24"] {
             veth::add_route(client, net, NODE_A.into())?;
         }
         // A <-> B, and the pod ranges routed over it.
-        link(a, A_NODE_LINK, NODE_A_LINK, b, B_NODE_LINK, NODE_B_LINK, 28)?;
+        link(
+            a,
+            A_NODE_LINK,
+            NODE_A_LINK,
+            b,
+            B_NODE_LINK,
+            NODE_B_LINK,
+            28,
+            true,
+        )?;
         veth::add_route(a, "198.51.100.64/26", NODE_B_LINK.into())?;
         veth::add_route(b, "198.51.100.0/26", NODE_A_LINK.into())?;
         // B reaches the client over its own link.
@@ -227,6 +263,7 @@ impl TwoNodeLab {
             B_UPLINK,
             NODE_B_UPLINK,
             28,
+            client_tx_off,
         )?;
         veth::add_route(b, "192.0.2.0/28", CLIENT_B.into())?;
         // Pods.
@@ -241,11 +278,17 @@ impl TwoNodeLab {
                     POD_LINK,
                     pod_addr(node, i),
                     30,
+                    true,
                 )?;
                 veth::add_route(pod, "default", gw.into())?;
             }
         }
-        let sides: Vec<StubSide> = [None, Some((Node::B, usize::MAX))]
+        let client_sides = if self.client_defaults {
+            Vec::new()
+        } else {
+            vec![None, Some((Node::B, usize::MAX))]
+        };
+        let sides: Vec<StubSide> = client_sides
             .into_iter()
             .chain((0..self.pods_a.len()).map(|i| Some((Node::A, i))))
             .chain((0..self.pods_b.len()).map(|i| Some((Node::B, i))))
@@ -333,8 +376,9 @@ impl TwoNodeLab {
 }
 
 /// A veth pair `a_if` (in `a_ns`, address `a_addr`) <-> `b_if` (in `b_ns`, `b_addr`), both
-/// `/prefix`, up, TX checksum offload off, rp_filter off, static neighbours both ways.
-/// Returns the two MACs.
+/// `/prefix`, up, TX checksum offload off (if `tx_off`), rp_filter off, static neighbours
+/// both ways. Returns the two MACs.
+#[allow(clippy::too_many_arguments)]
 fn link(
     a_ns: &Netns,
     a_if: &str,
@@ -343,11 +387,14 @@ fn link(
     b_if: &str,
     b_addr: Ipv4Addr,
     prefix: u8,
+    tx_off: bool,
 ) -> Result<(MacAddr, MacAddr)> {
     veth::create_pair(a_ns, a_if, b_ns, b_if)?;
     for (ns, ifname, addr) in [(a_ns, a_if, a_addr), (b_ns, b_if, b_addr)] {
         veth::add_ip(ns, ifname, IpAddr::V4(addr), prefix)?;
-        veth::set_tx_checksum(ns, ifname, false)?;
+        if tx_off {
+            veth::set_tx_checksum(ns, ifname, false)?;
+        }
         veth::set_up(ns, ifname)?;
     }
     for (ns, ifname) in [(a_ns, a_if), (b_ns, b_if)] {

@@ -93,6 +93,16 @@ pub fn set_tx_checksum(ns: &Netns, ifname: &str, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// Whether TX checksum offload is on (`ethtool -k IF`, `tx-checksumming:`).
+pub fn tx_checksum(ns: &Netns, ifname: &str) -> Result<bool> {
+    let out = ns.run("ethtool", ["-k", ifname])?;
+    let line = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tx-checksumming:"))
+        .with_context(|| format!("no tx-checksumming line in `ethtool -k {ifname}`"))?;
+    Ok(line.trim().starts_with("on"))
+}
+
 /// Turns GRO on or off (`ethtool -K IF gro on|off`). On a veth, GRO gives the receiving end
 /// NAPI, which makes it accept `XDP_REDIRECT`ed frames (but not `XDP_TX` ones).
 pub fn set_gro(ns: &Netns, ifname: &str, on: bool) -> Result<()> {
