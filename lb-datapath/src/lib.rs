@@ -11,8 +11,8 @@ pub mod error;
 pub mod spec;
 
 pub use config::{
-    Capacities, ConntrackConfig, DataplaneConfig, IngressMode, MaglevConfig, NatConfig,
-    PinConfig, UnknownIngressMode,
+    Capacities, ConntrackConfig, DataplaneConfig, IngressMode, MaglevConfig, NatConfig, PinConfig,
+    UnknownIngressMode,
 };
 pub use datapath::DataPath;
 pub use dump::{

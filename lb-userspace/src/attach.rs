@@ -125,11 +125,7 @@ fn attach_tc(
     }
     let id = match at {
         TcAttachType::Ingress => tc
-            .attach_with_options(
-                ifname,
-                at,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
+            .attach_with_options(ifname, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
             .map_err(|e| Error::Interface {
                 ifname: ifname.into(),
                 reason: format!(
@@ -252,7 +248,10 @@ pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
     Ok(())
 }
 
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, Error> {
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| Error::program(name, "find", "not loaded"))

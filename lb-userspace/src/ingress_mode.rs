@@ -58,9 +58,10 @@ pub fn decide(mode: IngressMode, link_kind: Option<&str>) -> Choice {
              XDP cannot see, and XDP_TX frames vanish unless the peer runs an XDP program"
                 .to_string(),
         ),
-        (IngressMode::Auto, Some(kind)) => {
-            (Ingress::Xdp, format!("auto: link kind `{kind}`, not a veth"))
-        }
+        (IngressMode::Auto, Some(kind)) => (
+            Ingress::Xdp,
+            format!("auto: link kind `{kind}`, not a veth"),
+        ),
         (IngressMode::Auto, None) => (
             Ingress::Xdp,
             "auto: no link kind (a physical device), not a veth".to_string(),
@@ -164,7 +165,11 @@ mod tests {
         for kind in [Some("veth"), Some("vxlan"), None] {
             assert_eq!(decide(IngressMode::Xdp, kind).ingress, Ingress::Xdp);
             assert_eq!(decide(IngressMode::Tc, kind).ingress, Ingress::Tc);
-            assert!(decide(IngressMode::Tc, kind).reason.starts_with("configured"));
+            assert!(
+                decide(IngressMode::Tc, kind)
+                    .reason
+                    .starts_with("configured")
+            );
         }
     }
 
@@ -176,7 +181,9 @@ mod tests {
         link.attributes.push(LinkAttribute::IfName("eth0".into()));
         assert_eq!(kind_of(&link), None);
         link.attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]));
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Veth,
+            )]));
         assert_eq!(kind_of(&link).as_deref(), Some("veth"));
     }
 

@@ -53,9 +53,8 @@ pub use dataplane::Dataplane;
 pub use lb_datapath::{
     AddressFamily, BackendDump, BackendSpec, Capacities, ConntrackConfig, ConntrackStats, DataPath,
     DataplaneConfig, EndpointState, EndpointStatus, Error, Frontend, IngressMode, MaglevConfig,
-    MapOccupancy,
-    NatConfig, PinConfig, Protocol, Reason, ServiceDump, ServiceSpec, ServiceStats, SourceRanges,
-    Stats, TrafficStats, WhenEmpty, config, dump, eligible, error, spec,
+    MapOccupancy, NatConfig, PinConfig, Protocol, Reason, ServiceDump, ServiceSpec, ServiceStats,
+    SourceRanges, Stats, TrafficStats, WhenEmpty, config, dump, eligible, error, spec,
 };
 pub use pass::PassProgram;
 pub use testrun::{TestRunOutput, XdpTestRunner};

@@ -273,12 +273,10 @@ mod tests {
             .expect("refused")
             .to_string();
         assert!(e.contains("expected one of auto, xdp, tc"), "{e}");
-        std::fs::write(&file, "dataplane:\n  ingress_mode: native\n").unwrap();
+        std::fs::write(file, "dataplane:\n  ingress_mode: native\n").unwrap();
         let e = format!(
             "{:#}",
-            run_config(run_args(&["--config", file]).unwrap())
-                .err()
-                .expect("refused")
+            run_config(run_args(&["--config", file]).unwrap()).expect_err("refused")
         );
         assert!(e.contains("`auto`, `xdp`, `tc`"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
