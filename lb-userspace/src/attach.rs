@@ -133,6 +133,12 @@ pub(crate) fn load_programs(ebpf: &mut Ebpf) -> Result<(), Error> {
         .try_into()
         .map_err(|e| Error::program(progs::TC_REVNAT, "open", e))?;
     with_retry(|| tc.load()).map_err(|e| Error::program(progs::TC_REVNAT, "load (verifier)", e))?;
+    let tc_lb: &mut SchedClassifier = ebpf
+        .program_mut(progs::TC_LB)
+        .ok_or_else(|| Error::program(progs::TC_LB, "find", "not in the object"))?
+        .try_into()
+        .map_err(|e| Error::program(progs::TC_LB, "open", e))?;
+    with_retry(|| tc_lb.load()).map_err(|e| Error::program(progs::TC_LB, "load (verifier)", e))?;
     Ok(())
 }
 
@@ -290,7 +296,7 @@ impl Dataplane {
     /// How many instructions the verifier walked to accept each program (its complexity,
     /// against the kernel's limit of 1 000 000): `None` where the kernel does not say.
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [progs::XDP_LB, progs::TC_REVNAT]
+        [progs::XDP_LB, progs::TC_LB, progs::TC_REVNAT]
             .into_iter()
             .map(|name| {
                 let n = self
