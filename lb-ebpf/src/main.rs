@@ -2,7 +2,7 @@
 //! and turns its result into a deliberate, counted verdict.
 //!
 //! - [`xdp_lb`]: NodePort / LoadBalancer DNAT with conntrack and forwarding, at XDP
-//!   (`sluice_xdp`) or as a TC ingress classifier (`sluice_tc_lb`, see [`frame`]);
+//!   (`sluice_xdp`) or as a TC ingress classifier ([`tc_lb`], see [`frame`]);
 //! - [`revnat`]: reverse NAT of replies at TC egress;
 //! - `sluice_pass`: a plain pass program, attached to veth peers that must have NAPI to
 //!   receive XDP_TX / redirected frames (see TOOLCHAIN.md).
@@ -24,6 +24,7 @@ mod revnat;
 mod select;
 mod snat;
 mod stats;
+mod tc_lb;
 mod xdp_lb;
 
 use aya_ebpf::{
@@ -40,12 +41,7 @@ pub fn sluice_xdp(ctx: XdpContext) -> u32 {
 /// The load balancer at TC ingress, for uplinks where XDP falls short (veth).
 #[classifier]
 pub fn sluice_tc_lb(ctx: TcContext) -> i32 {
-    // Headers the parser reads must be in the linear part of the skb.
-    let want = frame::TC_HEADERS.min(ctx.len());
-    if ((ctx.data_end() - ctx.data()) as u32) < want {
-        let _ = ctx.pull_data(want);
-    }
-    xdp_lb::run(&ctx) as i32
+    tc_lb::run(&ctx)
 }
 
 #[classifier]
