@@ -20,8 +20,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, bpf_fib_lookup as FibParams},
-    helpers::{bpf_xdp_adjust_head, generated::bpf_fib_lookup},
-    programs::XdpContext,
+    helpers::generated::bpf_fib_lookup,
 };
 use lb_common::{
     Backend, CtEntry, FlowKey, IPPROTO_TCP, IPPROTO_UDP, NetAddr, NetPort, Reason, csum,
@@ -30,6 +29,7 @@ use lb_common::{
 
 use crate::{
     conntrack, forward,
+    frame::{Frame, L4Delta},
     headers::{self, ETH_HLEN, ETH_P_IP_RAW, EthHdr, IPV4_HLEN_MIN, Ipv4Hdr, ptr_at},
     maps::SCRATCH,
     refuse, select, snat,
@@ -44,8 +44,8 @@ const AF_INET: u8 = 2;
 /// A: tracks a new DSR flow (FORWARD entry only, its outer source in `nat_addr`).
 /// `ids` packs the service id (bits 32..64) and the backend id (bits 0..32). Not inlined.
 #[inline(never)]
-pub fn track(
-    ctx: &XdpContext,
+pub fn track<C: Frame>(
+    ctx: &C,
     fwd: &FlowKey,
     ids: u64,
     backend: &Backend,
@@ -87,7 +87,7 @@ pub fn stage(backend: &Backend) -> Result<(), Reason> {
 /// A: encapsulates the packet as [`stage`] left it and forwards it. Not inlined: runs
 /// beside the main path.
 #[inline(never)]
-pub fn encapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn encapsulate<C: Frame>(ctx: &C) -> Result<u32, Reason> {
     let s = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtUpdateFailed)?;
     // SAFETY: this CPU's scratch element.
     let (src, dst, port) = unsafe {
@@ -97,10 +97,12 @@ pub fn encapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
             (*s).entry.peer_port.raw(),
         )
     };
-    let inner_len = (ctx.data_end() - ctx.data()).saturating_sub(ETH_HLEN);
+    let inner_len = ctx.frame_len().saturating_sub(ETH_HLEN);
     let outer_len = (inner_len + IPV4_HLEN_MIN) as u16;
-    // The path MTU towards the endpoint, before anything changes.
-    // SAFETY: scratch as above; `ctx.ctx` is the program's context.
+    // The path MTU towards the endpoint, before anything changes. A GSO packet (TC) is
+    // not checked: growing its room below lowers its segment size by as much.
+    let mtu_len = if ctx.gso_size() != 0 { 0 } else { outer_len };
+    // SAFETY: scratch as above.
     unsafe {
         let fib = &mut (*s).fib;
         snat::zero_words(
@@ -109,12 +111,12 @@ pub fn encapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
         );
         fib.family = AF_INET;
         fib.l4_protocol = IPPROTO_IPIP;
-        fib.__bindgen_anon_1.tot_len = outer_len;
+        fib.__bindgen_anon_1.tot_len = mtu_len;
         fib.__bindgen_anon_3.ipv4_src = src;
         fib.__bindgen_anon_4.ipv4_dst = dst;
-        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        fib.ifindex = ctx.ingress_ifindex();
         let rc = bpf_fib_lookup(
-            ctx.ctx.cast(),
+            ctx.raw(),
             fib,
             core::mem::size_of::<FibParams>() as i32,
             1 << 2, // BPF_FIB_LOOKUP_SKIP_NEIGH
@@ -126,23 +128,17 @@ pub fn encapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
             return Ok(action);
         }
     }
-    // SAFETY: adjusting the head by a constant; pointers are derived again below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(IPV4_HLEN_MIN as i32)) } != 0 {
-        return Err(Reason::CtUpdateFailed);
-    }
+    // Room for the outer header; pointers are derived again below.
+    ctx.insert_after_eth(IPV4_HLEN_MIN, true)
+        .map_err(|_| Reason::CtUpdateFailed)?;
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
-    let old: *mut EthHdr =
-        ptr_at(data, data_end, IPV4_HLEN_MIN).ok_or(Reason::PassMalformed)?;
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
     let inner: *mut Ipv4Hdr =
         ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN).ok_or(Reason::PassMalformed)?;
-    // SAFETY: every pointer was bounds checked after the head adjustment; the old Ethernet
-    // header (bytes 20..34) is read before the outer IP header (14..34) overwrites it.
+    // SAFETY: every pointer was bounds checked after the room was made.
     unsafe {
-        let (d, sm, tos) = ((*old).dst, (*old).src, (*inner).tos);
-        (*eth).dst = d;
-        (*eth).src = sm;
+        let tos = (*inner).tos;
         (*eth).proto = ETH_P_IP_RAW;
         let ip = &mut *ip;
         ip.vhl = 0x45;
@@ -172,7 +168,7 @@ pub fn encapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
 /// the endpoint the outer header names, tracked both ways, forwarded. Anything else is
 /// left untouched (`xdp_pass_not_ours`: another tunnel, e.g. a CNI's). Not inlined.
 #[inline(never)]
-pub fn decapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn decapsulate<C: Frame>(ctx: &C) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let outer: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassNotOurs)?;
     let inner: *mut Ipv4Hdr =
@@ -207,23 +203,13 @@ pub fn decapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
     if svc.flags & service_flags::DSR == 0 {
         return Err(Reason::PassNotOurs);
     }
-    // Decapsulate: the Ethernet header moves 20 bytes on (no overlap), the head follows.
-    // SAFETY: both headers are in bounds (the outer IP header is 20 bytes past data).
-    unsafe {
-        let eth: *mut EthHdr = data as *mut EthHdr;
-        let moved = (data + IPV4_HLEN_MIN) as *mut EthHdr;
-        (*moved).dst = (*eth).dst;
-        (*moved).src = (*eth).src;
-        (*moved).proto = ETH_P_IP_RAW;
-    }
-    // SAFETY: a constant adjustment; pointers are derived again below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, IPV4_HLEN_MIN as i32) } != 0 {
-        return Err(Reason::CtUpdateFailed);
-    }
+    // Decapsulate: the outer header goes, the Ethernet header stays first (same EtherType);
+    // pointers are derived again below.
+    ctx.remove_after_eth(IPV4_HLEN_MIN)
+        .map_err(|_| Reason::CtUpdateFailed)?;
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    let pkt = headers::parse_ipv4(data, data_end, data_end - data)
+    let pkt = headers::parse_ipv4(data, data_end, ctx.frame_len())
         .map_err(|_| Reason::DropNoBackend)?;
-    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
     let s = SCRATCH.get_ptr_mut(0).ok_or(Reason::CtUpdateFailed)?;
     // SAFETY: this CPU's scratch element; `ip` was bounds checked by the parser.
     let (flow, b) = unsafe {
@@ -254,26 +240,20 @@ pub fn decapsulate(ctx: &XdpContext) -> Result<u32, Reason> {
         _ => track_here(flow, svc.id, b, now),
     }
     // DNAT to the endpoint (IPv4 header and L4 checksums; a UDP checksum of 0 stays 0).
-    let check = pkt.l4_check();
     let dptr = pkt.l4_dport();
+    let mut d = L4Delta::default();
     // SAFETY: every pointer was bounds checked; nothing resized the packet since.
     unsafe {
         let ip = pkt.ip;
         (*ip).daddr = backend_addr;
         (*ip).check = csum::update32((*ip).check, idst, backend_addr);
-        let old = *check;
-        if !(pkt.proto == IPPROTO_UDP && old == 0) {
-            let mut c = csum::update32(old, idst, backend_addr);
-            c = csum::update16(c, pkt.dport, backend_port);
-            if pkt.proto == IPPROTO_UDP {
-                c = csum::udp_finish(c);
-            }
-            *check = c;
-        }
+        d.addr(&[idst], &[backend_addr]);
+        d.port(pkt.dport, backend_port);
         *dptr = backend_port;
     }
+    ctx.l4_csum(pkt.l4_off + pkt.check_off, d, pkt.proto == IPPROTO_UDP, false)?;
     count(Reason::DsrDecapsulated);
-    Ok(forward::ipv4(ctx, eth, pkt.ip, pkt.proto, pkt.sport, backend_port))
+    crate::xdp_lb::forward_again(ctx, false, pkt.proto, pkt.sport, backend_port)
 }
 
 /// B: tracks a decapsulated flow both ways, with backend id 0 ([`ct_flags::DSR`]: the

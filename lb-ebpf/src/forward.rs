@@ -1,15 +1,15 @@
-//! After DNAT: redirect with a fib lookup to a device that can take XDP frames, else pass.
+//! After DNAT: redirect with a fib lookup to a device the hook can send to (at XDP, one
+//! that can take XDP frames; at TC, any), else pass.
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::generated::bpf_fib_lookup,
-    programs::XdpContext,
 };
 use lb_common::{Reason, csum};
 
 use crate::{
+    frame::Frame,
     headers::{EthHdr, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr},
-    maps::TX_PORTS,
     stats::count,
 };
 
@@ -18,12 +18,13 @@ const AF_INET6: u8 = 10;
 /// Traffic class and flow label of the first word of an IPv6 header (raw).
 const IPV6_FLOWINFO_MASK_RAW: u32 = 0x0fff_ffffu32.to_be();
 
-/// Forwards a translated IPv4 packet: `XDP_REDIRECT` when the fib resolves the next hop to a
-/// device in `TX_PORTS`, with MACs rewritten and the TTL decremented; otherwise `XDP_PASS`
-/// so the stack routes it (and answers TTL expiry, missing neighbours, ...).
+/// Forwards a translated IPv4 packet: redirected when the fib resolves the next hop to a
+/// device the hook can send to (`Frame::can_redirect`), with MACs rewritten and the TTL
+/// decremented; otherwise passed so the stack routes it (and answers TTL expiry, missing
+/// neighbours, ...).
 #[inline(always)]
-pub fn ipv4(
-    ctx: &XdpContext,
+pub fn ipv4<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: *mut Ipv4Hdr,
     proto: u8,
@@ -34,27 +35,29 @@ pub fn ipv4(
     unsafe {
         if (*ip).ttl <= 1 {
             count(Reason::PassToStack);
-            return xdp_action::XDP_PASS;
+            return C::PASS;
         }
         let mut fib: FibParams = core::mem::zeroed();
         fib.family = AF_INET;
         fib.l4_protocol = proto;
         fib.sport = sport;
         fib.dport = dport;
-        fib.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
+        // The L3 length, for the MTU check; at TC, 0: the kernel checks the skb itself
+        // (a GSO packet's length is that of many segments).
+        fib.__bindgen_anon_1.tot_len = if C::TC { 0 } else { u16::from_be((*ip).tot_len) };
         fib.__bindgen_anon_2.tos = (*ip).tos;
         fib.__bindgen_anon_3.ipv4_src = (*ip).saddr;
         fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
-        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        fib.ifindex = ctx.ingress_ifindex();
         let rc = bpf_fib_lookup(
-            ctx.ctx.cast(),
+            ctx.raw(),
             &mut fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         );
-        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || TX_PORTS.get_ifindex(fib.ifindex).is_none() {
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !ctx.can_redirect(fib.ifindex) {
             count(Reason::PassToStack);
-            return xdp_action::XDP_PASS;
+            return C::PASS;
         }
         // TTL sits in the high byte of the 16-bit word (ttl, proto) at offset 8.
         let old = u16::from_ne_bytes([(*ip).ttl, (*ip).proto]);
@@ -63,25 +66,24 @@ pub fn ipv4(
         (*ip).check = csum::update16((*ip).check, old, new);
         (*eth).dst = fib.dmac;
         (*eth).src = fib.smac;
-        match TX_PORTS.redirect(fib.ifindex, 0) {
-            Ok(action) => {
+        match ctx.redirect(fib.ifindex) {
+            Some(action) => {
                 count(Reason::Redirect);
                 action
             }
-            Err(_) => {
+            None => {
                 count(Reason::PassToStack);
-                xdp_action::XDP_PASS
+                C::PASS
             }
         }
     }
 }
 
-/// Forwards a translated IPv6 packet as [`ipv4`] does: `XDP_REDIRECT` when the fib resolves
-/// the next hop to a device in `TX_PORTS`, with MACs rewritten and the hop limit decremented
-/// (IPv6 has no header checksum); otherwise `XDP_PASS` (hop limit <= 1 included).
+/// Forwards a translated IPv6 packet as [`ipv4`] does, the hop limit decremented (IPv6 has
+/// no header checksum); passed when the hop limit is <= 1.
 #[inline(always)]
-pub fn ipv6(
-    ctx: &XdpContext,
+pub fn ipv6<C: Frame>(
+    ctx: &C,
     eth: *mut EthHdr,
     ip: *mut Ipv6Hdr,
     proto: u8,
@@ -92,41 +94,49 @@ pub fn ipv6(
     unsafe {
         if (*ip).hop_limit <= 1 {
             count(Reason::PassToStack);
-            return xdp_action::XDP_PASS;
+            return C::PASS;
         }
         let mut fib: FibParams = core::mem::zeroed();
         fib.family = AF_INET6;
         fib.l4_protocol = proto;
         fib.sport = sport;
         fib.dport = dport;
-        // The L3 length, for the MTU check.
-        fib.__bindgen_anon_1.tot_len =
-            (IPV6_HLEN as u16).wrapping_add(u16::from_be((*ip).payload_len));
+        // The L3 length, for the MTU check (at TC, 0: as for IPv4).
+        fib.__bindgen_anon_1.tot_len = if C::TC {
+            0
+        } else {
+            (IPV6_HLEN as u16).wrapping_add(u16::from_be((*ip).payload_len))
+        };
         fib.__bindgen_anon_2.flowinfo = (*ip).vtc_flow & IPV6_FLOWINFO_MASK_RAW;
         fib.__bindgen_anon_3.ipv6_src = (*ip).saddr;
         fib.__bindgen_anon_4.ipv6_dst = (*ip).daddr;
-        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        fib.ifindex = ctx.ingress_ifindex();
         let rc = bpf_fib_lookup(
-            ctx.ctx.cast(),
+            ctx.raw(),
             &mut fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         );
-        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || TX_PORTS.get_ifindex(fib.ifindex).is_none() {
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || !ctx.can_redirect(fib.ifindex) {
             count(Reason::PassToStack);
-            return xdp_action::XDP_PASS;
+            return C::PASS;
         }
+        // The hop limit shares a word with the next header (checksummed nowhere).
+        let old = u16::from_ne_bytes([(*ip).nexthdr, (*ip).hop_limit]);
         (*ip).hop_limit -= 1;
+        let new = u16::from_ne_bytes([(*ip).nexthdr, (*ip).hop_limit]);
         (*eth).dst = fib.dmac;
         (*eth).src = fib.smac;
-        match TX_PORTS.redirect(fib.ifindex, 0) {
-            Ok(action) => {
+        // Last: at TC, a helper call ends the packet pointers' validity.
+        ctx.data_changed(csum::add16(0, old, new));
+        match ctx.redirect(fib.ifindex) {
+            Some(action) => {
                 count(Reason::Redirect);
                 action
             }
-            Err(_) => {
+            None => {
                 count(Reason::PassToStack);
-                xdp_action::XDP_PASS
+                C::PASS
             }
         }
     }

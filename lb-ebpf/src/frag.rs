@@ -7,11 +7,12 @@
 //! that arrives before its first one (or of a datagram that is not ours) is passed
 //! untouched and counted (`xdp_pass_fragment`), as Cilium does. IPv6 fragments are passed.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::programs::TcContext;
 use lb_common::{FlowKey, FragEntry, FragKey, NetAddr, Reason, csum, dir};
 
 use crate::{
     forward,
+    frame::Frame,
     headers::{ETH_HLEN, ETH_P_IP_RAW, EthHdr, Ipv4Hdr, ptr_at},
     maps::{FRAGMENTS, SCRATCH},
     stats::count,
@@ -61,10 +62,11 @@ fn key_of(ip: *const Ipv4Hdr, direction: u8) -> FragKey {
     }
 }
 
-/// A later IPv4 fragment at XDP: rewritten as its first fragment was, then forwarded.
-/// Not inlined: it runs beside the main path, after the parser stopped at a fragment.
+/// A later IPv4 fragment at XDP or TC ingress: rewritten as its first fragment was (the IP
+/// header only, whose checksum covers nothing else), then forwarded. Not inlined: it runs
+/// beside the main path, after the parser stopped at a fragment.
 #[inline(never)]
-pub fn follow(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn follow<C: Frame>(ctx: &C) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassFragment)?;
     // SAFETY: bounds checked by ptr_at.

@@ -159,13 +159,6 @@ impl<H> Packet<H> {
         }
     }
 
-    /// The L4 checksum field (inside the bounds-checked L4 header).
-    #[inline(always)]
-    pub fn l4_check(&self) -> *mut u16 {
-        // SAFETY: check_off + 2 <= the checked header length for both protocols.
-        unsafe { self.l4.add(self.check_off).cast() }
-    }
-
     /// The L4 destination port field.
     #[inline(always)]
     pub fn l4_dport(&self) -> *mut u16 {

@@ -13,16 +13,14 @@
 //! way, for outer and quoted IPv6 headers without extension headers; its checksum covers the
 //! pseudo-header, so outer address changes are folded into it too.
 
-use aya_ebpf::{
-    bindings::BPF_F_PSEUDO_HDR,
-    programs::{TcContext, XdpContext},
-};
+use aya_ebpf::{bindings::BPF_F_PSEUDO_HDR, programs::TcContext};
 use lb_common::{
     FlowKey, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, NetAddr, NetPort, Reason, csum, dir,
 };
 
 use crate::{
     conntrack, forward,
+    frame::Frame,
     headers::{ETH_HLEN, EthHdr, IPV4_HLEN_MIN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, ptr_at},
 
 };
@@ -53,9 +51,11 @@ fn is_error(ty: u8) -> bool {
     ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED
 }
 
-/// Inbound translation at XDP; `Err` passes the packet untouched, counting the reason.
+/// Inbound translation at XDP or TC ingress (in place: an ICMP checksum has no
+/// pseudo-header, and errors are never sent with partial checksums); `Err` passes the
+/// packet untouched, counting the reason.
 #[inline(always)]
-pub fn translate_in(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn translate_in<C: Frame>(ctx: &C) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
     let e: *mut IcmpError = ptr_at(data, data_end, ICMP_OFF).ok_or(Reason::PassNotOurs)?;
@@ -217,7 +217,7 @@ fn is_v6_header(ip: &Ipv6Hdr) -> bool {
 /// [`translate_in`] for ICMPv6: an error addressed to a frontend quoting frontend -> client
 /// goes on to the backend quoting backend -> client.
 #[inline(always)]
-pub fn translate_in6(ctx: &XdpContext) -> Result<u32, Reason> {
+pub fn translate_in6<C: Frame>(ctx: &C) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
     let e: *mut Icmp6Error = ptr_at(data, data_end, ICMP6_OFF).ok_or(Reason::PassNotOurs)?;

@@ -1,7 +1,8 @@
 //! sluice's eBPF programs. Each program is a thin entry point that calls a `try_` function
 //! and turns its result into a deliberate, counted verdict.
 //!
-//! - [`xdp_lb`]: NodePort / LoadBalancer DNAT at XDP with conntrack and forwarding;
+//! - [`xdp_lb`]: NodePort / LoadBalancer DNAT with conntrack and forwarding, at XDP
+//!   (`sluice_xdp`) or as a TC ingress classifier ([`tc_lb`], see [`frame`]);
 //! - [`revnat`]: reverse NAT of replies at TC egress;
 //! - `sluice_pass`: a plain pass program, attached to veth peers that must have NAPI to
 //!   receive XDP_TX / redirected frames (see TOOLCHAIN.md).
@@ -13,6 +14,7 @@ mod conntrack;
 mod dsr;
 mod forward;
 mod frag;
+mod frame;
 mod headers;
 mod icmp;
 mod maps;
@@ -22,6 +24,7 @@ mod revnat;
 mod select;
 mod snat;
 mod stats;
+mod tc_lb;
 mod xdp_lb;
 
 use aya_ebpf::{
@@ -33,6 +36,12 @@ use aya_ebpf::{
 #[xdp]
 pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     xdp_lb::run(&ctx)
+}
+
+/// The load balancer at TC ingress, for uplinks where XDP falls short (veth).
+#[classifier]
+pub fn sluice_tc_lb(ctx: TcContext) -> i32 {
+    tc_lb::run(&ctx)
 }
 
 #[classifier]

@@ -1,7 +1,9 @@
 //! Refusal of flows to a service without a usable endpoint, as kube-proxy does: a TCP RST
 //! or an ICMP / ICMPv6 port unreachable, sent back out of the interface it came in on
-//! (XDP_TX), so clients fail fast instead of timing out. Rate-limited per CPU, one budget
-//! for both families.
+//! (XDP_TX, or at TC a redirect to the interface's egress), so clients fail fast instead of
+//! timing out. Rate-limited per CPU, one budget for both families. Replies are built in
+//! place with complete checksums (at TC a partially checksummed skb keeps its checksum
+//! marks, which a receiver on the same host trusts: such packets only come from there).
 //!
 //! A refusal goes to the packet's source, so it is never sent where a forged source would
 //! aim it at many hosts or at the node itself: a source that is broadcast (255.255.255.255),
@@ -10,14 +12,11 @@
 //! as [`Reason::DropRefusalBadDestination`]. Directed broadcasts of attached subnets are not
 //! recognised (the program does not know the prefixes).
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::{bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use lb_common::{NetAddr, Reason, csum};
 
 use crate::{
+    frame::Frame,
     headers::{
         ETH_HLEN, EthHdr, IPV4_HLEN_MIN, IPV6_HLEN, Ipv4Hdr, Ipv4Packet, Ipv6Hdr, Ipv6Packet,
         TcpHdr, ptr_at,
@@ -35,6 +34,10 @@ const ICMP_FRAG_NEEDED: u8 = 4;
 const IP_DF_RAW: u16 = 0x4000u16.to_be();
 /// ICMP header + the quoted IPv4 header + 8 bytes of the original datagram.
 const ICMP_QUOTE: usize = 8 + IPV4_HLEN_MIN + 8;
+/// The same with a whole (option-less) TCP header quoted: at TC, the quote of a TCP segment
+/// whose checksum is left to offload must still hold its checksum field (the kernel will
+/// not cut an skb before it).
+const ICMP_QUOTE_TCP: usize = 8 + IPV4_HLEN_MIN + 20;
 const ICMPV6_DEST_UNREACH: u8 = 1;
 const ICMPV6_PORT_UNREACH: u8 = 4;
 /// ICMPv6 header + the quoted IPv6 header + 8 bytes of the original datagram.
@@ -89,36 +92,24 @@ fn budget() -> bool {
 }
 
 /// Cuts the frame (a reply built in place) to `len` bytes and sends it back out of the
-/// interface it came in on.
+/// interface it came in on. The caller uses no packet pointer afterwards.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, frame_len: usize, len: usize) -> Result<u32, Reason> {
-    let shrink = len as i32 - frame_len as i32;
-    // SAFETY: shrinking within the frame; the caller uses no packet pointer afterwards.
-    if shrink < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, shrink) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
-    Ok(xdp_action::XDP_TX)
+fn transmit<C: Frame>(ctx: &C, len: usize) -> Result<u32, Reason> {
+    ctx.truncate(len).map_err(|_| Reason::DropNoBackend)?;
+    Ok(ctx.tx())
 }
 
-/// Prepends `grow` bytes for the outer headers of an ICMP error and writes the reply's
-/// Ethernet header there (addresses swapped). The old Ethernet header overlaps the new IP
-/// and ICMP headers: it is read here, before the caller writes them. Returns the new
-/// `(data, data_end)`; every other packet pointer must be derived again from them.
+/// Makes `grow` bytes of room after the Ethernet header for the outer headers of an ICMP
+/// error and turns the Ethernet header into the reply's (addresses swapped). Returns the
+/// new `(data, data_end)`; every other packet pointer must be derived again from them.
 #[inline(always)]
-fn prepend_reply_eth(ctx: &XdpContext, grow: usize) -> Result<(usize, usize), Reason> {
-    // SAFETY: adjusting the head by a constant; no pointer from before survives.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
-        return Err(Reason::DropNoBackend);
-    }
+fn prepend_reply_eth<C: Frame>(ctx: &C, grow: usize) -> Result<(usize, usize), Reason> {
+    ctx.insert_after_eth(grow, false)
+        .map_err(|_| Reason::DropNoBackend)?;
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
-    let old_eth: *mut EthHdr = ptr_at(data, data_end, grow).ok_or(Reason::DropNoBackend)?;
-    // SAFETY: both headers were bounds checked just above.
-    unsafe {
-        (*eth).dst = (*old_eth).src;
-        (*eth).src = (*old_eth).dst;
-        (*eth).proto = (*old_eth).proto;
-    }
+    // SAFETY: bounds checked just above.
+    swap_macs(unsafe { &mut *eth });
     Ok((data, data_end))
 }
 
@@ -184,9 +175,8 @@ fn pseudo_ipv6(src: &[u32; 4], dst: &[u32; 4], nexthdr: u8, len: u16) -> u32 {
 /// The main path found no usable backend for this packet: parses it again (beside the main
 /// path's stack frame) and refuses it, counting how.
 #[inline(never)]
-pub fn packet(ctx: &XdpContext) -> Result<u32, Reason> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
-    let len = data_end - data;
+pub fn packet<C: Frame>(ctx: &C) -> Result<u32, Reason> {
+    let (data, data_end, len) = (ctx.data(), ctx.data_end(), ctx.frame_len());
     let (action, tcp) = match crate::headers::parse_ipv4(data, data_end, len) {
         Ok(p) => (refuse(ctx, &p)?, p.proto == lb_common::IPPROTO_TCP),
         Err(crate::headers::ParseStop::NotIpv4) => {
@@ -207,7 +197,7 @@ pub fn packet(ctx: &XdpContext) -> Result<u32, Reason> {
 /// Answers a packet to a frontend without usable backend. `Ok(XDP_TX)` with the reply in
 /// place, or `Err(reason)` to drop it.
 #[inline(always)]
-pub fn refuse(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
+pub fn refuse<C: Frame>(ctx: &C, pkt: &Ipv4Packet) -> Result<u32, Reason> {
     // Replies are built for option-less IPv4 headers only (the common case by far).
     if pkt.l4_off != ETH_HLEN + IPV4_HLEN_MIN {
         return Err(Reason::DropNoBackend);
@@ -228,7 +218,7 @@ pub fn refuse(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
         if !budget() {
             return Err(Reason::DropRefusalRateLimited);
         }
-        icmp_unreachable(ctx, ICMP_PORT_UNREACH, 0)
+        icmp_unreachable::<C, { ICMP_QUOTE / 2 }>(ctx, ICMP_PORT_UNREACH, 0)
     }
 }
 
@@ -236,11 +226,11 @@ pub fn refuse(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
 /// IPv4 packet (no options) that does not fit once encapsulated: the sender lowers its path
 /// MTU. Under the same destination rules and budget as refusals.
 #[inline(always)]
-pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> Result<u32, Reason> {
+pub fn frag_needed<C: Frame>(ctx: &C, mtu: u16) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
     // SAFETY: bounds checked by ptr_at.
-    let (vhl, saddr) = unsafe { ((*ip).vhl, (*ip).saddr) };
+    let (vhl, saddr, proto) = unsafe { ((*ip).vhl, (*ip).saddr, (*ip).proto) };
     if vhl != 0x45 {
         return Err(Reason::DropNoBackend);
     }
@@ -250,12 +240,16 @@ pub fn frag_needed(ctx: &XdpContext, mtu: u16) -> Result<u32, Reason> {
     if !budget() {
         return Err(Reason::DropRefusalRateLimited);
     }
-    icmp_unreachable(ctx, ICMP_FRAG_NEEDED, mtu)
+    if C::TC && proto == lb_common::IPPROTO_TCP {
+        icmp_unreachable::<C, { ICMP_QUOTE_TCP / 2 }>(ctx, ICMP_FRAG_NEEDED, mtu)
+    } else {
+        icmp_unreachable::<C, { ICMP_QUOTE / 2 }>(ctx, ICMP_FRAG_NEEDED, mtu)
+    }
 }
 
 /// RFC 9293 reset generation: acknowledge what the segment occupied, or reuse its ACK.
 #[inline(always)]
-fn tcp_rst(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
+fn tcp_rst<C: Frame>(ctx: &C, pkt: &Ipv4Packet) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
@@ -300,21 +294,26 @@ fn tcp_rst(ctx: &XdpContext, pkt: &Ipv4Packet) -> Result<u32, Reason> {
             + 20u16.to_be() as u32;
         t.check = !csum::fold(pseudo + sum_words::<10>((tcp as *const TcpHdr).cast()));
     }
-    transmit(ctx, data_end - data, ETH_HLEN + 40)
+    transmit(ctx, ETH_HLEN + 40)
 }
 
 /// RFC 792 destination unreachable (`code`; `mtu`: the next-hop MTU of "fragmentation
-/// needed", else 0): outer IPv4 + ICMP + the original IPv4 header and its first 8 bytes.
-/// The original headers already sit where the quote goes once 28 bytes are prepended, so
-/// nothing is copied but the Ethernet header.
+/// needed", else 0): outer IPv4 + ICMP + the original IPv4 header and the first bytes of
+/// its datagram, `W` 16-bit words in all after the outer IPv4 header ([`ICMP_QUOTE`]: 8
+/// bytes of the datagram). The original headers already sit where the quote goes once 28
+/// bytes are prepended, so nothing is copied but the Ethernet header.
 #[inline(always)]
-fn icmp_unreachable(ctx: &XdpContext, code: u8, mtu: u16) -> Result<u32, Reason> {
+fn icmp_unreachable<C: Frame, const W: usize>(
+    ctx: &C,
+    code: u8,
+    mtu: u16,
+) -> Result<u32, Reason> {
     let (data, data_end) = prepend_reply_eth(ctx, IPV4_HLEN_MIN + 8)?;
-    let new_len = ETH_HLEN + IPV4_HLEN_MIN + ICMP_QUOTE;
+    let new_len = ETH_HLEN + IPV4_HLEN_MIN + 2 * W;
     let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
     let quoted: *mut Ipv4Hdr =
         ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN + 8).ok_or(Reason::DropNoBackend)?;
-    let icmp: *mut [u16; ICMP_QUOTE / 2] =
+    let icmp: *mut [u16; W] =
         ptr_at(data, data_end, ETH_HLEN + IPV4_HLEN_MIN).ok_or(Reason::DropNoBackend)?;
     // SAFETY: every pointer was bounds checked after the head adjustment.
     unsafe {
@@ -324,22 +323,22 @@ fn icmp_unreachable(ctx: &XdpContext, code: u8, mtu: u16) -> Result<u32, Reason>
             daddr,
             saddr,
             lb_common::IPPROTO_ICMP,
-            (IPV4_HLEN_MIN + ICMP_QUOTE) as u16,
+            (IPV4_HLEN_MIN + 2 * W) as u16,
         );
         let words = &mut *icmp;
         words[0] = u16::from_ne_bytes([ICMP_DEST_UNREACH, code]);
         words[1] = 0;
         words[2] = 0;
         words[3] = mtu.to_be();
-        words[1] = !csum::fold(sum_words::<{ ICMP_QUOTE / 2 }>(icmp.cast()));
+        words[1] = !csum::fold(sum_words::<W>(icmp.cast()));
     }
-    transmit(ctx, data_end - data, new_len)
+    transmit(ctx, new_len)
 }
 
 /// [`refuse`] for IPv6: a TCP RST or an ICMPv6 port unreachable, for packets without
 /// extension headers (others are dropped and counted).
 #[inline(always)]
-pub fn refuse6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
+pub fn refuse6<C: Frame>(ctx: &C, pkt: &Ipv6Packet) -> Result<u32, Reason> {
     if pkt.l4_off != ETH_HLEN + IPV6_HLEN {
         return Err(Reason::DropNoBackend);
     }
@@ -365,7 +364,7 @@ pub fn refuse6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
 
 /// [`tcp_rst`] over IPv6: the same segment, the IPv6 pseudo-header in its checksum.
 #[inline(always)]
-fn tcp_rst6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
+fn tcp_rst6<C: Frame>(ctx: &C, pkt: &Ipv6Packet) -> Result<u32, Reason> {
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::DropNoBackend)?;
     let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
@@ -404,14 +403,14 @@ fn tcp_rst6(ctx: &XdpContext, pkt: &Ipv6Packet) -> Result<u32, Reason> {
         let pseudo = pseudo_ipv6(&daddr, &saddr, lb_common::IPPROTO_TCP, 20);
         t.check = !csum::fold(pseudo + sum_words::<10>((tcp as *const TcpHdr).cast()));
     }
-    transmit(ctx, data_end - data, ETH_HLEN + IPV6_HLEN + 20)
+    transmit(ctx, ETH_HLEN + IPV6_HLEN + 20)
 }
 
 /// RFC 4443 destination unreachable, code 4 (port unreachable): outer IPv6 + ICMPv6 + the
 /// original IPv6 header and the first 8 bytes after it. As for IPv4, the original headers
 /// already sit where the quote goes once 48 bytes are prepended.
 #[inline(always)]
-fn icmp6_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
+fn icmp6_port_unreachable<C: Frame>(ctx: &C) -> Result<u32, Reason> {
     let (data, data_end) = prepend_reply_eth(ctx, IPV6_HLEN + 8)?;
     let new_len = ETH_HLEN + IPV6_HLEN + ICMPV6_QUOTE;
     let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::DropNoBackend)?;
@@ -443,5 +442,5 @@ fn icmp6_port_unreachable(ctx: &XdpContext) -> Result<u32, Reason> {
         );
         words[1] = !csum::fold(pseudo + sum_words::<{ ICMPV6_QUOTE / 2 }>(icmp.cast()));
     }
-    transmit(ctx, data_end - data, new_len)
+    transmit(ctx, new_len)
 }

@@ -12,7 +12,6 @@
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams},
     helpers::{bpf_get_prandom_u32, generated::bpf_fib_lookup},
-    programs::XdpContext,
 };
 use lb_common::{
     Backend, CtEntry, FlowKey, IPPROTO_TCP, NetAddr, NetPort, Reason, csum, ct_flags,
@@ -21,7 +20,7 @@ use lb_common::{
 
 use crate::{
     conntrack,
-    forward,
+    frame::{Frame, L4Delta},
     headers::{self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ptr_at},
     maps::{CONFIG, CONNTRACK, NODE_ADDRS, SCRATCH, Scratch},
     stats::count,
@@ -42,8 +41,8 @@ const TRIES: u32 = 8;
 /// `ids` packs the service id (bits 32..64) and the backend id (bits 0..32): a BPF call
 /// takes at most five arguments. Not inlined (its own stack frame).
 #[inline(never)]
-pub fn track(
-    ctx: &XdpContext,
+pub fn track<C: Frame>(
+    ctx: &C,
     fwd: &FlowKey,
     ids: u64,
     backend: &Backend,
@@ -57,8 +56,7 @@ pub fn track(
     }
     // Never 0 (the `% n` below must not be able to panic).
     let n = (max - min + 1).max(1);
-    // SAFETY: `s` is this CPU's scratch element, valid while the program runs; `ctx.ctx`
-    // is the program's context.
+    // SAFETY: `s` is this CPU's scratch element, valid while the program runs.
     unsafe {
         let src = route_source(ctx, s, &backend.addr, fwd.proto)?;
 
@@ -126,13 +124,13 @@ pub fn in_nat_range(dport: u16) -> bool {
 /// # Safety
 /// `s` must be this CPU's scratch element.
 #[inline(always)]
-pub unsafe fn route_source(
-    ctx: &XdpContext,
+pub unsafe fn route_source<C: Frame>(
+    ctx: &C,
     s: *mut Scratch,
     addr: &NetAddr,
     proto: u8,
 ) -> Result<NetAddr, Reason> {
-    // SAFETY: per the contract; `ctx.ctx` is the program's context.
+    // SAFETY: per the contract.
     unsafe {
         let fib = &mut (*s).fib;
         zero_words(
@@ -148,9 +146,9 @@ pub unsafe fn route_source(
             fib.__bindgen_anon_4.ipv6_dst = addr.words;
         }
         fib.l4_protocol = proto;
-        fib.ifindex = (*ctx.ctx).ingress_ifindex;
+        fib.ifindex = ctx.ingress_ifindex();
         let rc = bpf_fib_lookup(
-            ctx.ctx.cast(),
+            ctx.raw(),
             fib,
             core::mem::size_of::<FibParams>() as i32,
             FIB_SRC | FIB_SKIP_NEIGH,
@@ -193,15 +191,15 @@ pub(crate) unsafe fn zero_words(p: *mut u32, n: usize) {
 /// else `xdp_pass_not_ours`). Not inlined: it runs only
 /// after the forward path found no frontend, in a frame of its own.
 #[inline(never)]
-pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+pub fn reverse<C: Frame>(ctx: &C) -> Result<u32, Reason> {
+    let (data, data_end, frame_len) = (ctx.data(), ctx.data_end(), ctx.frame_len());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassNotOurs)?;
     let s = SCRATCH.get_ptr_mut(0).ok_or(Reason::PassNotOurs)?;
     // SAFETY: bounds checked by ptr_at; `s` is this CPU's scratch element.
     let (ethertype, key) = unsafe { ((*eth).proto, &mut (*s).key) };
     let (pkt, v6): (Packet<u8>, bool) = if ethertype == ETH_P_IP_RAW {
-        let p = headers::parse_ipv4(data, data_end, data_end - data)
-            .map_err(|_| Reason::PassNotOurs)?;
+        let p =
+            headers::parse_ipv4(data, data_end, frame_len).map_err(|_| Reason::PassNotOurs)?;
         // SAFETY: `ip` was bounds checked by the parser.
         unsafe {
             key.src = NetAddr::from_v4_raw((*p.ip).saddr);
@@ -209,8 +207,8 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
         }
         (p.cast(), false)
     } else if ethertype == ETH_P_IPV6_RAW {
-        let p = headers::parse_ipv6(data, data_end, data_end - data)
-            .map_err(|_| Reason::PassNotOurs)?;
+        let p =
+            headers::parse_ipv6(data, data_end, frame_len).map_err(|_| Reason::PassNotOurs)?;
         // SAFETY: as above.
         unsafe {
             key.src = NetAddr { words: (*p.ip).saddr };
@@ -249,18 +247,17 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
         return Err(Reason::PassSnatStale);
     }
     let (new_sport, new_dport) = (r.nat_port.raw(), r.peer_port.raw());
-    let check = pkt.l4_check();
     let dport = pkt.l4_dport();
     let sport: *mut u16 = pkt.l4.cast();
+    let mut d = L4Delta::default();
     // SAFETY: every pointer was bounds checked; nothing resized the packet.
     unsafe {
-        let old_check = *check;
-        let c = if v6 {
+        if v6 {
             let ip = pkt.ip.cast::<Ipv6Hdr>();
             (*ip).saddr = r.nat_addr.words;
             (*ip).daddr = r.peer_addr.words;
-            let c = csum::update_words(old_check, &key.src.words, &r.nat_addr.words);
-            Some(csum::update_words(c, &key.dst.words, &r.peer_addr.words))
+            d.addr(&key.src.words, &r.nat_addr.words);
+            d.addr(&key.dst.words, &r.peer_addr.words);
         } else {
             let ip = pkt.ip.cast::<Ipv4Hdr>();
             let (os, ns) = (key.src.v4_raw(), r.nat_addr.v4_raw());
@@ -268,20 +265,10 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
             (*ip).saddr = ns;
             (*ip).daddr = nd;
             (*ip).check = csum::update32(csum::update32((*ip).check, os, ns), od, nd);
-            if pkt.proto == lb_common::IPPROTO_UDP && old_check == 0 {
-                None
-            } else {
-                Some(csum::update32(csum::update32(old_check, os, ns), od, nd))
-            }
-        };
-        if let Some(mut c) = c {
-            c = csum::update16(c, pkt.sport, new_sport);
-            c = csum::update16(c, pkt.dport, new_dport);
-            if pkt.proto == lb_common::IPPROTO_UDP {
-                c = csum::udp_finish(c);
-            }
-            *check = c;
+            d.addr(&[os, od], &[ns, nd]);
         }
+        d.port(pkt.sport, new_sport);
+        d.port(pkt.dport, new_dport);
         *sport = new_sport;
         *dport = new_dport;
     }
@@ -290,17 +277,15 @@ pub fn reverse(ctx: &XdpContext) -> Result<u32, Reason> {
         let id = u32::from(unsafe { (*pkt.ip.cast::<Ipv4Hdr>()).id });
         crate::frag::remember(&*key, id, &r.nat_addr, &r.peer_addr, dir::FORWARD);
     }
+    let udp = pkt.proto == lb_common::IPPROTO_UDP;
+    ctx.l4_csum(pkt.l4_off + pkt.check_off, d, udp, v6)?;
     count(Reason::RevSnat);
-    Ok(if v6 {
-        forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, new_sport, new_dport)
-    } else {
-        forward::ipv4(ctx, eth, pkt.ip.cast(), pkt.proto, new_sport, new_dport)
-    })
+    crate::xdp_lb::forward_again(ctx, v6, pkt.proto, new_sport, new_dport)
 }
 
 /// Rewrites the source of a translated client -> backend packet to what its SNAT flow was
-/// given (`e`: the flow's FORWARD entry), updating the checksums (`check`: the L4 checksum
-/// so far, `None` for a UDP datagram without one). Returns the new checksum and source port.
+/// given (`e`: the flow's FORWARD entry), updating the IPv4 header checksum and adding the
+/// L4 checksum's change to `d`.
 ///
 /// # Safety
 /// `ip` and `sport` must point into the bounds-checked packet, `e` to a live map value.
@@ -310,25 +295,24 @@ pub unsafe fn rewrite_source(
     v6: bool,
     sport: *mut u16,
     e: *const CtEntry,
-    check: Option<u16>,
-) -> Option<u16> {
+    d: &mut L4Delta,
+) {
     // SAFETY: per the contract.
     unsafe {
         let (new_addr, new_port) = ((*e).nat_addr, (*e).nat_port.raw());
-        let old_port = *sport;
-        let c = if v6 {
+        if v6 {
             let ip = ip.cast::<Ipv6Hdr>();
             let old = (*ip).saddr;
             (*ip).saddr = new_addr.words;
-            check.map(|c| csum::update_words(c, &old, &new_addr.words))
+            d.addr(&old, &new_addr.words);
         } else {
             let ip = ip.cast::<Ipv4Hdr>();
             let (old, new) = ((*ip).saddr, new_addr.v4_raw());
             (*ip).saddr = new;
             (*ip).check = csum::update32((*ip).check, old, new);
-            check.map(|c| csum::update32(c, old, new))
-        };
+            d.addr(&[old], &[new]);
+        }
+        d.port(*sport, new_port);
         *sport = new_port;
-        c.map(|c| csum::update16(c, old_port, new_port))
     }
 }

@@ -1,15 +1,16 @@
-//! The XDP load balancer: frontend match, conntrack, backend choice, DNAT, forwarding, for
+//! The load balancer: frontend match, conntrack, backend choice, DNAT, forwarding, for
 //! IPv4 and IPv6 alike: one pipeline (addresses are 16 bytes, IPv4 mapped, so the frontend
 //! keys, the conntrack map and its keys serve both families), with the family-specific
-//! steps (parsing, DNAT, refusal, forwarding) chosen by the EtherType.
+//! steps (parsing, DNAT, refusal, forwarding) chosen by the EtherType. Written once for both
+//! hooks it runs at, XDP and TC ingress (see [`crate::frame`]).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{FlowKey, NetAddr, NetPort, Reason, backend_flags, csum, dir, service_flags};
 
 use crate::{
     conntrack, dsr, forward, frag,
+    frame::{Frame, L4Delta},
     headers::{
-        self, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseStop,
+        self, ETH_HLEN, ETH_P_IP_RAW, ETH_P_IPV6_RAW, EthHdr, Ipv4Hdr, Ipv6Hdr, Packet, ParseStop,
         TCP_FLAG_ACK, TCP_FLAG_SYN, ptr_at,
     },
     icmp, ranges, refuse, select, snat,
@@ -18,7 +19,7 @@ use crate::{
 };
 
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> u32 {
+pub fn run<C: Frame>(ctx: &C) -> u32 {
     // Not a frontend: maybe the reply of a source-NATed flow (a sibling call, so the two
     // paths' stack frames never add up).
     let verdict = match try_run(ctx) {
@@ -45,8 +46,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
                 | Reason::DropSourceRange
                 | Reason::DropNoLocalEndpoint
                 | Reason::DropSnatPortExhausted
-                | Reason::DropSnatNoRoute => xdp_action::XDP_DROP,
-                _ => xdp_action::XDP_PASS,
+                | Reason::DropSnatNoRoute => C::DROP,
+                _ => C::PASS,
             }
         }
     }
@@ -67,14 +68,14 @@ fn stop_reason(stop: ParseStop) -> Reason {
 /// `Err(reason)`: the packet leaves untouched (dropped for `Drop*` reasons, else passed)
 /// and `reason` is counted. Not inlined: [`snat::reverse`] runs beside it, not inside it.
 #[inline(never)]
-fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+fn try_run<C: Frame>(ctx: &C) -> Result<u32, Reason> {
+    let (data, data_end, frame_len) = (ctx.data(), ctx.data_end(), ctx.frame_len());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
     // SAFETY: bounds checked by ptr_at.
     let ethertype = unsafe { (*eth).proto };
     // The packet (its IP header type erased: `v6` says which), source and destination.
     let (pkt, src, dst, v6): (Packet<u8>, NetAddr, NetAddr, bool) = if ethertype == ETH_P_IP_RAW {
-        let p = match headers::parse_ipv4(data, data_end, data_end - data) {
+        let p = match headers::parse_ipv4(data, data_end, frame_len) {
             Ok(p) => p,
             Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMP)) => return icmp::translate_in(ctx),
             Err(ParseStop::OtherProto(dsr::IPPROTO_IPIP)) => return Err(Reason::DsrDecapsulated),
@@ -89,7 +90,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
             false,
         )
     } else if ethertype == ETH_P_IPV6_RAW {
-        let p = match headers::parse_ipv6(data, data_end, data_end - data) {
+        let p = match headers::parse_ipv6(data, data_end, frame_len) {
             Ok(p) => p,
             Err(ParseStop::OtherProto(lb_common::IPPROTO_ICMPV6)) => {
                 return icmp::translate_in6(ctx);
@@ -134,7 +135,7 @@ fn try_run(ctx: &XdpContext) -> Result<u32, Reason> {
     // always selects afresh (client ports are reused at high connection rates); an expired
     // entry is a new flow.
     let now = conntrack::now_s();
-    let len = (data_end - data) as u64;
+    let len = frame_len as u64;
     let mut chosen = None;
     // Whether the flow is source-NATed or sent by direct server return is read below from
     // this CPU's scratch entry, where every path leaves the flow's FORWARD value: no
@@ -251,18 +252,18 @@ const TRANSLATE: Reason = Reason::Redirect;
 /// rewritten too), then forwarding. Parses the packet again: as its own call from `run`,
 /// it is verified once for every kind of packet, not once for every path of the choice.
 #[inline(never)]
-fn translate(ctx: &XdpContext) -> Result<u32, Reason> {
-    let (data, data_end) = (ctx.data(), ctx.data_end());
+fn translate<C: Frame>(ctx: &C) -> Result<u32, Reason> {
+    let (data, data_end, frame_len) = (ctx.data(), ctx.data_end(), ctx.frame_len());
     let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
     // SAFETY: bounds checked by ptr_at.
     let v6 = unsafe { (*eth).proto } == ETH_P_IPV6_RAW;
     let (pkt, src, dst): (Packet<u8>, NetAddr, NetAddr) = if v6 {
-        let p = headers::parse_ipv6(data, data_end, data_end - data).map_err(stop_reason)?;
+        let p = headers::parse_ipv6(data, data_end, frame_len).map_err(stop_reason)?;
         // SAFETY: `ip` was bounds checked by the parser.
         let (s, d) = unsafe { ((*p.ip).saddr, (*p.ip).daddr) };
         (p.cast(), NetAddr { words: s }, NetAddr { words: d })
     } else {
-        let p = headers::parse_ipv4(data, data_end, data_end - data).map_err(stop_reason)?;
+        let p = headers::parse_ipv4(data, data_end, frame_len).map_err(stop_reason)?;
         // SAFETY: as above.
         let (s, d) = unsafe { ((*p.ip).saddr, (*p.ip).daddr) };
         (p.cast(), NetAddr::from_v4_raw(s), NetAddr::from_v4_raw(d))
@@ -271,44 +272,29 @@ fn translate(ctx: &XdpContext) -> Result<u32, Reason> {
     // SAFETY: this CPU's scratch element.
     let (backend, nat_flags) = unsafe { (&(*scratch).backend, (*scratch).entry.flags) };
     // DNAT: the destination address (in the IPv4 header and its checksum; in the L4
-    // pseudo-header for both families) and port; SNAT flows get their source as well.
+    // pseudo-header for both families) and port; SNAT flows get their source as well. The
+    // L4 checksum's change is summed in `d` and applied last (at TC through a helper).
     let new_dport = backend.port.raw();
-    let check = pkt.l4_check();
     let dport = pkt.l4_dport();
+    let mut d = L4Delta::default();
     // SAFETY: every pointer was bounds checked; nothing resized the packet.
     let sport = unsafe {
-        let old_check = *check;
-        let mut c = if v6 {
+        if v6 {
             // No header checksum; the parser rejected UDP without a checksum.
             let ip = pkt.ip.cast::<Ipv6Hdr>();
             (*ip).daddr = backend.addr.words;
-            Some(csum::update_words(
-                old_check,
-                &dst.words,
-                &backend.addr.words,
-            ))
+            d.addr(&dst.words, &backend.addr.words);
         } else {
             let ip = pkt.ip.cast::<Ipv4Hdr>();
             let (old, new) = (dst.v4_raw(), backend.addr.v4_raw());
             (*ip).daddr = new;
             (*ip).check = csum::update32((*ip).check, old, new);
-            // A UDP checksum of 0 means "none" and stays 0.
-            if pkt.proto == lb_common::IPPROTO_UDP && old_check == 0 {
-                None
-            } else {
-                Some(csum::update32(old_check, old, new))
-            }
-        };
-        c = c.map(|c| csum::update16(c, pkt.dport, new_dport));
+            d.addr(&[old], &[new]);
+        }
+        d.port(pkt.dport, new_dport);
         *dport = new_dport;
         if nat_flags & lb_common::ct_flags::SNAT != 0 {
-            c = snat::rewrite_source(pkt.ip, v6, pkt.l4.cast(), &(*scratch).entry, c);
-        }
-        if let Some(mut c) = c {
-            if pkt.proto == lb_common::IPPROTO_UDP {
-                c = csum::udp_finish(c);
-            }
-            *check = c;
+            snat::rewrite_source(pkt.ip, v6, pkt.l4.cast(), &(*scratch).entry, &mut d);
         }
         *pkt.l4.cast::<u16>()
     };
@@ -329,10 +315,28 @@ fn translate(ctx: &XdpContext) -> Result<u32, Reason> {
         };
         frag::remember(&flow, id, &new_src, &backend.addr, dir::FORWARD);
     }
+    let udp = pkt.proto == lb_common::IPPROTO_UDP;
+    ctx.l4_csum(pkt.l4_off + pkt.check_off, d, udp, v6)?;
+    forward_again(ctx, v6, pkt.proto, sport, new_dport)
+}
 
+/// Forwards a rewritten packet whose pointers a checksum helper may have invalidated: the
+/// Ethernet and IP headers are found again (at fixed offsets) first.
+#[inline(always)]
+pub fn forward_again<C: Frame>(
+    ctx: &C,
+    v6: bool,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+) -> Result<u32, Reason> {
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    let eth: *mut EthHdr = ptr_at(data, data_end, 0).ok_or(Reason::PassMalformed)?;
     Ok(if v6 {
-        forward::ipv6(ctx, eth, pkt.ip.cast(), pkt.proto, sport, new_dport)
+        let ip: *mut Ipv6Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
+        forward::ipv6(ctx, eth, ip, proto, sport, dport)
     } else {
-        forward::ipv4(ctx, eth, pkt.ip.cast(), pkt.proto, sport, new_dport)
+        let ip: *mut Ipv4Hdr = ptr_at(data, data_end, ETH_HLEN).ok_or(Reason::PassMalformed)?;
+        forward::ipv4(ctx, eth, ip, proto, sport, dport)
     })
 }

@@ -33,6 +33,24 @@ struct XdpMd {
     egress_ifindex: u32,
 }
 
+/// The head of `struct __sk_buff` as `ctx_in` of a TC test run, up to the fields set: the
+/// interface the packet arrives on (`skb->skb_iif`, `skb->dev`).
+#[repr(C)]
+#[derive(Default)]
+struct SkBuffHead {
+    len: u32,
+    pkt_type: u32,
+    mark: u32,
+    queue_mapping: u32,
+    protocol: u32,
+    vlan_present: u32,
+    vlan_tci: u32,
+    vlan_proto: u32,
+    priority: u32,
+    ingress_ifindex: u32,
+    ifindex: u32,
+}
+
 impl Dataplane {
     /// Runs the XDP program `repeat` times on `packet` (the packet is not restored between
     /// repeats). `ingress_ifindex` sets the interface the packet seems to arrive on (0: the
@@ -78,6 +96,47 @@ impl Dataplane {
         let r = prog
             .test_run(opts)
             .map_err(|e| Error::program(progs::XDP_LB, "BPF_PROG_TEST_RUN", e))?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
+    }
+
+    /// Runs the TC ingress load balancer (`--mode tc`) once on `packet`, arriving on
+    /// `ingress_ifindex` (0: the namespace's loopback). The test skb carries complete
+    /// checksums (CHECKSUM_NONE), so its output can be compared byte for byte with the XDP
+    /// program's.
+    pub fn test_tc_lb(&self, packet: &[u8], ingress_ifindex: u32) -> Result<TestRunOutput, Error> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(progs::TC_LB)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(progs::TC_LB, "find", "not loaded"))?;
+        let md = SkBuffHead {
+            ingress_ifindex,
+            ifindex: ingress_ifindex,
+            ..Default::default()
+        };
+        // SAFETY: SkBuffHead is repr(C) with only u32 fields, so viewing it as bytes is sound.
+        let ctx = unsafe {
+            std::slice::from_raw_parts(
+                (&md as *const SkBuffHead).cast::<u8>(),
+                std::mem::size_of::<SkBuffHead>(),
+            )
+        };
+        let mut out = vec![0u8; packet.len() + HEADROOM];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: (ingress_ifindex != 0).then_some(ctx),
+            repeat: 1,
+            ..Default::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|e| Error::program(progs::TC_LB, "BPF_PROG_TEST_RUN", e))?;
         out.truncate(r.data_size_out as usize);
         Ok(TestRunOutput {
             verdict: r.return_value,
