@@ -147,6 +147,8 @@ impl Agent<'_> {
             .arg(sluice_bin())
             .args([
                 "run",
+                "--mode",
+                mode_arg(),
                 "--interface",
                 self.lab.node_uplink(),
                 "--api-listen",

@@ -30,6 +30,8 @@ impl Agent<'_> {
         let mut cmd = Command::new(sluice_bin());
         cmd.args([
             "run",
+            "--mode",
+            mode_arg(),
             "--interface",
             self.lab.node_uplink(),
             "--api-listen",

@@ -447,6 +447,7 @@ fn start_agent(lab: &Lab, dir: &WorkDir, pins: &PinDir, node_name: &str) -> Proc
     std::fs::write(&config, format!("ipam:\n  pools: [\"{LB_POOL}\"]\n")).expect("agent config");
     let mut cmd = lab.node().command(sluice_bin());
     cmd.arg("run").arg("--config").arg(&config);
+    cmd.args(["--mode", mode_arg()]);
     cmd.args([
         "--interface",
         lab.node_uplink(),

@@ -57,7 +57,13 @@ impl Holder<'_> {
     fn start(&self) -> (Process, String) {
         let mut cmd = Command::new(example_bin("dataplane_holder"));
         cmd.args(self.args())
-            .args(["--uplink", self.lab.node_uplink(), "--spec"])
+            .args([
+                "--uplink",
+                self.lab.node_uplink(),
+                "--mode",
+                mode_arg(),
+                "--spec",
+            ])
             .arg(&self.spec);
         for i in 0..self.lab.backends().len() {
             cmd.args(["--redirect", &self.lab.node_pod_link(i)]);
@@ -151,6 +157,23 @@ fn finish(handles: Vec<std::thread::JoinHandle<anyhow::Result<load::Report>>>) {
     }
 }
 
+/// The id of the program at the uplink's ingress: XDP's as `ip link` shows it; in TC mode
+/// the holder's report (`prog=<id>`), and no XDP program may be on the uplink then.
+fn ingress_prog_id(lab: &Lab, ready_line: &str) -> String {
+    match ingress_mode() {
+        lb_userspace::IngressMode::Tc => {
+            assert_eq!(xdp_prog_id(lab), None, "TC mode leaves no XDP program");
+            ready_line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("prog="))
+                .filter(|id| *id != "0")
+                .unwrap_or_else(|| panic!("no program id in {ready_line}"))
+                .to_string()
+        }
+        _ => xdp_prog_id(lab).expect("xdp attached"),
+    }
+}
+
 fn xdp_prog_id(lab: &Lab) -> Option<String> {
     let out = lab
         .node()
@@ -173,7 +196,11 @@ fn restart_kill9_keeps_forwarding_and_a_new_process_adopts() {
         spec: setup(&lab, &pins),
     };
     let (mut first, line) = holder.start();
-    assert!(line.contains("Native"), "{line}");
+    let fresh = match ingress_mode() {
+        lb_userspace::IngressMode::Tc => "ready Tc ",
+        _ => "ready Native ",
+    };
+    assert!(line.contains(fresh), "{line}");
     let load = loads(&lab, 8);
     std::thread::sleep(Duration::from_secs(2));
     first.signal(Signal::SIGKILL).unwrap();
@@ -200,14 +227,14 @@ fn replace_programs_by_link_update_then_clean_exit_and_uninstall() {
         pins: &pins,
         spec: setup(&lab, &pins),
     };
-    let (mut first, _) = holder.start();
-    let old_prog = xdp_prog_id(&lab).expect("xdp attached");
+    let (mut first, line) = holder.start();
+    let old_prog = ingress_prog_id(&lab, &line);
     let load = loads(&lab, 6);
     std::thread::sleep(Duration::from_secs(2));
     // A new process loads its own programs and swaps them in while traffic flows.
     let (mut second, line) = holder.start();
     assert!(line.contains("Adopted"), "{line}");
-    let new_prog = xdp_prog_id(&lab).expect("xdp attached");
+    let new_prog = ingress_prog_id(&lab, &line);
     assert_ne!(old_prog, new_prog, "the program on the uplink was replaced");
     first.signal(Signal::SIGTERM).unwrap();
     assert!(

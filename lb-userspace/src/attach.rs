@@ -449,6 +449,15 @@ impl Dataplane {
             .collect()
     }
 
+    /// The kernel's id of the program `name` (`lb_common::program_names`) as loaded by this
+    /// process, if it is loaded.
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.info().ok())
+            .map(|i| i.id())
+    }
+
     /// How many instructions the verifier walked to accept each program (its complexity,
     /// against the kernel's limit of 1 000 000): `None` where the kernel does not say.
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {

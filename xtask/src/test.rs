@@ -24,8 +24,15 @@ pub fn build() -> Result<()> {
 }
 
 fn cargo_test(args: &[&str], test_args: &[&str]) -> Result<()> {
+    cargo_test_env(args, test_args, &[])
+}
+
+fn cargo_test_env(args: &[&str], test_args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.arg("test").args(args).arg("--").args(test_args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     sh(&mut cmd)
 }
 
@@ -72,8 +79,17 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
             // Every integration test of lb-userspace (packet_*, pins, protections): all of
             // them run programs in a lab's node namespace.
             Tier::Packet => cargo_test(&["-p", "lb-userspace", "--test", "*"], &[]),
-            // Namespace tests share the machine's 2 cores; run them one at a time.
-            Tier::Netns => cargo_test(&["-p", "lab", "--test", "*"], &["--test-threads=1"]),
+            // Namespace tests share the machine's 2 cores; run them one at a time. Twice: with
+            // the XDP program on the node's uplink, then with the TC ingress classifier
+            // (`SLUICE_TEST_INGRESS`, read by lab/tests/common).
+            Tier::Netns => ["xdp", "tc"].into_iter().try_for_each(|mode| {
+                println!("--- netns tests, ingress mode {mode} ---");
+                cargo_test_env(
+                    &["-p", "lab", "--test", "*"],
+                    &["--test-threads=1"],
+                    &[("SLUICE_TEST_INGRESS", mode)],
+                )
+            }),
         };
         if let Err(e) = r {
             eprintln!("tier {tier:?} failed: {e:#}");

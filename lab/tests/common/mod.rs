@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use bench::load::{self, ConnectionMode, Protocol as LoadProtocol, Report};
 use lab::{Lab, process::Process};
-use lb_userspace::{Dataplane, DataplaneConfig};
+use lb_userspace::{Dataplane, DataplaneConfig, IngressMode, attach::AttachMode};
 
 pub const HTTP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
@@ -27,9 +27,39 @@ pub fn bench_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// The ingress program the netns tests attach, from `SLUICE_TEST_INGRESS` (`xdp`, the
+/// default, or `tc`): `cargo xtask test` runs the netns tier once in each mode. In TC mode
+/// the labs keep the kernel's default offloads on the client link, as a kind or Docker
+/// node's uplink has them.
+pub fn ingress_mode() -> IngressMode {
+    match std::env::var("SLUICE_TEST_INGRESS").as_deref() {
+        Err(_) | Ok("xdp") => IngressMode::Xdp,
+        Ok("tc") => IngressMode::Tc,
+        Ok(other) => panic!("SLUICE_TEST_INGRESS={other}: expected xdp or tc"),
+    }
+}
+
+/// [`ingress_mode`] as the agent's `--mode` value.
+pub fn mode_arg() -> &'static str {
+    match ingress_mode() {
+        IngressMode::Tc => "tc",
+        _ => "xdp",
+    }
+}
+
+/// Checks that an attachment runs the program [`ingress_mode`] asked for.
+pub fn assert_mode(mode: AttachMode) {
+    let want = match ingress_mode() {
+        IngressMode::Tc => lb_userspace::ingress_mode::Ingress::Tc,
+        _ => lb_userspace::ingress_mode::Ingress::Xdp,
+    };
+    assert_eq!(mode.ingress(), want, "attached as {mode:?}");
+}
+
 pub fn lab(backends: usize) -> Lab {
     Lab::builder()
         .backends(backends)
+        .client_link_defaults(ingress_mode() == IngressMode::Tc)
         .xdp_pass_attacher(|ifname| {
             let p = lb_userspace::PassProgram::attach(ifname)?;
             Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
@@ -100,8 +130,10 @@ pub fn dataplane_with(lab: &Lab, cfg: DataplaneConfig) -> Dataplane {
         .collect();
     lab.node()
         .enter(|| {
+            let mut cfg = cfg;
+            cfg.ingress_mode = ingress_mode();
             let mut dp = Dataplane::load(cfg).expect("load");
-            dp.attach(uplink).expect("attach");
+            assert_mode(dp.attach(uplink).expect("attach"));
             for l in &pod_links {
                 dp.allow_redirect(l).expect("redirect port");
             }
@@ -222,6 +254,7 @@ pub fn udp_echo_through(
 pub fn two_node_lab(a: usize, b: usize) -> lab::two_nodes::TwoNodeLab {
     lab::two_nodes::TwoNodeLab::builder()
         .pods(a, b)
+        .client_link_defaults(ingress_mode() == IngressMode::Tc)
         .xdp_pass_attacher(|ifname| {
             let p = lb_userspace::PassProgram::attach(ifname)?;
             Ok(Box::new(p) as Box<dyn std::any::Any + Send>)
@@ -245,10 +278,11 @@ pub fn node_dataplane(
             cfg.capacities.frontends = 256;
             cfg.capacities.backends = 256;
             cfg.capacities.slots = 1 << 16;
+            cfg.ingress_mode = ingress_mode();
             let mut dp = Dataplane::load(cfg).expect("load");
             dp.set_hash_seed(0x5eed_0012).expect("seed");
             for l in links {
-                dp.attach(l).expect("attach");
+                assert_mode(dp.attach(l).expect("attach"));
             }
             for r in redirect {
                 dp.allow_redirect(r).expect("redirect port");
