@@ -9,7 +9,7 @@ use lb_common::{Reason, csum};
 
 use crate::{
     frame::Frame,
-    headers::{EthHdr, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr},
+    headers::{ETH_HLEN, EthHdr, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, ptr_at},
     stats::count,
 };
 
@@ -17,6 +17,31 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Traffic class and flow label of the first word of an IPv6 header (raw).
 const IPV6_FLOWINFO_MASK_RAW: u32 = 0x0fff_ffffu32.to_be();
+
+/// The L3 length of one segment of a GSO packet (TC: a local sender's TCP handed over in
+/// one skb), whose IP header says the length of all of them: the segment size plus the
+/// IP (`l3` bytes) and L4 headers. `None` for a single packet (its IP header says). A GSO
+/// packet whose L4 header is not right after the IP header (`proto` 0) counts as too long,
+/// so the stack forwards it, segmenting as the route needs.
+#[inline(always)]
+fn segment_len<C: Frame>(ctx: &C, l3: usize, proto: u8) -> Option<u16> {
+    let gso = ctx.gso_size();
+    if gso == 0 {
+        return None;
+    }
+    let l4 = match proto {
+        lb_common::IPPROTO_UDP => 8,
+        lb_common::IPPROTO_TCP => {
+            let Some(doff) = ptr_at::<u8>(ctx.data(), ctx.data_end(), ETH_HLEN + l3 + 12) else {
+                return Some(u16::MAX);
+            };
+            // SAFETY: bounds checked by ptr_at.
+            usize::from(unsafe { *doff } >> 4) * 4
+        }
+        _ => return Some(u16::MAX),
+    };
+    Some((gso as usize + l3 + l4).min(usize::from(u16::MAX)) as u16)
+}
 
 /// Forwards a translated IPv4 packet: redirected when the fib resolves the next hop to a
 /// device the hook can send to (`Frame::can_redirect`), with MACs rewritten and the TTL
@@ -42,9 +67,10 @@ pub fn ipv4<C: Frame>(
         fib.l4_protocol = proto;
         fib.sport = sport;
         fib.dport = dport;
-        // The L3 length, for the MTU check; at TC, 0: the kernel checks the skb itself
-        // (a GSO packet's length is that of many segments).
-        fib.__bindgen_anon_1.tot_len = if C::TC { 0 } else { u16::from_be((*ip).tot_len) };
+        // The L3 length, for the MTU check of the route (a GSO packet's: of one segment).
+        let l3 = usize::from((*ip).vhl & 0x0f) * 4;
+        fib.__bindgen_anon_1.tot_len =
+            segment_len(ctx, l3, proto).unwrap_or(u16::from_be((*ip).tot_len));
         fib.__bindgen_anon_2.tos = (*ip).tos;
         fib.__bindgen_anon_3.ipv4_src = (*ip).saddr;
         fib.__bindgen_anon_4.ipv4_dst = (*ip).daddr;
@@ -101,12 +127,10 @@ pub fn ipv6<C: Frame>(
         fib.l4_protocol = proto;
         fib.sport = sport;
         fib.dport = dport;
-        // The L3 length, for the MTU check (at TC, 0: as for IPv4).
-        fib.__bindgen_anon_1.tot_len = if C::TC {
-            0
-        } else {
-            (IPV6_HLEN as u16).wrapping_add(u16::from_be((*ip).payload_len))
-        };
+        // The L3 length, for the MTU check (as for IPv4).
+        let proto_here = if (*ip).nexthdr == proto { proto } else { 0 };
+        fib.__bindgen_anon_1.tot_len = segment_len(ctx, IPV6_HLEN, proto_here)
+            .unwrap_or((IPV6_HLEN as u16).wrapping_add(u16::from_be((*ip).payload_len)));
         fib.__bindgen_anon_2.flowinfo = (*ip).vtc_flow & IPV6_FLOWINFO_MASK_RAW;
         fib.__bindgen_anon_3.ipv6_src = (*ip).saddr;
         fib.__bindgen_anon_4.ipv6_dst = (*ip).daddr;
