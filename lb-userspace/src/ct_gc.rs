@@ -392,7 +392,8 @@ pub(crate) struct GcThread {
 }
 
 impl GcThread {
-    /// Steps every `interval` while a pass is under way; a new pass starts `pass_interval`
+    /// Steps every `interval` (the first step one interval after the spawn) while a pass is
+    /// under way; a new pass starts `pass_interval`
     /// after the previous one started (at once if that one took longer). So a full table
     /// costs at most `gc_batch` entries of each table per `interval`, and an idle table
     /// almost nothing.
@@ -407,6 +408,10 @@ impl GcThread {
             .name("sluice-ct-gc".into())
             .spawn(move || {
                 let mut last_error: Option<String> = None;
+                // The first step one interval after the start, not at once: a data path
+                // being set up (or a test's first packets) is never raced by a pass that
+                // the thread happened to get scheduled for late.
+                std::thread::park_timeout(interval);
                 let mut pass_started = std::time::Instant::now();
                 while !flag.load(Ordering::Relaxed) {
                     // Held for one bounded step: a pass forced by a caller waits at most that.
