@@ -31,16 +31,16 @@ use aya_ebpf::{
 use lb_common::{Reason, csum};
 
 use crate::{
-    headers::{ETH_HLEN, EthHdr, ptr_at},
+    headers::{ETH_HLEN, EthHdr, IPV6_HLEN, ptr_at},
     maps::TX_PORTS,
 };
 
 /// `bpf_l4_csum_replace`: the address that changed is an IPv6 one (its change in the packet
 /// and in the pseudo-header cancel out in a CHECKSUM_COMPLETE sum). Linux 6.16+, uapi.
 const BPF_F_IPV6: u64 = 1 << 7;
-/// Bytes the TC entry makes sure are in the linear part of the skb: Ethernet, the longest
+/// Bytes a TC program makes sure are in the linear part of the skb: Ethernet, the longest
 /// IPv4 header or IPv6 with a few extension headers, the longest TCP header.
-pub const TC_HEADERS: u32 = (ETH_HLEN + 40 + 128 + 60) as u32;
+pub const TC_HEADERS: u32 = (ETH_HLEN + IPV6_HLEN + 128 + 60) as u32;
 
 /// A change of an L4 checksum, as one's-complement sums of what changed: `pseudo` for
 /// fields of the pseudo-header (addresses), `data` for fields the checksum covers directly

@@ -10,7 +10,7 @@ use lb_common::{FlowKey, NetAddr, NetPort, Reason, dir};
 
 use crate::{
     conntrack,
-    headers::{self, ETH_HLEN, IPV6_HLEN, ParseStop},
+    headers::{self, ETH_HLEN, ParseStop},
     stats::count,
 };
 
@@ -19,9 +19,6 @@ const IP_CHECK_OFF: usize = ETH_HLEN + 10;
 const IP_SADDR_OFF: usize = ETH_HLEN + 12;
 /// Offset of the IPv6 source address.
 const IP6_SADDR_OFF: usize = ETH_HLEN + 8;
-/// Bytes pulled into the linear part when the IPv6 headers are not all there: room for a
-/// few small extension headers and the longest TCP header.
-const IP6_PULL: usize = ETH_HLEN + IPV6_HLEN + 128 + 60;
 
 /// The REPLY entry of a backend -> client packet, when its flow is alive and this packet
 /// belongs to it; moves the flow's lifecycle on. A SYN-ACK for a flow past its handshake is a
@@ -121,7 +118,7 @@ fn try_run_v6(ctx: &TcContext) -> Result<Reason, Reason> {
         Ok(p) => p,
         Err(ParseStop::Malformed) => {
             // Headers may sit in a non-linear part of the skb: pull them and retry once.
-            let _ = ctx.pull_data(IP6_PULL.min(len) as u32);
+            let _ = ctx.pull_data(crate::frame::TC_HEADERS.min(len as u32));
             headers::parse_ipv6(ctx.data(), ctx.data_end(), len)
                 .map_err(|_| Reason::TcPassNotOurs)?
         }

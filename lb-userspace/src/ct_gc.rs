@@ -60,7 +60,7 @@ fn next_key(fd: BorrowedFd<'_>, key: Option<&FlowKey>) -> std::io::Result<Option
     }
     const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
     let mut next = FlowKey::default();
-    let attr = Attr {
+    let mut attr = Attr {
         map_fd: fd.as_raw_fd() as u32,
         _pad: 0,
         key: key.map_or(0, |k| k as *const FlowKey as u64),
@@ -69,22 +69,10 @@ fn next_key(fd: BorrowedFd<'_>, key: Option<&FlowKey>) -> std::io::Result<Option
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for this command; `key` and `next` point
     // to FlowKey-sized memory, the map's key size.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_GET_NEXT_KEY,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if r == 0 {
-        return Ok(Some(next));
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENOENT) {
-        Ok(None)
-    } else {
-        Err(e)
+    match unsafe { crate::bpf_sys::bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) } {
+        Ok(_) => Ok(Some(next)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

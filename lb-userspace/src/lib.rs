@@ -23,6 +23,7 @@
 pub mod addr_watch;
 pub mod attach;
 pub mod baseline;
+mod bpf_sys;
 mod ct_gc;
 mod datapath;
 pub mod dataplane;

@@ -49,24 +49,14 @@ fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     }
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let attr = Attr {
+    let mut attr = Attr {
         pathname: c.as_ptr() as u64,
         bpf_fd: 0,
         file_flags: 0,
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for BPF_OBJ_GET; `pathname` points to a
     // NUL-terminated string that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let r = unsafe { crate::bpf_sys::bpf(BPF_OBJ_GET, &mut attr) }?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
 }
@@ -76,20 +66,9 @@ fn link_detach(fd: &OwnedFd) -> io::Result<()> {
     struct Attr {
         link_fd: u32,
     }
-    let attr = Attr {
+    let mut attr = Attr {
         link_fd: fd.as_raw_fd() as u32,
     };
     // SAFETY: `attr` is a valid bpf_attr prefix for BPF_LINK_DETACH.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            &attr as *const Attr,
-            std::mem::size_of::<Attr>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    unsafe { crate::bpf_sys::bpf(BPF_LINK_DETACH, &mut attr) }.map(|_| ())
 }

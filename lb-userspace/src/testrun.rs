@@ -230,21 +230,8 @@ impl XdpTestRunner {
             attr.ctx_in = &md as *const XdpMd as u64;
         }
         // SAFETY: attr points at valid buffers of the sizes it states, alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestAttr,
-                std::mem::size_of::<TestAttr>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(Error::program(
-                progs::XDP_LB,
-                "BPF_PROG_TEST_RUN",
-                std::io::Error::last_os_error(),
-            ));
-        }
+        unsafe { crate::bpf_sys::bpf(BPF_PROG_TEST_RUN, &mut attr) }
+            .map_err(|e| Error::program(progs::XDP_LB, "BPF_PROG_TEST_RUN", e))?;
         out.truncate(attr.data_size_out as usize);
         Ok(TestRunOutput {
             verdict: attr.retval,

@@ -39,21 +39,19 @@ pub fn ingress_mode() -> IngressMode {
     }
 }
 
+/// The program [`ingress_mode`] puts on an interface.
+pub fn ingress() -> lb_userspace::ingress_mode::Ingress {
+    lb_userspace::ingress_mode::decide(ingress_mode(), None).ingress
+}
+
 /// [`ingress_mode`] as the agent's `--mode` value.
 pub fn mode_arg() -> &'static str {
-    match ingress_mode() {
-        IngressMode::Tc => "tc",
-        _ => "xdp",
-    }
+    ingress().name()
 }
 
 /// Checks that an attachment runs the program [`ingress_mode`] asked for.
 pub fn assert_mode(mode: AttachMode) {
-    let want = match ingress_mode() {
-        IngressMode::Tc => lb_userspace::ingress_mode::Ingress::Tc,
-        _ => lb_userspace::ingress_mode::Ingress::Xdp,
-    };
-    assert_eq!(mode.ingress(), want, "attached as {mode:?}");
+    assert_eq!(mode.ingress(), ingress(), "attached as {mode:?}");
 }
 
 pub fn lab(backends: usize) -> Lab {
