@@ -87,6 +87,33 @@ pub mod program_names {
     pub const TC_LB: &str = "sluice_tc_lb";
     pub const XDP_PASS: &str = "sluice_pass";
     pub const XDP_BASELINE: &str = "sluice_baseline";
+    /// The benchmarks' packet generator, run with `BPF_F_TEST_XDP_LIVE_FRAMES`.
+    pub const XDP_GEN: &str = "sluice_gen";
+    /// The benchmarks' packet sink: counts and drops the generator's packets.
+    pub const XDP_COUNT: &str = "sluice_count";
+}
+
+/// Bytes of the generator's frame head: Ethernet, IPv4 without options, UDP.
+pub const GEN_HEAD_LEN: usize = 42;
+
+/// Source ports one generator source address cycles through (1024..=65023) before the
+/// next address takes over.
+pub const GEN_PORTS_PER_ADDR: u32 = 64_000;
+
+/// What the benchmarks' generator sends (`GEN_TEMPLATE[0]`): the frame head, copied into
+/// every frame before the flow's source is written, because live frames are recycled pages
+/// that the data path under test may have rewritten.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct GenTemplate {
+    /// Ethernet + IPv4 + UDP; the UDP checksum 0 (none) and the IPv4 checksum recomputed
+    /// per frame.
+    pub head: [u8; GEN_HEAD_LEN],
+    pub _pad: [u8; 2],
+    /// Distinct flows cycled through: frame `n` is flow `n % flows`, source port
+    /// `1024 + flow % GEN_PORTS_PER_ADDR`, source address the template's plus
+    /// `flow / GEN_PORTS_PER_ADDR` (added to the last byte).
+    pub flows: u32,
 }
 
 /// How a [`ServiceKey`] matches a packet's destination address.
@@ -448,6 +475,7 @@ pub struct RefusalWindow {
 }
 
 const _: () = {
+    assert!(core::mem::size_of::<GenTemplate>() == 48);
     assert!(core::mem::size_of::<NetAddr>() == 16);
     assert!(core::mem::size_of::<NetPort>() == 2);
     assert!(core::mem::size_of::<ServiceKey>() == 20);
@@ -478,6 +506,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceValue {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for GenTemplate {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for TrafficStats {}

@@ -72,7 +72,7 @@ fn ptr_at<T>(data: usize, data_end: usize, offset: usize) -> Option<*const T> {
 /// Parses the frame up to the L4 ports: `(saddr, daddr, proto, sport, dport)` (raw, network
 /// order), or `None` for anything but an unfragmented IPv4 TCP/UDP packet.
 #[inline(always)]
-fn parse(data: usize, data_end: usize) -> Option<(u32, u32, u8, u16, u16)> {
+pub(crate) fn parse(data: usize, data_end: usize) -> Option<(u32, u32, u8, u16, u16)> {
     let eth: *const Eth = ptr_at(data, data_end, 0)?;
     // SAFETY (every read below): the pointer was bounds checked by ptr_at.
     if unsafe { read_volatile(&raw const (*eth).proto) } != ETH_P_IP_RAW {

@@ -5,7 +5,8 @@
 //!   (`sluice_xdp`) or as a TC ingress classifier ([`tc_lb`], see [`frame`]);
 //! - [`revnat`]: reverse NAT of replies at TC egress;
 //! - `sluice_pass`: a plain pass program, attached to veth peers that must have NAPI to
-//!   receive XDP_TX / redirected frames (see TOOLCHAIN.md).
+//!   receive XDP_TX / redirected frames (see TOOLCHAIN.md);
+//! - [`traffic`]: the benchmarks' packet generator and sink (`sluice_gen`, `sluice_count`).
 #![no_std]
 #![no_main]
 
@@ -25,6 +26,7 @@ mod select;
 mod snat;
 mod stats;
 mod tc_lb;
+mod traffic;
 mod xdp_lb;
 
 use aya_ebpf::{
@@ -52,6 +54,18 @@ pub fn sluice_revnat(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn sluice_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The benchmarks' packet generator (see `traffic`).
+#[xdp]
+pub fn sluice_gen(ctx: XdpContext) -> u32 {
+    traffic::generate(&ctx)
+}
+
+/// The benchmarks' packet sink (see `traffic`).
+#[xdp]
+pub fn sluice_count(ctx: XdpContext) -> u32 {
+    traffic::count(&ctx)
 }
 
 /// The benchmarks' parse-and-pass baseline (see `baseline`).

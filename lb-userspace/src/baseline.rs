@@ -3,7 +3,7 @@
 //! costs of the data path are reported as ratios to this program's, measured side by side
 //! with `BPF_PROG_TEST_RUN` (`cargo xtask bench datapath`).
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions};
 use lb_common::program_names::XDP_BASELINE;
 
 use crate::{error::Error, testrun::TestRunOutput};
@@ -25,26 +25,15 @@ impl std::fmt::Debug for BaselineProgram {
 impl BaselineProgram {
     /// Loads the program (only this one) from sluice's object.
     pub fn load() -> Result<Self, Error> {
-        let mut ebpf =
-            aya::Ebpf::load(crate::object::OBJECT).map_err(|e| Error::Load { source: e.into() })?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(XDP_BASELINE)
-            .ok_or_else(|| Error::program(XDP_BASELINE, "find", "not in the object"))?
-            .try_into()
-            .map_err(|e| Error::program(XDP_BASELINE, "open", e))?;
-        crate::attach::with_retry(|| prog.load())
-            .map_err(|e| Error::program(XDP_BASELINE, "load (verifier)", e))?;
-        Ok(BaselineProgram { ebpf })
+        Ok(BaselineProgram {
+            ebpf: crate::object::load_xdp(XDP_BASELINE)?,
+        })
     }
 
     /// Runs the program `repeat` times on `packet` through `BPF_PROG_TEST_RUN`; the duration
     /// is the kernel's mean per run.
     pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<TestRunOutput, Error> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(XDP_BASELINE)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::program(XDP_BASELINE, "find", "not loaded"))?;
+        let prog = crate::object::xdp(&self.ebpf, XDP_BASELINE)?;
         let mut out = vec![0u8; packet.len() + HEADROOM];
         let opts = TestRunOptions {
             data_in: Some(packet),

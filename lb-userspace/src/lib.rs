@@ -42,6 +42,7 @@ pub mod slots;
 mod source_ranges;
 mod stale_link;
 pub mod testrun;
+pub mod traffic;
 
 pub use baseline::BaselineProgram;
 // The origin bits of the node address table, for readers of `pinned_node_addresses`.

@@ -25,15 +25,11 @@ impl std::fmt::Debug for PassProgram {
 impl PassProgram {
     /// Attaches to `ifname` in the calling thread's network namespace (native mode).
     pub fn attach(ifname: &str) -> Result<Self, Error> {
-        let mut ebpf =
-            aya::Ebpf::load(crate::object::OBJECT).map_err(|e| Error::Load { source: e.into() })?;
+        let mut ebpf = crate::object::load_xdp(XDP_PASS)?;
         let prog: &mut Xdp = ebpf
             .program_mut(XDP_PASS)
-            .ok_or_else(|| Error::program(XDP_PASS, "find", "not in the object"))?
-            .try_into()
-            .map_err(|e| Error::program(XDP_PASS, "open", e))?;
-        crate::attach::with_retry(|| prog.load())
-            .map_err(|e| Error::program(XDP_PASS, "load", e))?;
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| Error::program(XDP_PASS, "find", "not loaded"))?;
         prog.attach(ifname, XdpMode::Driver)
             .map_err(|e| Error::program(XDP_PASS, "attach", e))?;
         Ok(PassProgram {

@@ -24,13 +24,37 @@ pub struct TestRunOutput {
 
 /// `struct xdp_md` as `ctx_in`: sets the ingress interface the program sees.
 #[repr(C)]
-struct XdpMd {
+pub(crate) struct XdpMd {
     data: u32,
     data_end: u32,
     data_meta: u32,
     ingress_ifindex: u32,
     rx_queue_index: u32,
     egress_ifindex: u32,
+}
+
+impl XdpMd {
+    /// The context of a `len`-byte frame arriving on `ingress_ifindex`, queue 0.
+    pub(crate) fn new(len: usize, ingress_ifindex: u32) -> Self {
+        XdpMd {
+            data: 0,
+            data_end: u32::try_from(len).unwrap_or(u32::MAX),
+            data_meta: 0,
+            ingress_ifindex,
+            rx_queue_index: 0,
+            egress_ifindex: 0,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        // SAFETY: XdpMd is repr(C) with only u32 fields, so viewing it as bytes is sound.
+        unsafe {
+            std::slice::from_raw_parts(
+                (self as *const XdpMd).cast::<u8>(),
+                std::mem::size_of::<XdpMd>(),
+            )
+        }
+    }
 }
 
 /// The head of `struct __sk_buff` as `ctx_in` of a TC test run, up to the fields set: the
@@ -66,21 +90,8 @@ impl Dataplane {
             .program(progs::XDP_LB)
             .and_then(|p| p.try_into().ok())
             .ok_or_else(|| Error::program(progs::XDP_LB, "find", "not loaded"))?;
-        let md = XdpMd {
-            data: 0,
-            data_end: packet.len() as u32,
-            data_meta: 0,
-            ingress_ifindex,
-            rx_queue_index: 0,
-            egress_ifindex: 0,
-        };
-        // SAFETY: XdpMd is repr(C) with only u32 fields, so viewing it as bytes is sound.
-        let ctx = unsafe {
-            std::slice::from_raw_parts(
-                (&md as *const XdpMd).cast::<u8>(),
-                std::mem::size_of::<XdpMd>(),
-            )
-        };
+        let md = XdpMd::new(packet.len(), ingress_ifindex);
+        let ctx = md.as_bytes();
         let mut out = vec![0u8; packet.len() + HEADROOM];
         let opts = TestRunOptions {
             data_in: Some(packet),

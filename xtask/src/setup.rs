@@ -12,7 +12,11 @@ use anyhow::{Context as _, Result, bail};
 pub const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Debian packages used by the build, the tests and the lab.
-const PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "procps"];
+const PACKAGES: &[&str] = &[
+    "iproute2", "ethtool", "bpftool", "procps",
+    // `cargo xtask bench compare` and `bench sync`: kube-proxy's rule shapes, side by side.
+    "iptables", "nftables",
+];
 
 pub fn run() -> Result<()> {
     packages()?;
