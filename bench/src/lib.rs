@@ -3,12 +3,15 @@
 //! - [`load`]: a load generator for HTTP/1.1, raw TCP and UDP that always stops by itself (a
 //!   request count and a duration bound) and accounts for every request as exactly one
 //!   [`load::Outcome`]. The `sluice-load` binary is its command line.
+//! - [`chart`]: PNG charts of a run over time (requests/s, failures, p99, marked events), with
+//!   the plotted data written beside them.
 //! - [`server`]: the backend that lab pods run (the `lab-server` binary). It answers with its
 //!   name, counts connections and requests, and drains gracefully on SIGTERM.
 //! - [`output`]: where benchmarks write their JSON (`target/bench/<name>.json`).
 //! - [`lifecycle`]: the serving / draining / stopped lifecycle shared with the demo's
 //!   bootcamp pods.
 
+pub mod chart;
 pub mod lifecycle;
 pub mod load;
 pub mod output;

@@ -1,5 +1,8 @@
 //! The load generator against servers on 127.0.0.1: lab-server in-process for the normal
-//! cases, and small purpose-built servers for each failure it must classify.
+//! cases, and small purpose-built servers for each failure it must classify. Every server is
+//! bound to port 0 and its socket kept for the test's life (never a port freed and bound
+//! again); nothing waits on a sleep, and no test asserts a speed: timing checks are lower
+//! bounds that follow from the schedule or from a server's injected delay.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -7,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bench::load::{self, Config, ConnectionMode, Protocol, Report};
+use bench::load::{self, Config, ConnectionMode, Live, Protocol, Report, Snapshot};
 use bench::server::{Server, ServerConfig, ServerCounters};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -68,29 +71,79 @@ fn config(target: SocketAddr, protocol: Protocol, mode: ConnectionMode, requests
     cfg
 }
 
+/// Runs the load and checks what every run must hold: each request sent has exactly one
+/// outcome, the live counters end equal to the report, and the timeline adds up to it.
 async fn run(cfg: Config) -> Report {
-    let report = load::run(cfg).await.expect("valid config");
+    let live = Arc::new(Live::default());
+    let report = load::run_with(cfg, Arc::clone(&live))
+        .await
+        .expect("valid config");
     assert_eq!(
         report.sent,
         report.outcomes.ok + report.failures(),
         "every request has exactly one outcome: {report}"
     );
+    assert_eq!(
+        live.snapshot(),
+        Snapshot {
+            sent: report.sent,
+            ok: report.outcomes.ok,
+            failures: report.failures()
+        }
+    );
+    check_timeline(&report);
     report
+}
+
+fn check_timeline(report: &Report) {
+    let t = &report.timeline;
+    assert!(
+        t.iter().enumerate().all(|(i, s)| s.second == i as u64),
+        "one entry per second, in order: {t:?}"
+    );
+    let sum = |f: &dyn Fn(&load::Second) -> u64| t.iter().map(f).sum::<u64>();
+    let o = &report.outcomes;
+    assert_eq!(sum(&|s| s.sent), report.sent, "{t:?}");
+    assert_eq!(sum(&|s| s.outcomes.ok), o.ok, "{t:?}");
+    assert_eq!(sum(&|s| s.outcomes.refused), o.refused, "{t:?}");
+    assert_eq!(sum(&|s| s.outcomes.reset), o.reset, "{t:?}");
+    assert_eq!(sum(&|s| s.outcomes.timeout), o.timeout, "{t:?}");
+    assert_eq!(sum(&|s| s.outcomes.bad_response), o.bad_response, "{t:?}");
+    assert_eq!(sum(&|s| s.failures()), report.failures(), "{t:?}");
+    let mut responders = BTreeMap::<String, u64>::new();
+    for s in t {
+        assert_eq!(s.responders.values().sum::<u64>(), s.outcomes.ok, "{s:?}");
+        for (k, n) in &s.responders {
+            *responders.entry(k.clone()).or_default() += n;
+        }
+    }
+    assert_eq!(responders, report.responders);
+    if report.sent > 0 {
+        assert!(
+            t.last().is_some_and(|s| s.sent > 0),
+            "no trailing empty second"
+        );
+    }
 }
 
 fn responders(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|&(k, n)| (k.to_owned(), n)).collect()
 }
 
-/// An address on which nothing listens: a port just bound and released.
-fn closed_tcp_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
-    listener.local_addr().unwrap()
+/// A TCP port on which nothing listens, held for as long as the socket lives: bound but not
+/// listening, so the kernel answers a SYN to it with a RST.
+fn refusing_tcp_port() -> (SocketAddr, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind((LOCALHOST, 0).into()).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
-fn closed_udp_port() -> SocketAddr {
+/// A UDP port held by a socket that is connected elsewhere, so no socket takes datagrams
+/// from the load and the kernel answers them with ICMP port unreachable.
+fn refusing_udp_port() -> (SocketAddr, std::net::UdpSocket) {
     let socket = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap();
-    socket.local_addr().unwrap()
+    socket.connect((Ipv4Addr::new(127, 0, 0, 2), 9)).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 /// A TCP server that hands every accepted connection to `handle`; counts connections.
@@ -237,7 +290,7 @@ async fn source_addresses_are_bound() {
 
 #[tokio::test]
 async fn refused_when_nothing_listens() {
-    let closed = closed_tcp_port();
+    let (closed, _held) = refusing_tcp_port();
     for mode in MODES {
         for protocol in [Protocol::http("/"), Protocol::tcp("ping", Some(4))] {
             let report = run(config(closed, protocol, mode, 5)).await;
@@ -249,7 +302,7 @@ async fn refused_when_nothing_listens() {
 
 #[tokio::test]
 async fn udp_refused_on_icmp_port_unreachable() {
-    let closed = closed_udp_port();
+    let (closed, _held) = refusing_udp_port();
     for mode in MODES {
         let mut cfg = config(closed, Protocol::udp("ping"), mode, 5);
         cfg.concurrency = 1;
@@ -269,10 +322,9 @@ async fn timeout_when_udp_server_never_answers() {
     );
     cfg.concurrency = 3;
     cfg.timeout = Duration::from_millis(150);
-    let started = Instant::now();
     let report = run(cfg).await;
     assert_eq!((report.sent, report.outcomes.timeout), (3, 3), "{report}");
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(report.duration >= Duration::from_millis(150), "{report}");
     assert_eq!(report.latency_us.max, 0, "latency is of ok requests only");
     drop(silent);
 }
@@ -453,10 +505,6 @@ async fn the_duration_bound_stops_a_huge_count() {
     let started = Instant::now();
     let report = run(cfg).await;
     let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
-        "{elapsed:?}"
-    );
     assert!(report.duration >= Duration::from_millis(300) && report.duration <= elapsed);
     assert!(
         report.sent > 0 && report.outcomes.ok == report.sent,
@@ -478,22 +526,140 @@ async fn the_rate_paces_requests() {
     cfg.rate = Some(100.0);
     cfg.max_duration = Duration::from_millis(500);
     let report = run(cfg.clone()).await;
-    // Requests are scheduled at i/rate: 50 fall before the deadline.
-    assert!((45..=50).contains(&report.sent), "{report}");
+    // Requests are scheduled at i/rate: at most 50 fall before the deadline (fewer if the
+    // machine fell behind; how many is not this test's business).
+    assert!((1..=50).contains(&report.sent), "{report}");
     assert_eq!(report.outcomes.ok, report.sent);
 
     cfg.max_requests = 20;
     cfg.max_duration = Duration::from_secs(10);
     let report = run(cfg).await;
     assert_eq!(report.outcomes.ok, 20);
+    // The last request is scheduled at 19/rate: the run cannot be shorter.
     assert!(report.duration >= Duration::from_millis(190), "{report}");
     lab.stop().await;
+}
+
+/// An HTTP server that answers each request after `delay`, one connection at a time per
+/// connection (keep-alive).
+async fn slow_http_server(delay: Duration) -> SocketAddr {
+    tcp_server(move |mut stream| async move {
+        let mut buf = Vec::new();
+        while read_request(&mut stream, &mut buf).await {
+            tokio::time::sleep(delay).await;
+            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow";
+            if stream.write_all(reply).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_latency_includes_the_queueing_a_slow_server_causes() {
+    // One request in flight at a time; the server takes at least DELAY for each.
+    const DELAY: Duration = Duration::from_millis(40);
+    const N: u64 = 20;
+    let addr = slow_http_server(DELAY).await;
+    let mut cfg = config(addr, Protocol::http("/"), ConnectionMode::KeepAlive, N);
+    cfg.concurrency = 1;
+
+    // Closed loop: each request waits only for itself.
+    let closed = run(cfg.clone()).await;
+    assert_eq!(closed.outcomes.ok, N, "{closed}");
+    let us = |d: Duration| d.as_micros() as u64;
+    assert!(closed.latency_us.p50 >= us(DELAY), "{closed}");
+
+    // Open loop at 100/s, every 10 ms, which one worker cannot keep: request i is scheduled at
+    // 10 ms * i but cannot end before (i + 1) * DELAY, so its latency from the schedule is at
+    // least DELAY + i * (DELAY - 10 ms), however fast the machine. A tool measuring from the
+    // send would report about DELAY for every request (coordinated omission).
+    cfg.rate = Some(100.0);
+    let open = run(cfg).await;
+    assert_eq!(open.outcomes.ok, N, "{open}");
+    let floor = |i: u32| DELAY + (DELAY - Duration::from_millis(10)) * i;
+    // Nearest rank: p50 is the 10th of 20 latencies (i = 9), the max is i = 19.
+    assert!(open.latency_us.p50 >= us(floor(9)), "{open}");
+    assert!(open.latency_us.max >= us(floor(19)), "{open}");
+    assert!(
+        open.latency_us.p99 >= 15 * us(DELAY),
+        "open-loop p99 counts the queue: {open} vs closed {closed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_failures_are_counted_exactly_by_class() {
+    // Connection k is answered by behaviour k % 5: ok, an error status, a RST in the middle of
+    // the reply, a close without any reply, and no reply at all (until the client gives up).
+    let next = Arc::new(AtomicU64::new(0));
+    let (addr, connections) = tcp_server(move |mut stream| {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let mut buf = Vec::new();
+            if !read_request(&mut stream, &mut buf).await {
+                return;
+            }
+            match k % 5 {
+                0 => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                        .await;
+                }
+                1 => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n")
+                        .await;
+                }
+                2 => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+                        .await;
+                    // Closing with a zero linger sends a RST; it does not block.
+                    #[allow(deprecated)]
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                }
+                3 => {}
+                _ => {
+                    // Hold the connection until the client closes it.
+                    let _ = stream.read(&mut [0; 64]).await;
+                }
+            }
+        }
+    })
+    .await;
+    let mut cfg = config(
+        addr,
+        Protocol::http("/"),
+        ConnectionMode::NewConnectionPerRequest,
+        25,
+    );
+    cfg.concurrency = 1;
+    cfg.timeout = Duration::from_millis(200);
+    let report = run(cfg).await;
+    let o = &report.outcomes;
+    assert_eq!(
+        (
+            report.sent,
+            o.ok,
+            o.bad_response,
+            o.reset,
+            o.timeout,
+            o.refused
+        ),
+        (25, 5, 5, 10, 5, 0),
+        "{report}"
+    );
+    assert!(o.other.is_empty() && report.retried == 0, "{report}");
+    assert_eq!(report.responders, responders(&[("ok", 5)]));
+    assert_eq!(connections.load(Ordering::Relaxed), 25);
 }
 
 #[tokio::test]
 async fn invalid_config_is_an_error() {
     let mut cfg = config(
-        closed_tcp_port(),
+        SocketAddr::from((LOCALHOST, 9)),
         Protocol::http("/"),
         ConnectionMode::KeepAlive,
         1,

@@ -22,12 +22,15 @@
 //! | `delete` | `delete deployments/... services/...` | no services; SERVICES, BACKENDS, SLOTS, CONNTRACK empty (read through the pins) |
 //!
 //! Every step prints a transcript and is recorded in [`Report`] (`report.json` in
-//! [`Options::out_dir`]). Everything the run creates is removed at the end, also when it fails
+//! [`Options::out_dir`]); beside it, `rollout.png` draws the requests answered per second by
+//! version and the failures over the whole story, each step marked, with its data in
+//! `rollout.json` ([`rollout`]). Everything the run creates is removed at the end, also when it fails
 //! or is interrupted ([`interrupt`]): pods, the agent and its pinned data path, the
 //! namespaces.
 //!
 //! Modules: [`bootcamp`] (the pod server), [`workload`] (the driver), [`agent`] (`sluice
 //! run` and its API), [`k8s`] (names and objects), [`kubectl`] (tables), [`report`],
+//! [`rollout`] (the chart),
 //! [`http`] (a tiny client), [`interrupt`] (Ctrl-C).
 
 pub mod agent;
@@ -37,6 +40,7 @@ pub mod interrupt;
 pub mod k8s;
 pub mod kubectl;
 pub mod report;
+pub mod rollout;
 pub mod workload;
 
 mod story;
@@ -359,7 +363,20 @@ pub fn run(opts: &Options) -> Result<Report> {
     let played = story.play();
     let interrupted = interrupt::interrupted();
     println!("\n== Summary ==");
-    let report = story.report(interrupted);
+    let mut report = story.report(interrupted);
+    let chart_path = opts.out_dir.join("rollout.png");
+    match story.recording().write(&chart_path) {
+        Ok(data) => {
+            println!(
+                "  rollout chart: {} (data: {})",
+                chart_path.display(),
+                data.display()
+            );
+            report.rollout_chart = Some("rollout.png".to_owned());
+        }
+        // The chart illustrates the run; without it the run's verdict stands.
+        Err(e) => println!("  [FAIL] rollout chart not drawn: {e}"),
+    }
     drop(story);
     let report_path = opts.out_dir.join("report.json");
     report.write(&report_path)?;

@@ -80,6 +80,10 @@ pub struct Report {
     pub vip: String,
     /// The background load of the steps under load.
     pub load: serde_json::Value,
+    /// The chart of the run beside this report (`rollout.png`, its data in `rollout.json`),
+    /// if it could be drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_chart: Option<String>,
 }
 
 impl Report {

@@ -1,6 +1,7 @@
 //! The walkthrough: the steps of the tutorial, each printed with the kubectl command a user
 //! would type beside what happened, and recorded in the report.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
@@ -20,6 +21,7 @@ use crate::interrupt;
 use crate::k8s::{self, APP, Exposure};
 use crate::kubectl;
 use crate::report::{Check, Report, StepReport, Tally, answers};
+use crate::rollout::Recording;
 use crate::workload::{Cluster, Goal};
 
 /// Steps of the walkthrough.
@@ -35,6 +37,9 @@ fn dataplane_prefix() -> String {
 
 type LoadHandle = JoinHandle<Result<Result<LoadReport, LoadError>>>;
 
+/// A background load: what it is, when it started, its thread.
+type BackgroundLoad = (&'static str, Instant, LoadHandle);
+
 /// The walkthrough in progress.
 pub(crate) struct Story<'a, 'l> {
     opts: &'a Options,
@@ -45,6 +50,8 @@ pub(crate) struct Story<'a, 'l> {
     pin: PinConfig,
     steps: Vec<StepReport>,
     pod_name: Option<String>,
+    /// Every load run and step start, for `rollout.png`.
+    recording: RefCell<Recording>,
 }
 
 impl<'a, 'l> Story<'a, 'l> {
@@ -64,7 +71,13 @@ impl<'a, 'l> Story<'a, 'l> {
             pin,
             steps: Vec::new(),
             pod_name: None,
+            recording: RefCell::new(Recording::new()),
         }
+    }
+
+    /// What was recorded for the rollout chart.
+    pub(crate) fn recording(&self) -> std::cell::Ref<'_, Recording> {
+        self.recording.borrow()
     }
 
     /// Plays every step; stops at the first step that ends with an error (its record says
@@ -124,6 +137,7 @@ impl<'a, 'l> Story<'a, 'l> {
             node_port: self.opts.node_port,
             vip: self.opts.vip.to_string(),
             load: serde_json::to_value(&self.opts.load).unwrap_or(Value::Null),
+            rollout_chart: None,
         }
     }
 
@@ -150,6 +164,7 @@ impl<'a, 'l> Story<'a, 'l> {
     ) -> Result<()> {
         interrupt::check()?;
         println!("\n== Step {}/{STEPS}: {title} ==", self.steps.len() + 1);
+        self.recording.get_mut().step(name);
         self.cluster.begin_step();
         let started = Instant::now();
         let mut tally = Tally::default();
@@ -218,15 +233,39 @@ impl<'a, 'l> Story<'a, 'l> {
 
     /// `n` new connections to `target` from the client namespace, `concurrency` at a time.
     fn requests(&self, target: SocketAddr, n: u64, concurrency: usize) -> Result<LoadReport> {
+        self.sample(target, n, concurrency, false)
+    }
+
+    /// [`Self::requests`] where refusals are the point (drawn apart from failures).
+    fn refused_requests(
+        &self,
+        target: SocketAddr,
+        n: u64,
+        concurrency: usize,
+    ) -> Result<LoadReport> {
+        self.sample(target, n, concurrency, true)
+    }
+
+    fn sample(
+        &self,
+        target: SocketAddr,
+        n: u64,
+        concurrency: usize,
+        refusals_expected: bool,
+    ) -> Result<LoadReport> {
         let mut cfg = self.load_config(target, ConnectionMode::NewConnectionPerRequest);
         cfg.max_requests = n;
         cfg.concurrency = concurrency;
         cfg.max_duration = Duration::from_secs(60);
+        let started = Instant::now();
         let report = self
             .lab
             .client()
             .enter(move || load::run_blocking(cfg))?
             .context("load generator")?;
+        self.recording
+            .borrow_mut()
+            .load(started, &report, refusals_expected);
         interrupt::check()?;
         Ok(report)
     }
@@ -267,7 +306,7 @@ impl<'a, 'l> Story<'a, 'l> {
     /// one 4-tuple at a backend: the data path steers such a second flow to another backend
     /// (`ct_reply_clash`), which a service with one ready backend (the stalled rollout) does
     /// not have. The client's kernel may well reuse a port for two destinations.
-    fn start_load(&self, secs: f64) -> Result<Vec<(&'static str, LoadHandle)>> {
+    fn start_load(&self, secs: f64) -> Result<Vec<BackgroundLoad>> {
         let l = &self.opts.load;
         let mut handles = Vec::new();
         for (what, target, mode, rate, source) in [
@@ -294,6 +333,7 @@ impl<'a, 'l> Story<'a, 'l> {
             cfg.max_requests = (rate * secs).ceil() as u64;
             handles.push((
                 what,
+                Instant::now(),
                 self.lab.client().thread(move || load::run_blocking(cfg))?,
             ));
         }
@@ -312,8 +352,8 @@ impl<'a, 'l> Story<'a, 'l> {
     }
 
     /// Waits for the background loads and counts them.
-    fn finish_load(&self, t: &mut Tally, handles: Vec<(&'static str, LoadHandle)>) -> Result<()> {
-        for (what, h) in handles {
+    fn finish_load(&self, t: &mut Tally, handles: Vec<BackgroundLoad>) -> Result<()> {
+        for (what, started, h) in handles {
             while !h.is_finished() {
                 interrupt::sleep(Duration::from_millis(50))?;
             }
@@ -322,6 +362,7 @@ impl<'a, 'l> Story<'a, 'l> {
                 Err(panic) => std::panic::resume_unwind(panic),
             };
             self.out(&format!("{what}: {report}"));
+            self.recording.borrow_mut().load(started, &report, false);
             t.load(&report, false);
         }
         Ok(())
@@ -596,7 +637,7 @@ impl<'a, 'l> Story<'a, 'l> {
             s.get_services();
             s.cmd(&format!("curl http://{}:$NODE_PORT    # from the client namespace", s.lab.node_addr()));
             let n = s.opts.sample_requests.min(20);
-            let r = s.requests(s.node_port_addr(), n, 1)?;
+            let r = s.refused_requests(s.node_port_addr(), n, 1)?;
             t.load(&r, true);
             s.out(&format!(
                 "curl: (7) Failed to connect to {} port {}: Connection refused   ({} of {n} \

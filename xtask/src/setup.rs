@@ -16,6 +16,8 @@ const PACKAGES: &[&str] = &[
     "iproute2", "ethtool", "bpftool", "procps",
     // `cargo xtask bench compare` and `bench sync`: kube-proxy's rule shapes, side by side.
     "iptables", "nftables",
+    // The load tool's and the demo's charts (bench::chart) draw text with this font.
+    "fonts-dejavu-core",
 ];
 
 pub fn run() -> Result<()> {

@@ -6,8 +6,21 @@
 //! the deadline are completed (each is bounded by [`Config::timeout`], twice if retried), so a
 //! run lasts at most `max_duration + 2 * timeout`.
 //!
-//! Every request ends as exactly one [`Outcome`]; the [`Report`] counts them, so
-//! `report.sent == report.outcomes.ok + report.failures()` always holds. One failure is
+//! Two ways to send. *Closed loop* (no [`Config::rate`]): each of the `concurrency` workers
+//! sends its next request as soon as its previous one ended, and latency is measured from the
+//! send. *Open loop* (a rate): request `i` is scheduled at `start + i / rate` whatever the
+//! server does, and its latency is measured from that *scheduled* time, so a slow server
+//! shows as the queueing it causes instead of silently slowing the schedule down (no
+//! coordinated omission). `concurrency` is then the most requests in flight: when all are
+//! busy, the next request waits for a free worker and its wait is part of its latency.
+//! Requests scheduled before the deadline that no worker could start before it are not sent
+//! (a `sent` below `rate * max_duration` says the run fell behind).
+//!
+//! Every request is counted as it is sent ([`Report::sent`]) and again as exactly one
+//! [`Outcome`] when it ends, so `report.sent == report.outcomes.ok + report.failures()` holds
+//! for every run that completed (a test that it does is meaningful). The [`Report`] also has
+//! HdrHistogram latency percentiles and a per-second [`Report::timeline`]; a [`Live`] passed
+//! to [`run_with`] shows the counts while the run goes ([`ProgressLine`]). One failure is
 //! recovered rather than reported: with [`ConnectionMode::KeepAlive`], an idempotent request
 //! that fails with [`Outcome::Refused`] or [`Outcome::Reset`] on a *reused* connection before
 //! any byte of its reply arrived (typically: the server closed the idle connection just as the
@@ -19,7 +32,9 @@
 //! [`run_blocking`] from a thread that has entered the namespace (setns); it creates its runtime
 //! and worker threads from that thread, and new threads inherit its namespace.
 
+mod progress;
 mod report;
+mod timeline;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
@@ -30,7 +45,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+pub use progress::{Display, Live, ProgressLine, Snapshot};
 pub use report::{Latency, OTHER_RESPONDERS, Outcome, Outcomes, RESPONDERS_CAP, Report};
+pub use timeline::{Second, TIMELINE_RESPONDERS_CAP};
 
 /// Default per-request timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -52,9 +69,10 @@ pub struct Config {
     /// Stop starting requests once this much time has passed since the start.
     #[serde(with = "crate::secs")]
     pub max_duration: Duration,
-    /// Pace requests to this many per second over the whole run (across all workers). `None`
-    /// sends as fast as the workers go. Latency is measured from when a request is actually
-    /// sent, not from its scheduled time.
+    /// Open loop: schedule requests at this many per second over the whole run (across all
+    /// workers), request `i` at `i / rate` after the start, and measure latency from the
+    /// scheduled time (see the module documentation). `None`: closed loop, as fast as the
+    /// workers go, latency from the send.
     pub rate: Option<f64>,
     /// Limit for one attempt of a request: connecting (when needed), sending, and receiving
     /// the whole reply.
@@ -246,11 +264,16 @@ pub enum LoadError {
 /// Sockets are created on the runtime's worker threads (see the module documentation about
 /// network namespaces).
 pub async fn run(cfg: Config) -> Result<Report, LoadError> {
+    run_with(cfg, Arc::default()).await
+}
+
+/// [`run`], counting on `live` as it goes (read it from another task or thread).
+pub async fn run_with(cfg: Config, live: Arc<Live>) -> Result<Report, LoadError> {
     cfg.validate()?;
     let workers = cfg
         .concurrency
         .min(usize::try_from(cfg.max_requests).unwrap_or(usize::MAX));
-    let shared = Arc::new(worker::Shared::new(cfg)?);
+    let shared = Arc::new(worker::Shared::new(cfg, live)?);
     let mut tasks = JoinSet::new();
     for _ in 0..workers {
         tasks.spawn(worker::Worker::new(Arc::clone(&shared)).run());
@@ -258,13 +281,14 @@ pub async fn run(cfg: Config) -> Result<Report, LoadError> {
     let mut tally = report::Tally::default();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(worker_tally) => tally.merge(worker_tally),
+            Ok(worker_tally) => tally.merge(&worker_tally),
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             // Cancelled: the runtime is shutting down; report what completed.
             Err(_) => {}
         }
     }
-    Ok(tally.into_report(shared.elapsed()))
+    let duration = shared.elapsed();
+    Ok(tally.into_report(duration, shared.timeline.timeline()))
 }
 
 /// Runs the load on a new multi-thread runtime and blocks until it is done.
@@ -273,6 +297,11 @@ pub async fn run(cfg: Config) -> Result<Report, LoadError> {
 /// so they, and every socket the run creates, are in the calling thread's network namespace.
 /// Must not be called from within an async context.
 pub fn run_blocking(cfg: Config) -> Result<Report, LoadError> {
+    run_blocking_with(cfg, Arc::default())
+}
+
+/// [`run_blocking`], counting on `live` as it goes.
+pub fn run_blocking_with(cfg: Config, live: Arc<Live>) -> Result<Report, LoadError> {
     cfg.validate()?;
     let threads = std::thread::available_parallelism()
         .map_or(1, NonZeroUsize::get)
@@ -285,7 +314,7 @@ pub fn run_blocking(cfg: Config) -> Result<Report, LoadError> {
         .enable_time()
         .build()
         .map_err(LoadError::Runtime)?;
-    runtime.block_on(run(cfg))
+    runtime.block_on(run_with(cfg, live))
 }
 
 #[cfg(test)]

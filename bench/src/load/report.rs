@@ -5,7 +5,10 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+use super::timeline::Second;
 
 /// Most distinct responder identities a report keeps; further ones are counted under
 /// [`OTHER_RESPONDERS`].
@@ -102,55 +105,68 @@ impl Outcomes {
         self.ok + self.failures()
     }
 
-    fn merge(&mut self, other: Self) {
+    pub(super) fn merge(&mut self, other: &Self) {
         self.ok += other.ok;
         self.refused += other.refused;
         self.reset += other.reset;
         self.timeout += other.timeout;
         self.bad_response += other.bad_response;
-        for (kind, n) in other.other {
-            *self.other.entry(kind).or_default() += n;
+        for (kind, n) in &other.other {
+            *self.other.entry(kind.clone()).or_default() += n;
         }
     }
 }
 
-/// Latency percentiles of the requests that ended [`Outcome::Ok`], in microseconds, from
-/// the moment the request was sent (including connecting, and a retry if there was one) to
-/// its complete reply. All zero when no request succeeded.
+/// Latency percentiles of the requests that ended [`Outcome::Ok`], in microseconds, to 3
+/// significant digits (an HdrHistogram; values below 2048 us are exact). A request's latency
+/// runs to its complete reply (connecting included, and a retry if there was one) from the
+/// moment it was sent, or, in a paced run, from the moment it was *scheduled*: a request that
+/// had to wait for a free worker counts its wait (no coordinated omission). Percentiles are
+/// nearest-rank. All zero when no request succeeded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
+    /// The 99.9th percentile (absent from reports written before it existed: 0).
+    #[serde(default)]
+    pub p999: u64,
     pub max: u64,
 }
 
 impl Latency {
-    /// Nearest-rank percentiles of `samples` (sorted in place).
-    fn of(samples: &mut [u32]) -> Self {
-        samples.sort_unstable();
-        let at = |permille: usize| {
-            let n = samples.len();
-            if n == 0 {
-                return 0;
-            }
-            let rank = (permille * n).div_ceil(1000).clamp(1, n);
-            u64::from(samples[rank - 1])
-        };
+    /// The percentiles of a histogram of microseconds.
+    pub(super) fn of(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        let at = |q: f64| histogram.value_at_quantile(q);
         Self {
-            p50: at(500),
-            p90: at(900),
-            p99: at(990),
-            max: at(1000),
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: histogram.max(),
         }
     }
+}
+
+/// An empty auto-resizing histogram of microseconds with `digits` significant digits.
+pub(super) fn histogram(digits: u8) -> Histogram<u64> {
+    Histogram::new(digits).expect("1 to 5 significant digits make a valid histogram")
+}
+
+/// A latency in whole microseconds.
+pub(super) fn micros(latency: Duration) -> u64 {
+    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The result of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
-    /// Requests started. Each ended as exactly one outcome, so `sent == outcomes.total()`;
-    /// a retried request counts once.
+    /// Requests sent, counted as each goes out (a retried request counts once). Every request
+    /// sent ends as exactly one outcome, so `sent == outcomes.total()` when the run completed;
+    /// a run cut short (its runtime shut down) may have sent more than it counted.
     pub sent: u64,
     /// Requests per outcome (flattened into the report in JSON).
     #[serde(flatten)]
@@ -169,6 +185,11 @@ pub struct Report {
     /// trimmed of surrounding whitespace (at most [`RESPONDERS_CAP`] keys plus
     /// [`OTHER_RESPONDERS`]). The counts add up to `outcomes.ok`.
     pub responders: BTreeMap<String, u64>,
+    /// Every second of the run, from second 0 to the last one a request was sent in (empty
+    /// seconds included): its requests, by the second they were sent in. The seconds' counts
+    /// add up to the report's.
+    #[serde(default)]
+    pub timeline: Vec<Second>,
 }
 
 impl Report {
@@ -206,8 +227,8 @@ impl fmt::Display for Report {
             let l = &self.latency_us;
             write!(
                 f,
-                "; latency p50 {} us, p90 {} us, p99 {} us, max {} us",
-                l.p50, l.p90, l.p99, l.max
+                "; latency p50 {} us, p90 {} us, p99 {} us, p99.9 {} us, max {} us",
+                l.p50, l.p90, l.p99, l.p999, l.max
             )?;
         }
         if !self.responders.is_empty() {
@@ -229,23 +250,40 @@ impl fmt::Display for Report {
     }
 }
 
-/// What one worker (or the merge of several) observed.
-#[derive(Debug, Default)]
+/// What one worker (or the merge of several) observed over the whole run.
+#[derive(Debug)]
 pub(super) struct Tally {
+    sent: u64,
     outcomes: Outcomes,
     retried: u64,
-    latencies_us: Vec<u32>,
+    latencies_us: Histogram<u64>,
     responders: BTreeMap<String, u64>,
 }
 
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            sent: 0,
+            outcomes: Outcomes::default(),
+            retried: 0,
+            latencies_us: histogram(3),
+            responders: BTreeMap::new(),
+        }
+    }
+}
+
 impl Tally {
-    pub(super) fn record_ok(&mut self, latency: Duration, reply: &[u8], retried: bool) {
+    /// Counts a request as it goes out.
+    pub(super) fn record_sent(&mut self) {
+        self.sent += 1;
+    }
+
+    /// Counts a successful request; `responder` is its [`responder_key`].
+    pub(super) fn record_ok(&mut self, latency: Duration, responder: &str, retried: bool) {
         self.outcomes.ok += 1;
         self.retried += u64::from(retried);
-        self.latencies_us
-            .push(u32::try_from(latency.as_micros()).unwrap_or(u32::MAX));
-        let text = String::from_utf8_lossy(reply);
-        count_responder(&mut self.responders, responder_key(&text), 1);
+        record(&mut self.latencies_us, micros(latency));
+        count_responder(&mut self.responders, responder, 1, RESPONDERS_CAP);
     }
 
     pub(super) fn record_failure(&mut self, outcome: Outcome, retried: bool) {
@@ -253,42 +291,67 @@ impl Tally {
         self.retried += u64::from(retried);
     }
 
-    pub(super) fn merge(&mut self, other: Self) {
-        self.outcomes.merge(other.outcomes);
+    pub(super) fn merge(&mut self, other: &Self) {
+        self.sent += other.sent;
+        self.outcomes.merge(&other.outcomes);
         self.retried += other.retried;
-        self.latencies_us.extend_from_slice(&other.latencies_us);
-        for (key, n) in other.responders {
-            count_responder(&mut self.responders, &key, n);
+        self.latencies_us
+            .add(&other.latencies_us)
+            .expect("auto-resizing histograms of the same precision always add up");
+        for (key, n) in &other.responders {
+            count_responder(&mut self.responders, key, *n, RESPONDERS_CAP);
         }
     }
 
-    pub(super) fn into_report(mut self, duration: Duration) -> Report {
-        let sent = self.outcomes.total();
+    pub(super) fn into_report(self, duration: Duration, timeline: Vec<Second>) -> Report {
         let secs = duration.as_secs_f64();
         Report {
-            sent,
+            sent: self.sent,
             retried: self.retried,
             duration,
-            rate: if secs > 0.0 { sent as f64 / secs } else { 0.0 },
-            latency_us: Latency::of(&mut self.latencies_us),
+            rate: if secs > 0.0 {
+                self.sent as f64 / secs
+            } else {
+                0.0
+            },
+            latency_us: Latency::of(&self.latencies_us),
             responders: self.responders,
             outcomes: self.outcomes,
+            timeline,
         }
     }
 }
 
-fn responder_key(reply: &str) -> &str {
+/// The identity a reply is counted under: trimmed, cut to [`RESPONDER_KEY_MAX`] bytes.
+pub(super) fn responder_key(reply: &str) -> &str {
     let key = reply.trim();
     &key[..key.floor_char_boundary(RESPONDER_KEY_MAX)]
 }
 
-fn count_responder(responders: &mut BTreeMap<String, u64>, key: &str, n: u64) {
+/// Adds `n` to `key`, or to [`OTHER_RESPONDERS`] once `cap` other keys are taken (merging
+/// counts that already hold [`OTHER_RESPONDERS`] adds to it without taking a key).
+pub(super) fn count_responder(
+    responders: &mut BTreeMap<String, u64>,
+    key: &str,
+    n: u64,
+    cap: usize,
+) {
     if let Some(count) = responders.get_mut(key) {
         *count += n;
-    } else if responders.len() < RESPONDERS_CAP {
+        return;
+    }
+    let taken = responders.len() - usize::from(responders.contains_key(OTHER_RESPONDERS));
+    if key != OTHER_RESPONDERS && taken < cap {
         responders.insert(key.to_owned(), n);
     } else {
         *responders.entry(OTHER_RESPONDERS.to_owned()).or_default() += n;
+    }
+}
+
+/// Records a latency in microseconds, growing the histogram as needed.
+pub(super) fn record(histogram: &mut Histogram<u64>, us: u64) {
+    if histogram.record(us).is_err() {
+        histogram.saturating_record(us);
     }
 }
 
@@ -310,34 +373,70 @@ mod tests {
         );
     }
 
+    fn sent_ok(tally: &mut Tally, latency_us: u64, responder: &str) {
+        tally.record_sent();
+        tally.record_ok(Duration::from_micros(latency_us), responder, false);
+    }
+
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let mut samples: Vec<u32> = (1..=100).rev().collect();
-        let l = Latency::of(&mut samples);
-        assert_eq!((l.p50, l.p90, l.p99, l.max), (50, 90, 99, 100));
+    fn percentiles_are_nearest_rank_of_known_latencies() {
+        let mut tally = Tally::default();
+        for us in (1..=1000).rev() {
+            sent_ok(&mut tally, us, "a");
+        }
+        let l = tally
+            .into_report(Duration::from_secs(1), Vec::new())
+            .latency_us;
         assert_eq!(
-            Latency::of(&mut [7]),
+            (l.p50, l.p90, l.p99, l.p999, l.max),
+            (500, 900, 990, 999, 1000)
+        );
+
+        let mut tally = Tally::default();
+        sent_ok(&mut tally, 7, "a");
+        let l = tally
+            .into_report(Duration::from_secs(1), Vec::new())
+            .latency_us;
+        assert_eq!(
+            l,
             Latency {
                 p50: 7,
                 p90: 7,
                 p99: 7,
+                p999: 7,
                 max: 7
             }
         );
-        assert_eq!(Latency::of(&mut []), Latency::default());
+        let empty = Tally::default().into_report(Duration::from_secs(1), Vec::new());
+        assert_eq!(empty.latency_us, Latency::default());
+    }
+
+    #[test]
+    fn large_latencies_keep_three_significant_digits_and_merge() {
+        // 99 requests of 10 ms and one of 2 s, split over two workers.
+        let (mut a, mut b) = (Tally::default(), Tally::default());
+        for i in 0..99 {
+            sent_ok(if i % 2 == 0 { &mut a } else { &mut b }, 10_000, "a");
+        }
+        sent_ok(&mut b, 2_000_000, "a");
+        a.merge(&b);
+        let l = a.into_report(Duration::from_secs(1), Vec::new()).latency_us;
+        let near = |value: u64, want: u64| value.abs_diff(want) * 1000 <= want;
+        assert!(near(l.p50, 10_000) && near(l.p99, 10_000), "{l:?}");
+        assert!(near(l.p999, 2_000_000) && near(l.max, 2_000_000), "{l:?}");
     }
 
     #[test]
     fn responders_are_trimmed_and_capped() {
         let mut tally = Tally::default();
-        tally.record_ok(Duration::from_micros(5), b"  pod-a\n", false);
-        tally.record_ok(Duration::from_micros(5), b"pod-a", true);
+        tally.record_ok(Duration::from_micros(5), responder_key("  pod-a\n"), false);
+        tally.record_ok(Duration::from_micros(5), "pod-a", true);
         for i in 0..RESPONDERS_CAP + 10 {
             let mut other = Tally::default();
-            other.record_ok(Duration::from_micros(1), format!("r{i}").as_bytes(), false);
-            tally.merge(other);
+            other.record_ok(Duration::from_micros(1), &format!("r{i}"), false);
+            tally.merge(&other);
         }
-        let report = tally.into_report(Duration::from_secs(1));
+        let report = tally.into_report(Duration::from_secs(1), Vec::new());
         assert_eq!(report.responders["pod-a"], 2);
         assert_eq!(report.responders.len(), RESPONDERS_CAP + 1);
         assert_eq!(report.responders[OTHER_RESPONDERS], 11);
@@ -356,11 +455,14 @@ mod tests {
     fn report_counts_serializes_and_displays() {
         let mut tally = Tally::default();
         for _ in 0..3 {
-            tally.record_ok(Duration::from_micros(100), b"v=2", false);
+            sent_ok(&mut tally, 100, "v=2");
+        }
+        for _ in 0..2 {
+            tally.record_sent();
         }
         tally.record_failure(Outcome::Reset, true);
         tally.record_failure(Outcome::Other(io::ErrorKind::AddrNotAvailable), false);
-        let report = tally.into_report(Duration::from_secs(2));
+        let report = tally.into_report(Duration::from_secs(2), Vec::new());
         assert_eq!(report.sent, 5);
         assert_eq!(report.failures(), 2);
         assert_eq!(report.sent, report.outcomes.ok + report.failures());
@@ -378,7 +480,27 @@ mod tests {
             text,
             "5 requests in 2.000 s (2.5/s): 3 ok, 2 failed (0 refused, 1 reset, 0 timeout, \
              0 bad response, 1 AddrNotAvailable), 1 retried; latency p50 100 us, p90 100 us, \
-             p99 100 us, max 100 us; 1 responders: \"v=2\" 3."
+             p99 100 us, p99.9 100 us, max 100 us; 1 responders: \"v=2\" 3."
         );
+    }
+
+    #[test]
+    fn sent_is_counted_apart_from_outcomes() {
+        // A request that went out but never ended (its run was cut short) breaks the
+        // invariant rather than being hidden by it.
+        let mut tally = Tally::default();
+        sent_ok(&mut tally, 100, "a");
+        tally.record_sent();
+        let report = tally.into_report(Duration::from_secs(1), Vec::new());
+        assert_eq!((report.sent, report.outcomes.total()), (2, 1));
+    }
+
+    #[test]
+    fn reports_without_the_newer_fields_still_parse() {
+        let json = r#"{"sent":1,"ok":1,"refused":0,"reset":0,"timeout":0,"bad_response":0,
+            "other":{},"retried":0,"duration":1.0,"rate":1.0,
+            "latency_us":{"p50":5,"p90":5,"p99":5,"max":5},"responders":{"a":1}}"#;
+        let report: Report = serde_json::from_str(json).unwrap();
+        assert_eq!((report.latency_us.p999, report.timeline.len()), (0, 0));
     }
 }

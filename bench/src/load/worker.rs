@@ -1,5 +1,6 @@
 //! One load worker: claims requests from the shared schedule, sends them over its own
-//! connection (or socket), and tallies their outcomes.
+//! connection (or socket), and tallies their outcomes (for the whole run, for the second they
+//! were sent in, and on the live counters).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::report::{Outcome, Tally};
+use super::progress::Live;
+use super::report::{Outcome, Tally, responder_key};
+use super::timeline::{self, Recorder};
 use super::{Config, ConnectionMode, LoadError, Protocol};
 use crate::http;
 
@@ -34,6 +37,8 @@ pub(super) struct Shared {
     deadline: Instant,
     next_request: AtomicU64,
     next_source: AtomicUsize,
+    pub(super) live: Arc<Live>,
+    pub(super) timeline: Arc<timeline::Sink>,
 }
 
 /// The protocol, reduced to what the request loop dispatches on.
@@ -45,7 +50,7 @@ enum Kind {
 }
 
 impl Shared {
-    pub(super) fn new(cfg: Config) -> Result<Self, LoadError> {
+    pub(super) fn new(cfg: Config, live: Arc<Live>) -> Result<Self, LoadError> {
         let start = Instant::now();
         let deadline = start
             .checked_add(cfg.max_duration)
@@ -89,6 +94,8 @@ impl Shared {
             deadline,
             next_request: AtomicU64::new(0),
             next_source: AtomicUsize::new(0),
+            live,
+            timeline: Arc::default(),
         })
     }
 
@@ -98,7 +105,8 @@ impl Shared {
     }
 
     /// Claims the next request of the run. `None`: the run is over (count or time bound).
-    /// `Some(Some(at))`: send it at `at` (paced runs). `Some(None)`: send it now.
+    /// `Some(Some(at))`: send it at `at` (paced runs; `at` may have passed already when every
+    /// worker was busy). `Some(None)`: send it now.
     fn claim(&self) -> Option<Option<Instant>> {
         if Instant::now() >= self.deadline {
             return None;
@@ -194,28 +202,36 @@ pub(super) struct Worker {
     /// Decoded chunked body, reused across requests.
     body: Vec<u8>,
     tally: Tally,
+    timeline: Recorder,
 }
 
 impl Worker {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self {
             keep_alive: shared.cfg.mode == ConnectionMode::KeepAlive,
-            shared,
             conn: None,
             buf: Vec::new(),
             body: Vec::new(),
             tally: Tally::default(),
+            timeline: Recorder::new(Arc::clone(&shared.timeline)),
+            shared,
         }
     }
 
+    /// Sends requests until the run is over. Latency runs from the scheduled time in a paced
+    /// run (so waiting for this worker to be free counts), else from the send.
     pub(super) async fn run(mut self) -> Tally {
         while let Some(at) = self.shared.claim() {
             if let Some(at) = at {
                 sleep_until(at).await;
             }
-            let started = Instant::now();
+            let now = Instant::now();
+            let since = at.unwrap_or(now);
+            self.tally.record_sent();
+            self.timeline.sent(now.duration_since(self.shared.start));
+            self.shared.live.sent();
             let (result, retried) = self.request().await;
-            self.finish(result, retried, started.elapsed());
+            self.finish(result, retried, since.elapsed());
         }
         self.tally
     }
@@ -242,13 +258,23 @@ impl Worker {
                     && !http::contains(bytes, expect.as_bytes())
                 {
                     self.conn = None;
-                    self.tally.record_failure(Outcome::BadResponse, retried);
+                    self.failed(Outcome::BadResponse, retried);
                 } else {
-                    self.tally.record_ok(latency, bytes, retried);
+                    let text = String::from_utf8_lossy(bytes);
+                    let responder = responder_key(&text);
+                    self.tally.record_ok(latency, responder, retried);
+                    self.timeline.ok(latency, responder);
+                    self.shared.live.ended(true);
                 }
             }
-            Err(failure) => self.tally.record_failure(failure.outcome, retried),
+            Err(failure) => self.failed(failure.outcome, retried),
         }
+    }
+
+    fn failed(&mut self, outcome: Outcome, retried: bool) {
+        self.tally.record_failure(outcome, retried);
+        self.timeline.failure(outcome);
+        self.shared.live.ended(false);
     }
 
     /// One attempt, bounded by the timeout. A failed attempt never leaves a connection behind.
