@@ -26,22 +26,10 @@ struct LabServer {
 
 impl LabServer {
     fn start(name: &str, extra: &[&str]) -> Self {
-        // Free ports, held together so they differ, released just before the server binds.
-        let http = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
-        let tcp = std::net::TcpListener::bind((LOCALHOST, 0)).unwrap();
-        let udp = std::net::UdpSocket::bind((LOCALHOST, 0)).unwrap();
-        let (http_addr, tcp_addr, udp_addr) = (
-            http.local_addr().unwrap(),
-            tcp.local_addr().unwrap(),
-            udp.local_addr().unwrap(),
-        );
-        drop((http, tcp, udp));
-
+        // Port 0 end to end: the server binds ports of the kernel's choice and names them.
         let mut child = Command::new(env!("CARGO_BIN_EXE_lab-server"))
             .args(["--name", name, "--bind", "127.0.0.1"])
-            .args(["--http", &http_addr.port().to_string()])
-            .args(["--tcp", &tcp_addr.port().to_string()])
-            .args(["--udp", &udp_addr.port().to_string()])
+            .args(["--http", "0", "--tcp", "0", "--udp", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -56,15 +44,25 @@ impl LabServer {
                 }
             }
         });
-        let server = Self {
+        let ready = lines.recv_timeout(WAIT).expect("a line from lab-server");
+        let bound: serde_json::Value = ready
+            .strip_prefix("ready ")
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_else(|| panic!("not a ready line with the bound addresses: {ready:?}"));
+        let addr = |kind: &str| -> SocketAddr {
+            let addrs = bound[kind].as_array().expect("a list of addresses");
+            assert_eq!(addrs.len(), 1, "{bound}");
+            let addr: SocketAddr = addrs[0].as_str().unwrap().parse().unwrap();
+            assert!(addr.ip() == LOCALHOST && addr.port() != 0, "{bound}");
+            addr
+        };
+        Self {
+            http: addr("http"),
+            tcp: addr("tcp"),
+            udp: addr("udp"),
             child,
             lines,
-            http: http_addr,
-            tcp: tcp_addr,
-            udp: udp_addr,
-        };
-        assert_eq!(server.line(), "ready");
-        server
+        }
     }
 
     fn line(&self) -> String {

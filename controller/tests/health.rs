@@ -46,7 +46,11 @@ async fn health_tcp_probe_up_and_down() {
     let l = TcpListener::bind((LO, 0)).await.unwrap();
     let p = probe("tcpSocket", l.local_addr().unwrap().port());
     assert!(p.check(LO).await.is_ok());
-    drop(l);
+    // Down: a port this test holds bound but does not listen on (so no other test or process
+    // can be listening there), which the kernel refuses.
+    let down = tokio::net::TcpSocket::new_v4().unwrap();
+    down.bind((LO, 0).into()).unwrap();
+    let p = probe("tcpSocket", down.local_addr().unwrap().port());
     let e = p.check(LO).await.unwrap_err();
     assert!(e.contains("refused"), "{e}");
 }

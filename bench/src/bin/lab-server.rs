@@ -1,7 +1,9 @@
 //! `lab-server`: the backend that lab pods run. See [`bench::server`] for what it answers.
 //!
-//! It prints `ready` on stdout once every listener is bound, a JSON line with its counters on
-//! SIGUSR1, and a final JSON line at exit. SIGTERM (or SIGINT) starts the drain; it exits 0
+//! It prints `ready` on stdout once every listener is bound, followed by the bound addresses
+//! as JSON (`ready {"http": ["127.0.0.1:41234"], "tcp": [...], "udp": [...]}`: port 0 binds
+//! a port of the kernel's choice), a JSON line with its counters on SIGUSR1, and a final JSON
+//! line at exit. SIGTERM (or SIGINT) starts the drain; it exits 0
 //! when the drain is over.
 
 use std::io::Write as _;
@@ -93,15 +95,11 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
 
     let server = Server::bind(&cfg).await?;
-    tracing::info!(
-        name = %cfg.name,
-        http = ?server.http_addrs()?,
-        tcp = ?server.tcp_addrs()?,
-        udp = ?server.udp_addrs()?,
-        "listening"
-    );
+    let (http, tcp, udp) = (server.http_addrs()?, server.tcp_addrs()?, server.udp_addrs()?);
+    tracing::info!(name = %cfg.name, ?http, ?tcp, ?udp, "listening");
     let counters = server.counters();
-    print_line("ready");
+    let bound = serde_json::json!({ "http": http, "tcp": tcp, "udp": udp });
+    print_line(&format!("ready {bound}"));
 
     let shutdown = async {
         tokio::select! {
