@@ -176,18 +176,29 @@ fn agent_yaml_and_api_move_traffic_survive_kill9_and_export_metrics() {
     wait_for("pod1 to get traffic from the YAML change", || {
         who_answers(&lab, 30080, 20).responders.len() == 2
     });
-    // An invalid edit is reported and changes nothing.
+    // An invalid edit is reported (once the agent has read it again) and changes nothing.
+    let invalid_files = || {
+        agent
+            .get("/metrics")
+            .and_then(|(_, text)| metric(&text, "sluice_manifest_files_invalid", ""))
+    };
+    assert_eq!(invalid_files(), Some(0.0));
     write(
         &dir.join("manifests/web.yaml"),
         "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 0}]\n",
     );
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for("the agent to report the invalid file", || {
+        invalid_files() == Some(1.0)
+    });
     assert_eq!(
         who_answers(&lab, 30080, 20).responders.len(),
         2,
         "the last good state stays in force"
     );
     write(&dir.join("manifests/web.yaml"), &manifests(&lab, &[0, 1]));
+    wait_for("the agent to read the repaired file", || {
+        invalid_files() == Some(0.0)
+    });
 
     // API: a second service backed by pod1 only.
     let svc = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"api","namespace":"default"},"spec":{"type":"NodePort","ports":[{"port":80,"nodePort":30081}]}}"#;

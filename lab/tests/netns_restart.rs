@@ -204,7 +204,15 @@ fn restart_kill9_keeps_forwarding_and_a_new_process_adopts() {
     let load = loads(&lab, 8);
     std::thread::sleep(Duration::from_secs(2));
     first.signal(Signal::SIGKILL).unwrap();
-    first.wait_timeout(Duration::from_secs(5)).unwrap();
+    let status = first
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap()
+        .expect("the killed holder exited within 5 s");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(Signal::SIGKILL as i32),
+        "{status}"
+    );
     // Nobody holds the data path now; it keeps forwarding from the pins.
     std::thread::sleep(Duration::from_millis(1500));
     let (_second, line) = holder.start();
