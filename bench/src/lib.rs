@@ -7,11 +7,14 @@
 //!   the plotted data written beside them.
 //! - [`server`]: the backend that lab pods run (the `lab-server` binary). It answers with its
 //!   name, counts connections and requests, and drains gracefully on SIGTERM.
+//! - [`kube_proxy`]: kube-proxy's iptables and nftables rule sets for N services, as text,
+//!   and applying them (`sync-bench` and the side-by-side benchmarks).
 //! - [`output`]: where benchmarks write their JSON (`target/bench/<name>.json`).
 //! - [`lifecycle`]: the serving / draining / stopped lifecycle shared with the demo's
 //!   bootcamp pods.
 
 pub mod chart;
+pub mod kube_proxy;
 pub mod lifecycle;
 pub mod load;
 pub mod output;
