@@ -14,6 +14,7 @@
 //!   bootcamp pods.
 
 pub mod chart;
+pub mod compare;
 pub mod kube_proxy;
 pub mod lifecycle;
 pub mod load;

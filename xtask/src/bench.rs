@@ -22,10 +22,16 @@ pub enum What {
     /// 1 000 000 confirmed TCP flows (the ratio), one GC pass per million entries, conntrack
     /// map memory; writes target/bench/conntrack.json.
     Conntrack,
-    /// Requests/s (keep-alive and a new connection per request) through a NodePort
-    /// redirected to the pod, beside the untranslated path to the same pod, in one lab;
-    /// writes target/bench/lab.json.
-    Lab,
+    /// sluice side by side with kube-proxy's iptables and nftables rule shapes and with no
+    /// translation, in one lab, at 1, 1 000 and 10 000 services: packets/s through the node
+    /// on one core (new and established flows) and HTTP requests/s through a NodePort
+    /// (keep-alive and a new connection per request); writes target/bench/compare.{json,md}
+    /// and target/bench/compare-*.png.
+    Compare,
+    /// Programming 10 000 services x 10 endpoints and one-endpoint-change latency: sluice
+    /// (through the agent) beside iptables-restore and nft -f of kube-proxy's rule sets, with
+    /// memory; writes target/bench/sync.json.
+    Sync,
 }
 
 /// Options passed on to the benchmark binary (its defaults apply when absent).
@@ -34,10 +40,12 @@ pub struct Options {
     /// datapath: BPF_PROG_TEST_RUN repeats per run (at least 10 000).
     #[arg(long)]
     pub repeat: Option<u32>,
-    /// datapath: rounds (at least 5); each figure is the median over rounds.
+    /// datapath (at least 5) and compare (default 3): rounds; each figure is the median
+    /// over rounds.
     #[arg(long)]
     pub rounds: Option<u32>,
-    /// The large service count (the small one is 1; controller also runs 1 000 below it).
+    /// The large service count (the small one is 1; controller and compare also run 1 000
+    /// below it).
     #[arg(long)]
     pub services: Option<u32>,
     /// controller: single-endpoint changes per service count (default 1000 at 1 service,
@@ -50,7 +58,8 @@ pub struct Options {
     /// conntrack: confirmed TCP flows tracked for the second measurement (default 1 000 000).
     #[arg(long)]
     pub flows: Option<u32>,
-    /// lab: seconds of load per cell and round (default 3).
+    /// compare: seconds of HTTP load per cell and connection mode, and the longest a
+    /// packets/s measurement sends (default 2).
     #[arg(long)]
     pub seconds: Option<u32>,
 }
@@ -112,15 +121,29 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--seconds", opts.seconds),
             ],
         ),
-        What::Lab => (
-            "lab-bench",
-            vec![("--seconds", opts.seconds), ("--rounds", opts.rounds)],
+        What::Compare => (
+            "compare-bench",
+            vec![
+                ("--services", opts.services),
+                ("--seconds", opts.seconds),
+                ("--rounds", opts.rounds),
+            ],
             vec![
                 ("--repeat", opts.repeat),
-                ("--services", opts.services),
                 ("--changes", opts.changes),
                 ("--idle-seconds", opts.idle_seconds),
                 ("--flows", opts.flows),
+            ],
+        ),
+        What::Sync => (
+            "sync-bench",
+            vec![("--services", opts.services), ("--changes", opts.changes)],
+            vec![
+                ("--repeat", opts.repeat),
+                ("--rounds", opts.rounds),
+                ("--idle-seconds", opts.idle_seconds),
+                ("--flows", opts.flows),
+                ("--seconds", opts.seconds),
             ],
         ),
     };
@@ -130,7 +153,7 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
             bin.trim_end_matches("-bench")
         );
     }
-    if what == What::Lab {
+    if what == What::Compare {
         // The lab's pod runs the release `lab-server`, next to the benchmark's binary.
         sh(Command::new("cargo").current_dir(workspace_root()).args([
             "build",
@@ -141,7 +164,7 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
             "lab-server",
         ]))?;
     }
-    if what == What::Controller {
+    if matches!(what, What::Controller | What::Sync) {
         // The agent under test is the release `sluice` binary, next to the benchmark's.
         sh(Command::new("cargo").current_dir(workspace_root()).args([
             "build",

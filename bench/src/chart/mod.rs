@@ -14,13 +14,17 @@
 //! [`Report::timeline`]: crate::load::Report::timeline
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 use serde::{Deserialize, Serialize};
 
 use crate::load::Second;
+
+mod bars;
+mod canvas;
+
+pub use bars::{BarChart, BarSeries, render_bars, write_bars};
+use canvas::FAMILY;
 
 /// The font text is drawn with, unless `SLUICE_CHART_FONT` names another.
 pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
@@ -30,9 +34,6 @@ pub const FONT_PACKAGE: &str = "fonts-dejavu-core";
 
 /// The default picture size, in pixels.
 pub const DEFAULT_SIZE: (u32, u32) = (1280, 720);
-
-/// Font family name the font is registered under.
-const FAMILY: &str = "sans-serif";
 
 /// What to draw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,68 +195,15 @@ pub fn data_path(png: &Path) -> PathBuf {
 /// Writes the chart as a PNG of `size` pixels at `png` and its data beside it
 /// ([`data_path`]), creating the directory. Returns the data file's path.
 pub fn write(chart: &Chart, png: &Path, size: (u32, u32)) -> Result<PathBuf, ChartError> {
-    let bytes = render(chart, size)?;
-    let write = |path: &Path, bytes: &[u8]| {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| ChartError::Write {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        std::fs::write(path, bytes).map_err(|source| ChartError::Write {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    write(png, &bytes)?;
-    let data = data_path(png);
-    let mut json = serde_json::to_vec_pretty(chart).expect("a chart is plain data");
-    json.push(b'\n');
-    write(&data, &json)?;
-    Ok(data)
+    canvas::write_with_data(png, &render(chart, size)?, chart)
 }
 
 /// Draws the chart: a PNG of `size` pixels (width, height).
 pub fn render(chart: &Chart, size: (u32, u32)) -> Result<Vec<u8>, ChartError> {
-    let (width, height) = size;
-    if width < 200 || height < 150 {
-        return Err(ChartError::TooSmall(width, height));
-    }
-    register_font()?;
-    let mut rgb = vec![0u8; width as usize * height as usize * 3];
-    draw(chart, &mut rgb, size).map_err(|e| ChartError::Draw(e.to_string()))?;
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(&rgb)?;
-    writer.finish()?;
-    Ok(out)
+    canvas::render_png(size, |rgb| draw(chart, rgb, size))
 }
 
-fn register_font() -> Result<(), ChartError> {
-    static FONT: OnceLock<Result<(), (PathBuf, Option<std::io::ErrorKind>)>> = OnceLock::new();
-    let path = std::env::var_os("SLUICE_CHART_FONT")
-        .map_or_else(|| PathBuf::from(FONT_PATH), PathBuf::from);
-    let registered = FONT.get_or_init(|| {
-        let bytes = std::fs::read(&path).map_err(|e| (path.clone(), Some(e.kind())))?;
-        // plotters keeps fonts for the life of the process: read once, kept once.
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font(FAMILY, FontStyle::Normal, bytes)
-            .map_err(|_| (path.clone(), None))
-    });
-    match registered {
-        Ok(()) => Ok(()),
-        Err((path, Some(kind))) => Err(ChartError::FontMissing {
-            path: path.clone(),
-            source: (*kind).into(),
-        }),
-        Err((path, None)) => Err(ChartError::InvalidFont { path: path.clone() }),
-    }
-}
-
-fn color_of([r, g, b]: [u8; 3]) -> RGBColor {
+pub(crate) fn color_of([r, g, b]: [u8; 3]) -> RGBColor {
     RGBColor(r, g, b)
 }
 
