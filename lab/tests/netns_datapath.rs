@@ -176,7 +176,13 @@ fn netns_bounded_load_both_modes_zero_failures() {
         2000,
         8,
     );
-    assert_all_ok("new connection per request via NodePort", &r, 2000, 3..=3, 3);
+    assert_all_ok(
+        "new connection per request via NodePort",
+        &r,
+        2000,
+        3..=3,
+        3,
+    );
     println!("new connection per request: {r}");
     let r = load_from_client(
         &lab,

@@ -13,9 +13,13 @@ pub const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Debian packages used by the build, the tests and the lab.
 const PACKAGES: &[&str] = &[
-    "iproute2", "ethtool", "bpftool", "procps",
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "procps",
     // `cargo xtask bench compare` and `bench sync`: kube-proxy's rule shapes, side by side.
-    "iptables", "nftables",
+    "iptables",
+    "nftables",
     // The load tool's and the demo's charts (bench::chart) draw text with this font.
     "fonts-dejavu-core",
 ];

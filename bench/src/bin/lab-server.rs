@@ -95,7 +95,11 @@ async fn serve(cfg: ServerConfig) -> anyhow::Result<()> {
     let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
 
     let server = Server::bind(&cfg).await?;
-    let (http, tcp, udp) = (server.http_addrs()?, server.tcp_addrs()?, server.udp_addrs()?);
+    let (http, tcp, udp) = (
+        server.http_addrs()?,
+        server.tcp_addrs()?,
+        server.udp_addrs()?,
+    );
     tracing::info!(name = %cfg.name, ?http, ?tcp, ?udp, "listening");
     let counters = server.counters();
     let bound = serde_json::json!({ "http": http, "tcp": tcp, "udp": udp });
