@@ -540,20 +540,36 @@ mod tests {
     async fn serves_probes_counts_and_drains() {
         let mut cfg = Config::new("pod-a", 2, 0);
         cfg.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        cfg.startup_delay = Duration::from_millis(200);
+        let delay = Duration::from_millis(200);
+        cfg.startup_delay = delay;
         let server = Server::bind(&cfg).await.unwrap();
+        // The startup delay runs from `run`, so from after this instant.
+        let bound = std::time::Instant::now();
         let addr = server.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(server.run(async {
             let _ = stop_rx.await;
         }));
 
+        // `/ready` until it says 200 (each ask is one connection and one request): never 200
+        // before the delay is over, and 503 for an answer that came before then.
         let close = "Connection: close\r\n\r\n";
-        let starting = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
-        assert!(starting.starts_with("HTTP/1.1 503"), "{starting}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let ready = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
-        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        let mut probes = 0;
+        loop {
+            let answer = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
+            probes += 1;
+            let at = bound.elapsed();
+            if answer.starts_with("HTTP/1.1 200") {
+                assert!(
+                    at >= delay,
+                    "ready after {at:?}, before the {delay:?} delay"
+                );
+                break;
+            }
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            assert!(at < Duration::from_secs(10), "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let hello = ask(addr, &format!("GET / HTTP/1.1\r\n{close}")).await;
         assert!(hello.ends_with("Running on: pod-a | v=2\n"), "{hello}");
 
@@ -568,9 +584,10 @@ mod tests {
         let stats = ask(addr, &format!("GET /stats HTTP/1.1\r\n{close}")).await;
         let body = stats.split_once("\r\n\r\n").unwrap().1;
         let stats: Stats = serde_json::from_str(body).unwrap();
+        // The probes, the greeting, the kept connection and this one.
         assert_eq!(
             (stats.connections_accepted, stats.requests),
-            (5, 5),
+            (probes + 3, probes + 3),
             "{stats:?}"
         );
         assert!(stats.ready && !stats.terminating);
@@ -589,7 +606,10 @@ mod tests {
             "{rest}"
         );
         let last = run.await.unwrap();
-        assert_eq!((last.connections_accepted, last.requests), (5, 6));
+        assert_eq!(
+            (last.connections_accepted, last.requests),
+            (probes + 3, probes + 4)
+        );
         assert!(last.terminating);
     }
 }
