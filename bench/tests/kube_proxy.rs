@@ -170,8 +170,7 @@ fn iptables_partial_rewrites_the_top_level_chains_and_only_the_changed_service()
     // The node-port jump stays the last KUBE-SERVICES rule.
     let last = text
         .lines()
-        .filter(|l| l.starts_with("-A KUBE-SERVICES "))
-        .last()
+        .rfind(|l| l.starts_with("-A KUBE-SERVICES "))
         .expect("KUBE-SERVICES rules");
     assert!(last.ends_with("-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"));
 }
@@ -202,7 +201,7 @@ fn nftables_partial_writes_only_the_changed_service() {
         assert!(!text.contains(&names::nft_service_base(&s[i])));
     }
     assert_eq!(
-        nftables::delete_chains(&[old_chain.clone()]),
+        nftables::delete_chains(std::slice::from_ref(&old_chain)),
         format!("delete chain ip kube-proxy {old_chain}\n")
     );
 }
@@ -352,7 +351,7 @@ fn nftables_roundtrip(n: usize) {
         "the old endpoint still DNATs"
     );
     assert!(
-        !table.contains(&format!("goto {old_chain} ")),
+        !table.contains(&format!("goto {old_chain}")),
         "the old endpoint is still chosen"
     );
     // Flushed now, deleted by a later sync.

@@ -127,9 +127,11 @@ pub fn list() -> Result<String, Error> {
     process::output("nft", &["list", "table", "ip", TABLE])
 }
 
-/// `nft list chains ip kube-proxy`: what kube-proxy reads on every sync to find stale chains.
+/// `nft list chains ip`: the chains kube-proxy reads on every sync to find stale ones
+/// (knftables lists the family's chains and keeps its table's; nft before 1.0.7 takes no
+/// table there).
 pub fn list_chains() -> Result<String, Error> {
-    process::output("nft", &["list", "chains", "ip", TABLE])
+    process::output("nft", &["list", "chains", "ip"])
 }
 
 struct Tx {
@@ -190,9 +192,8 @@ impl Tx {
             let sep = if matches.is_empty() { "" } else { " " };
             self.rule(from, format_args!("{matches}{sep}jump {chain}"));
         }
-        for chain in ["mark-for-masquerade"] {
-            self.ensure_chain(chain);
-        }
+        // services, cluster-ips-check and masquerading were created with their jumps.
+        self.ensure_chain("mark-for-masquerade");
         let m = self.mark.clone();
         self.rule("mark-for-masquerade", format_args!("mark set mark or {m}"));
         self.rule("masquerading", format_args!("mark and {m} == 0 return"));
@@ -273,9 +274,7 @@ impl Tx {
                 "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports"
             ),
         );
-        for set in ["cluster-ips"] {
-            self.line(format_args!("flush set ip {TABLE} {set}"));
-        }
+        self.line(format_args!("flush set ip {TABLE} cluster-ips"));
         for map in [
             "service-ips",
             "firewall-ips",
