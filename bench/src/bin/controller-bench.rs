@@ -33,7 +33,8 @@
 //!   last.
 //!
 //! The capacities are the same for every N (sized for the largest), so only N differs. The
-//! table goes to stdout, `target/bench/controller.json` holds the rows, the agents' logs go
+//! table goes to stdout, `target/bench/controller.json` (`--json NAME`: `NAME.json`) holds the
+//! rows, the agents' logs go
 //! to `target/bench/controller-agent-<N>.log`. Every wait has a deadline; what was reached
 //! is reported. Exit status 0 whether or not the targets are met.
 
@@ -110,6 +111,21 @@ struct Args {
     /// Extra environment of the agent (KEY=VALUE, repeat), e.g. allocator settings.
     #[arg(long = "agent-env", value_parser = parse_env)]
     agent_env: Vec<(String, String)>,
+    /// The report's name: target/bench/<NAME>.json (sync-bench runs this benchmark as its
+    /// sluice row and reads its own copy).
+    #[arg(long, default_value = "controller", value_parser = parse_name)]
+    json: String,
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: letters, digits, '-' and '_' only"))
+    }
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -266,7 +282,7 @@ fn run(args: &Args) -> Result<()> {
     for r in &report.rows {
         print_details(r);
     }
-    let path = out_dir.join("controller.json");
+    let path = out_dir.join(format!("{}.json", args.json));
     let json = serde_json::to_string_pretty(&report)?;
     std::fs::write(&path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     println!("\nwrote {}", path.display());
