@@ -164,6 +164,17 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
             "lab-server",
         ]))?;
     }
+    if what == What::Sync {
+        // sync-bench measures sluice by running the release controller-bench beside it.
+        sh(Command::new("cargo").current_dir(workspace_root()).args([
+            "build",
+            "--release",
+            "-p",
+            "bench",
+            "--bin",
+            "controller-bench",
+        ]))?;
+    }
     if matches!(what, What::Controller | What::Sync) {
         // The agent under test is the release `sluice` binary, next to the benchmark's.
         sh(Command::new("cargo").current_dir(workspace_root()).args([
