@@ -89,15 +89,15 @@ fn netns_scale_readiness_flips_and_drain_under_load_lose_no_request() {
         );
         states[i].1 = Ready;
         dp.upsert_service(&web(&lab, &states)).unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        // Ready: it gets new connections (awaited, not assumed from a rate and a sleep).
+        wait_until(&format!("pod{i} to get a connection once ready"), || {
+            server_counters(&mut servers[i]).http_connections > 0
+        });
     }
-    std::thread::sleep(Duration::from_secs(1));
-    for (i, s) in servers.iter_mut().enumerate() {
-        assert!(
-            server_counters(s).http_connections > 0,
-            "pod{i} got no connection while ready"
-        );
-    }
+    assert!(
+        server_counters(&mut servers[0]).http_connections > 0,
+        "pod0 got no connection while ready"
+    );
     // Keep-alive connections opened now spread over the 4 pods (16 of them: the chance
     // that the two pods drained below hold none is 2^-16).
     let keep_alive_started = started.elapsed();
@@ -114,7 +114,10 @@ fn netns_scale_readiness_flips_and_drain_under_load_lose_no_request() {
     // Readiness flip: not ready while others are -> no new connection.
     states[2].1 = NotServing;
     dp.upsert_service(&web(&lab, &states)).unwrap();
-    let before = server_counters(&mut servers[2]).http_connections;
+    wait_not_selectable(&dp, lab.backend_addr(2));
+    // A connection chosen just before the update may still be accepted: the count is read
+    // once it has stopped moving.
+    let before = settled(|| server_counters(&mut servers[2]).http_connections);
     std::thread::sleep(Duration::from_secs(1));
     let after = server_counters(&mut servers[2]).http_connections;
     assert_eq!(before, after, "pod2 accepted connections while not ready");
@@ -169,6 +172,26 @@ fn netns_scale_readiness_flips_and_drain_under_load_lose_no_request() {
     );
     dp.purge_stale().unwrap();
     lab.assert_no_checksum_errors();
+}
+
+/// Polls `done` every 50 ms until it holds, for at most 10 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of `read` once two reads 100 ms apart agree (within 10 s).
+fn settled(mut read: impl FnMut() -> u64) -> u64 {
+    let mut last = read();
+    wait_until("a counter to stop moving", || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        std::mem::replace(&mut last, now) == now
+    });
+    last
 }
 
 #[test]
