@@ -477,3 +477,27 @@ fn udp_reaches_the_pod_through_nftables_rules() {
     require_root!();
     udp_through_node_port(Rules::Nftables);
 }
+
+/// The deadline holds while the tool is still reading its input (it loads as it reads, so
+/// writing the input blocks as long as it works): iptables-nft-restore takes seconds for
+/// 1 000 services x 10, far more than the 300 ms allowed here.
+#[test]
+fn an_apply_is_killed_at_its_deadline() {
+    require_root!();
+    let ns = Netns::new("dl").expect("namespace");
+    let full = iptables::full(&kube_proxy::synthetic(1000, 10), &Config::default());
+    let opts = kube_proxy::RunOptions {
+        timeout: std::time::Duration::from_millis(300),
+        cgroup_procs: None,
+    };
+    let t = std::time::Instant::now();
+    let r = ns
+        .enter(|| iptables::apply_with(&full, Backend::Nft, &opts))
+        .expect("enter");
+    assert!(matches!(r, Err(kube_proxy::Error::Timeout { .. })), "{r:?}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -147,9 +147,6 @@ fn run_capture(
     };
     let errors = reader(Box::new(child.stderr.take().expect("stderr is piped")));
     let printed = reader(Box::new(child.stdout.take().expect("stdout is piped")));
-    // The tool may fail early and close its stdin: its status and stderr then say why.
-    let written = stdin.write_all(input);
-    drop(stdin);
 
     // Another thread waits for the exit without reaping (WNOWAIT), so this thread can still
     // kill the child by its PID at the deadline: only this thread reaps it.
@@ -162,10 +159,25 @@ fn run_capture(
             unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
         let _ = tx.send(rc);
     });
-    let exited = rx.recv_timeout((t0 + opts.timeout).saturating_duration_since(Instant::now()));
-    let elapsed = t0.elapsed().saturating_sub(moved);
+    let (exited, elapsed, written) = std::thread::scope(|scope| {
+        // The input goes in from another thread too: the tools read it as they load it, so
+        // writing blocks for as long as they work, and the deadline must still hold. The tool
+        // may fail early and close its stdin: its status and stderr then say why.
+        let writer = scope.spawn(move || {
+            let r = stdin.write_all(input);
+            drop(stdin);
+            r
+        });
+        let exited = rx.recv_timeout((t0 + opts.timeout).saturating_duration_since(Instant::now()));
+        let elapsed = t0.elapsed().saturating_sub(moved);
+        if exited.is_err() {
+            // Unblocks the writer (EPIPE).
+            kill(&mut child);
+        }
+        let written = writer.join().unwrap_or(Ok(()));
+        (exited, elapsed, written)
+    });
     if exited.is_err() {
-        kill(&mut child);
         let _ = waiter.join();
         let _ = errors.join();
         let _ = printed.join();
