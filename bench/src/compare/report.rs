@@ -138,7 +138,12 @@ pub struct Report {
 }
 
 /// A bar chart: file name, title, value axis, and the plotted median.
-type ChartSpec = (&'static str, &'static str, &'static str, fn(&Medians) -> f64);
+type ChartSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Medians) -> f64,
+);
 
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
