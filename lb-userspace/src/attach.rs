@@ -23,7 +23,8 @@ use lb_common::{map_names as names, program_names as progs};
 use serde::Serialize;
 
 use crate::{
-    dataplane::{Dataplane, net_addr},
+    addr::net_addr,
+    dataplane::Dataplane,
     error::Error,
     ingress_mode::{self, Ingress},
 };

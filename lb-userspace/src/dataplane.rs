@@ -36,6 +36,7 @@ use lb_common::{
 
 use crate::{
     BackendDump, EndpointStatus, MapOccupancy, ServiceDump, ServiceStats, Stats,
+    addr::{ip_of, net_addr},
     attach::Attachments,
     config::DataplaneConfig,
     ct_gc,
@@ -117,22 +118,6 @@ impl std::fmt::Debug for Dataplane {
             .field("services", &self.services.len())
             .field("config", &self.cfg)
             .finish_non_exhaustive()
-    }
-}
-
-pub(crate) fn ip_of(a: NetAddr) -> IpAddr {
-    let o = a.octets();
-    if a.is_v4() {
-        IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
-    } else {
-        IpAddr::V6(std::net::Ipv6Addr::from(o))
-    }
-}
-
-pub(crate) fn net_addr(ip: IpAddr) -> NetAddr {
-    match ip {
-        IpAddr::V4(v4) => NetAddr::from_v4_octets(v4.octets()),
-        IpAddr::V6(v6) => NetAddr::from_v6_octets(v6.octets()),
     }
 }
 

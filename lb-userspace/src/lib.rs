@@ -20,6 +20,7 @@
 //! - [`pass`]: the stub XDP program for veth peers;
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` access for packet tests and benchmarks.
 
+mod addr;
 pub mod addr_watch;
 pub mod attach;
 pub mod baseline;

@@ -19,7 +19,7 @@ use lb_datapath::{PinConfig, datapath::AddressChanges};
 
 use crate::{
     Dataplane,
-    dataplane::{ip_of, net_addr},
+    addr::{ip_of, net_addr},
     error::Error,
 };
 

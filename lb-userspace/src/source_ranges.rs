@@ -12,7 +12,7 @@ use lb_common::{SourceRangeKey, map_names as names};
 
 use crate::{
     Dataplane,
-    dataplane::{ip_of, net_addr},
+    addr::{ip_of, net_addr},
     error::Error,
     spec::{ServiceSpec, SourceRanges},
 };
