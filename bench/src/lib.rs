@@ -9,6 +9,7 @@
 //!   name, counts connections and requests, and drains gracefully on SIGTERM.
 //! - [`kube_proxy`]: kube-proxy's iptables and nftables rule sets for N services, as text,
 //!   and applying them (`sync-bench` and the side-by-side benchmarks).
+//! - [`stats`]: percentiles and a reproducible random choice for the benchmarks.
 //! - [`output`]: where benchmarks write their JSON (`target/bench/<name>.json`).
 //! - [`lifecycle`]: the serving / draining / stopped lifecycle shared with the demo's
 //!   bootcamp pods.
@@ -20,6 +21,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod output;
 pub mod server;
+pub mod stats;
 
 mod http;
 mod secs;

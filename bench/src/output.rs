@@ -21,3 +21,15 @@ pub fn write_json(name: &str, report: &impl serde::Serialize) -> io::Result<Path
     std::fs::write(&path, json + "\n")?;
     Ok(path)
 }
+
+/// A benchmark binary's exit status: success, or `<name>: FAILED: <error and its causes>` on
+/// stderr and failure.
+pub fn exit_status(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: FAILED: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -80,20 +80,14 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
     if unsafe { geteuid() } != 0 {
         bail!("benchmarks load eBPF programs and create namespaces: run as root");
     }
-    // (benchmark binary, options it takes, options that do not apply to it)
-    let (bin, passed, refused): (&str, Vec<Flag>, Vec<Flag>) = match what {
+    // (benchmark binary, the options it takes); any other option given is refused.
+    let (bin, passed): (&str, Vec<Flag>) = match what {
         What::Datapath => (
             "datapath-bench",
             vec![
                 ("--repeat", opts.repeat),
                 ("--rounds", opts.rounds),
                 ("--services", opts.services),
-            ],
-            vec![
-                ("--changes", opts.changes),
-                ("--idle-seconds", opts.idle_seconds),
-                ("--flows", opts.flows),
-                ("--seconds", opts.seconds),
             ],
         ),
         What::Controller => (
@@ -103,23 +97,10 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--changes", opts.changes),
                 ("--idle-seconds", opts.idle_seconds),
             ],
-            vec![
-                ("--repeat", opts.repeat),
-                ("--rounds", opts.rounds),
-                ("--flows", opts.flows),
-                ("--seconds", opts.seconds),
-            ],
         ),
         What::Conntrack => (
             "conntrack-bench",
             vec![("--flows", opts.flows), ("--changes", opts.changes)],
-            vec![
-                ("--repeat", opts.repeat),
-                ("--rounds", opts.rounds),
-                ("--services", opts.services),
-                ("--idle-seconds", opts.idle_seconds),
-                ("--seconds", opts.seconds),
-            ],
         ),
         What::Compare => (
             "compare-bench",
@@ -128,26 +109,25 @@ pub fn run(what: What, opts: &Options) -> Result<()> {
                 ("--seconds", opts.seconds),
                 ("--rounds", opts.rounds),
             ],
-            vec![
-                ("--repeat", opts.repeat),
-                ("--changes", opts.changes),
-                ("--idle-seconds", opts.idle_seconds),
-                ("--flows", opts.flows),
-            ],
         ),
         What::Sync => (
             "sync-bench",
             vec![("--services", opts.services), ("--changes", opts.changes)],
-            vec![
-                ("--repeat", opts.repeat),
-                ("--rounds", opts.rounds),
-                ("--idle-seconds", opts.idle_seconds),
-                ("--flows", opts.flows),
-                ("--seconds", opts.seconds),
-            ],
         ),
     };
-    if let Some((flag, _)) = refused.iter().find(|(_, v)| v.is_some()) {
+    let given: [Flag; 7] = [
+        ("--repeat", opts.repeat),
+        ("--rounds", opts.rounds),
+        ("--services", opts.services),
+        ("--changes", opts.changes),
+        ("--idle-seconds", opts.idle_seconds),
+        ("--flows", opts.flows),
+        ("--seconds", opts.seconds),
+    ];
+    let refused = given
+        .iter()
+        .find(|(flag, v)| v.is_some() && !passed.iter().any(|(p, _)| p == flag));
+    if let Some((flag, _)) = refused {
         bail!(
             "{flag} does not apply to `bench {}`",
             bin.trim_end_matches("-bench")

@@ -68,13 +68,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(&Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("compare-bench: FAILED: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::output::exit_status("compare-bench", run(&Args::parse()))
 }
 
 /// 1, 1 000 and `largest`, those below `largest`.

@@ -67,13 +67,7 @@ struct Report {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(&Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("conntrack-bench: FAILED: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::output::exit_status("conntrack-bench", run(&Args::parse()))
 }
 
 fn spec(i: u16, ready: bool) -> ServiceSpec {

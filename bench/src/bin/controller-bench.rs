@@ -60,6 +60,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail, ensure};
+use bench::stats::{Rng, percentile};
 use clap::Parser;
 use kube_mock::MockApiServer;
 use lab::{Lab, PinDir};
@@ -135,13 +136,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(&Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("controller-bench: FAILED: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::output::exit_status("controller-bench", run(&Args::parse()))
 }
 
 fn changes_for(args: &Args, n: usize) -> usize {
@@ -802,23 +797,6 @@ fn kernel_view(pin: &PinConfig, frontends: u64, backends: u64, slots: u64) -> Re
     })
 }
 
-/// SplitMix64: reproducible choices without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// Whether the endpoint view names `backend` of `service` as selectable.
 fn selectable(body: &[u8], service: &str, backend: &str) -> bool {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
@@ -961,15 +939,6 @@ fn measure_changes(
         f(row.change_logged_p99_ms),
     );
     Ok(())
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
 }
 
 /// A Prometheus histogram of the text exposition: count, sum, and the buckets holding the

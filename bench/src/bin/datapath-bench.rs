@@ -159,13 +159,7 @@ struct Report {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(&Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("datapath-bench: FAILED: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::output::exit_status("datapath-bench", run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -77,13 +77,7 @@ struct Args {
 const SYSTEMS: [&str; 4] = ["sluice", "iptables-nft", "iptables-legacy", "nftables"];
 
 fn main() -> std::process::ExitCode {
-    match run(&Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sync-bench: FAILED: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    bench::output::exit_status("sync-bench", run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<()> {

@@ -76,10 +76,7 @@ fn draw(
     root.fill(&WHITE)?;
     let (header, body) = root.split_vertically(HEADER);
 
-    let title_font = (FAMILY, 22).into_font().color(&BLACK);
-    let (title_w, _) = header.estimate_text_size(&chart.title, &title_font)?;
-    let center = (i64::from(size.0) - i64::from(title_w)) / 2;
-    header.draw_text(&chart.title, &title_font, (center.max(0) as i32, 8))?;
+    canvas::draw_title(&header, &chart.title, size.0)?;
     let legend_font = (FAMILY, 14).into_font().color(&BLACK);
     let mut x = 70;
     for series in &chart.series {

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use plotters::style::FontStyle;
 use serde::Serialize;
 
@@ -63,6 +65,19 @@ pub(super) fn write_with_data(
     json.push(b'\n');
     write(&path, &json)?;
     Ok(path)
+}
+
+/// The chart's title, centred at the top of `header` (a `width`-pixel wide area).
+pub(super) fn draw_title(
+    header: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    width: u32,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let font = (FAMILY, 22).into_font().color(&BLACK);
+    let (title_w, _) = header.estimate_text_size(title, &font)?;
+    let center = (i64::from(width) - i64::from(title_w)) / 2;
+    header.draw_text(title, &font, (center.max(0) as i32, 8))?;
+    Ok(())
 }
 
 fn register_font() -> Result<(), ChartError> {

@@ -14,7 +14,9 @@ use bench::kube_proxy::{
 use lab::Netns;
 
 use super::cgroup::MemCgroup;
-use super::report::{RulesRow, mib, percentile, round};
+use bench::stats::{Rng, percentile};
+
+use super::report::{RulesRow, mib, round};
 
 /// The rule sets kube-proxy can program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,23 +46,6 @@ const CHANGES_BUDGET: Duration = Duration::from_secs(900);
 
 /// kube-proxy (nftables) deletes a flushed chain once it has been stale this long.
 const STALE_DELETE_AFTER: Duration = Duration::from_secs(1);
-
-/// SplitMix64: reproducible choices without a dependency.
-pub struct Rng(pub u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
