@@ -1,5 +1,6 @@
-//! An in-memory [`DataPath`] for tests and golden files: it keeps the specs it was given,
-//! hands out ids like the real one (lowest free, never 0) and dumps a readable text.
+//! An in-memory [`DataPath`] for tests and golden files: the data path's own planner and
+//! writer on in-memory maps ([`MemoryMaps`]), so what a test reads (ids, table sizes, slots,
+//! which backend new flows can reach) comes from the same rules as the kernel's maps.
 
 use std::{
     collections::BTreeMap,
@@ -9,9 +10,10 @@ use std::{
 };
 
 use lb_datapath::{
-    BackendDump, Capacities, DataPath, EndpointState, EndpointStatus, Error, MapOccupancy, Reason,
+    Capacities, DataPath, EndpointState, EndpointStatus, Error, MaglevConfig, MapOccupancy, Reason,
     ServiceDump, ServiceSpec, ServiceStats, Stats,
     datapath::{AddressChanges, AddressEvent, AddressSink, AddressWatch},
+    program::{MemoryMaps, Programmer, Settings},
 };
 
 /// Calls recorded by a [`FakeDataPath`] made with [`FakeDataPath::with_journal`].
@@ -30,6 +32,12 @@ impl Counters {
         c.entry((service.to_string(), backend))
             .or_default()
             .new_flows = new_flows;
+    }
+
+    /// Sets every counter of `backend` in the data-path service `service`.
+    pub fn set(&self, service: &str, backend: SocketAddr, stats: Stats) {
+        let mut c = self.0.lock().expect("counters");
+        c.insert((service.to_string(), backend), stats);
     }
 
     fn get(&self, service: &str, backend: SocketAddr) -> Stats {
@@ -72,22 +80,21 @@ impl std::fmt::Debug for AddressFeed {
     }
 }
 
-#[derive(Debug, Default)]
+/// The fake: the data path's own planner and writer ([`Programmer`]) on in-memory maps,
+/// so ids, table sizes, slots and which backend is selectable are what the kernel's maps
+/// would hold; plus the call journal and injected failures tests need.
+#[derive(Debug)]
 pub struct FakeDataPath {
-    services: BTreeMap<String, (u32, ServiceSpec)>,
+    /// The planner, its bookkeeping and the maps it wrote.
+    pub prog: Programmer<MemoryMaps>,
     /// A copy of `calls` readable while the fake sits behind a `Box<dyn DataPath>`.
     pub journal: Option<Journal>,
     /// The Node object's NodePort addresses last set.
     pub node_addresses: Vec<IpAddr>,
-    /// Ids in use (the lowest free one is handed out).
-    ids: std::collections::BTreeSet<u32>,
     /// Every call, in order ("upsert NAME" / "remove NAME"), for ordering assertions.
     pub calls: Vec<String>,
     /// Fail upserts of this service (error-path tests).
     pub fail_on: Option<String>,
-    /// Refuse new services beyond this many, as a full service table would
-    /// (`capacities.services`).
-    pub max_services: Option<usize>,
     /// Per-backend counters (see [`Counters`]).
     pub counters: Counters,
     /// The attached interfaces' addresses it reports besides the Node object's (set by
@@ -102,7 +109,34 @@ pub struct FakeDataPath {
     pub hash_seed: Arc<Mutex<Option<u32>>>,
 }
 
+impl Default for FakeDataPath {
+    fn default() -> Self {
+        FakeDataPath::with_capacities(Capacities::default())
+    }
+}
+
 impl FakeDataPath {
+    /// A fake whose maps have these sizes (capacity-error tests).
+    pub fn with_capacities(capacities: Capacities) -> Self {
+        let settings = Settings {
+            capacities,
+            maglev: MaglevConfig::default(),
+            hash_seed: 0,
+        };
+        FakeDataPath {
+            prog: Programmer::new(MemoryMaps::default(), settings, true),
+            journal: None,
+            node_addresses: Vec::new(),
+            calls: Vec::new(),
+            fail_on: None,
+            counters: Counters::default(),
+            interface_addresses: Vec::new(),
+            address_feed: AddressFeed::default(),
+            fail_interface_addresses: false,
+            hash_seed: Arc::default(),
+        }
+    }
+
     /// A fake whose calls can also be read through the returned journal.
     pub fn with_journal() -> (FakeDataPath, Journal) {
         let journal = Journal::default();
@@ -124,33 +158,22 @@ impl FakeDataPath {
 
     /// The names held (the trait's `service_names`, without importing the trait).
     pub fn service_names_for_test(&self) -> Vec<String> {
-        self.services.keys().cloned().collect()
+        self.prog.service_names()
     }
 
-    /// Services, frontends and backends with their states, one line each, sorted.
+    /// The maps as written (see [`MemoryMaps::render`]), with each service's backends and
+    /// their endpoint states as the agent gave them.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        for (name, (_, spec)) in &self.services {
-            let mut fronts: Vec<String> = spec.frontends.iter().map(|f| f.to_string()).collect();
-            fronts.sort();
-            let _ = writeln!(
-                out,
-                "service {name} {} frontends=[{}]{}",
-                spec.protocol,
-                fronts.join(", "),
-                spec.affinity
-                    .map(|t| format!(" affinity=ClientIP/{}s", t.as_secs()))
-                    .unwrap_or_default()
-            );
-            let mut backends: Vec<_> = spec.backends.iter().collect();
-            backends.sort_by_key(|b| b.addr);
-            for b in backends {
+        let mut out = self.prog.maps.render();
+        for (name, svc) in &self.prog.book.services {
+            let _ = writeln!(out, "endpoints of {name} (service {})", svc.id);
+            for (addr, b) in &svc.backends {
                 let state = match b.state {
                     EndpointState::Ready => "ready",
                     EndpointState::ServingTerminating => "serving-terminating",
                     EndpointState::NotServing => "not-serving",
                 };
-                let _ = writeln!(out, "  backend {} {state}", b.addr);
+                let _ = writeln!(out, "  backend {} {addr} {state}", b.id);
             }
         }
         out
@@ -165,103 +188,56 @@ impl DataPath for FakeDataPath {
                 reason: "injected failure".into(),
             });
         }
-        if let Some(max) = self.max_services
-            && !self.services.contains_key(&spec.name)
-            && self.services.len() >= max
-        {
-            return Err(Error::CapacityExceeded {
-                what: "the service table",
-                capacity: max as u32,
-                setting: "capacities.services",
-            });
-        }
         self.record(format!("upsert {}", spec.name));
-        let id = match self.services.get(&spec.name) {
-            Some((id, _)) => *id,
-            None => {
-                let id = (1..).find(|i| !self.ids.contains(i)).expect("ids");
-                self.ids.insert(id);
-                id
-            }
-        };
-        self.services.insert(spec.name.clone(), (id, spec.clone()));
-        Ok(id)
+        self.prog.upsert_service(spec)
     }
 
     fn remove_service(&mut self, name: &str) -> Result<(), Error> {
         self.record(format!("remove {name}"));
-        let (id, _) = self
-            .services
-            .remove(name)
-            .ok_or_else(|| Error::UnknownService(name.into()))?;
-        self.ids.remove(&id);
-        Ok(())
+        self.prog.remove_service(name)
     }
 
     fn service_names(&self) -> Vec<String> {
-        self.services.keys().cloned().collect()
+        self.prog.service_names()
     }
 
     fn dump(&self) -> Vec<ServiceDump> {
-        self.services
-            .iter()
-            .map(|(name, (id, s))| ServiceDump {
-                name: name.clone(),
-                id: *id,
-                protocol: s.protocol,
-                frontends: s.frontends.clone(),
-                table_size: 0,
-                backends: s
-                    .backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| BackendDump {
-                        addr: b.addr,
-                        id: i as u32 + 1,
-                        state: b.state,
-                        slots: 0,
-                    })
-                    .collect(),
-            })
-            .collect()
+        self.prog.dump()
     }
 
     fn purge_stale(&mut self) -> Result<u64, Error> {
+        self.prog.purge_stale();
         Ok(0)
     }
 
+    /// No conntrack here: a flow count asked for is 0.
     fn endpoint_status(
         &self,
         addr: IpAddr,
         count_flows: bool,
     ) -> Result<Vec<EndpointStatus>, Error> {
-        let mut out = Vec::new();
-        for (name, (_, s)) in &self.services {
-            let ready = s.backends.iter().any(|b| b.state == EndpointState::Ready);
-            for b in s.backends.iter().filter(|b| b.addr.ip() == addr) {
-                let selectable = b.state == EndpointState::Ready
-                    || (!ready && b.state == EndpointState::ServingTerminating);
-                out.push(EndpointStatus {
-                    service: name.clone(),
-                    backend: b.addr,
-                    state: b.state,
-                    selectable,
-                    flows: count_flows.then_some(0),
-                });
-            }
-        }
-        Ok(out)
+        Ok(self
+            .prog
+            .endpoint_status(addr)
+            .into_iter()
+            .map(|(status, _, _)| EndpointStatus {
+                flows: count_flows.then_some(0),
+                ..status
+            })
+            .collect())
     }
 
     fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
-        let (_, s) = self
+        let svc = self
+            .prog
+            .book
             .services
             .get(name)
             .ok_or_else(|| Error::UnknownService(name.into()))?;
-        let backends: Vec<(SocketAddr, Stats)> = s
+        let backends: Vec<(SocketAddr, Stats)> = svc
             .backends
-            .iter()
-            .map(|b| (b.addr, self.counters.get(name, b.addr)))
+            .keys()
+            .map(|addr| (*addr, self.counters.get(name, *addr)))
             .collect();
         let service = backends.iter().fold(Stats::default(), |t, (_, b)| Stats {
             packets: t.packets + b.packets,
@@ -279,28 +255,18 @@ impl DataPath for FakeDataPath {
         Ok(Reason::ALL.iter().map(|r| (*r, 0)).collect())
     }
 
+    /// Entries in the in-memory maps themselves.
+    /// Entries in the in-memory maps themselves.
     fn occupancy(&self) -> Result<MapOccupancy, Error> {
-        Ok(MapOccupancy {
-            frontends: self
-                .services
-                .values()
-                .map(|(_, s)| s.frontends.len() as u64)
-                .sum(),
-            backends: self
-                .services
-                .values()
-                .map(|(_, s)| s.backends.len() as u64)
-                .sum(),
-            ..Default::default()
-        })
+        Ok(self.prog.maps.occupancy())
     }
 
     fn usage(&self) -> Result<MapOccupancy, Error> {
-        self.occupancy()
+        Ok(self.prog.usage())
     }
 
     fn capacities(&self) -> Capacities {
-        Capacities::default()
+        self.prog.settings.capacities
     }
     fn conntrack_stats(&self) -> lb_datapath::ConntrackStats {
         lb_datapath::ConntrackStats::default()
@@ -350,6 +316,7 @@ impl DataPath for FakeDataPath {
     }
     fn set_hash_seed(&mut self, seed: u32) -> Result<(), Error> {
         *self.hash_seed.lock().expect("hash seed") = Some(seed);
+        self.prog.set_hash_seed(seed);
         Ok(())
     }
 }

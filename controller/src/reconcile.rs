@@ -568,8 +568,10 @@ mod tests {
         let handle = recorder.handle();
         let capacity_errors = r#"sluice_capacity_errors_total{setting="capacities.services"}"#;
         let not_programmed = "sluice_services_not_programmed";
-        let mut fake = FakeDataPath::default();
-        fake.max_services = Some(1);
+        let fake = FakeDataPath::with_capacities(lb_datapath::Capacities {
+            services: 1,
+            ..Default::default()
+        });
         let mut rec = Reconciler::new(fake);
         let round = |rec: &mut Reconciler<FakeDataPath>, changes: Vec<(Key, Specs)>| {
             ::metrics::with_local_recorder(&recorder, || rec.reconcile(changes, Triggers::new()))

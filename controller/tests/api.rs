@@ -450,7 +450,9 @@ async fn deployment_create_replace_get_list_delete_and_rollouts() {
 
 #[tokio::test]
 async fn dataplane_views_after_a_reconcile_round() {
-    let state = state();
+    let fake = FakeDataPath::default();
+    let counters = fake.counters.clone();
+    let state = Shared::new(Box::new(fake), Some(TOKEN.into()));
     Call::put(SVC, &service())
         .send(&state)
         .await
@@ -489,9 +491,28 @@ async fn dataplane_views_after_a_reconcile_round() {
             ("198.51.100.11:8080", "ServingTerminating")
         ]
     );
-    assert!(web["table_size"].is_u64());
+    // The table holds the ready backend only (a terminating one is a fallback for when no
+    // backend is ready): all its slots are the ready one's.
+    let table_size = web["table_size"].as_u64().unwrap();
+    assert!(table_size > 0, "{web}");
 
     // Per-backend state and counters; the name is percent-encoded in the path.
+    let stats = |packets, bytes, new_flows| lb_datapath::Stats {
+        packets,
+        bytes,
+        new_flows,
+    };
+    let name = "default/web:8080/TCP";
+    counters.set(
+        name,
+        "198.51.100.10:8080".parse().unwrap(),
+        stats(7, 700, 3),
+    );
+    counters.set(
+        name,
+        "198.51.100.11:8080".parse().unwrap(),
+        stats(2, 120, 1),
+    );
     let view = Call::get(&format!(
         "/sluice/v1/dataplane/services/{WEB_DP_NAME}/backends"
     ))
@@ -502,14 +523,32 @@ async fn dataplane_views_after_a_reconcile_round() {
     assert_eq!(view["service"], "default/web:8080/TCP");
     assert_eq!(
         view["totals"],
-        json!({"packets": 0, "bytes": 0, "new_flows": 0})
+        json!({"packets": 9, "bytes": 820, "new_flows": 4})
     );
-    let b = &view["backends"][0];
-    assert_eq!(b["addr"], "198.51.100.10:8080");
-    assert_eq!(b["state"], "Ready");
-    for counter in ["packets", "bytes", "new_flows", "slots"] {
-        assert_eq!(b[counter], 0, "{counter} in {view}");
-    }
+    let row = |i: usize| {
+        let b = &view["backends"][i];
+        (
+            b["addr"].as_str().unwrap().to_string(),
+            b["state"].as_str().unwrap().to_string(),
+            [&b["packets"], &b["bytes"], &b["new_flows"], &b["slots"]].map(|v| v.as_u64().unwrap()),
+        )
+    };
+    assert_eq!(
+        row(0),
+        (
+            "198.51.100.10:8080".into(),
+            "Ready".into(),
+            [7, 700, 3, table_size]
+        )
+    );
+    assert_eq!(
+        row(1),
+        (
+            "198.51.100.11:8080".into(),
+            "ServingTerminating".into(),
+            [2, 120, 1, 0]
+        )
+    );
     assert_eq!(view["backends"].as_array().unwrap().len(), 2);
     let unknown = Call::get("/sluice/v1/dataplane/services/default%2Fnope%3A80%2FTCP/backends")
         .send(&state)

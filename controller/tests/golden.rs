@@ -128,8 +128,10 @@ fn reconcile_applies_new_before_removing_and_reports_errors_without_stopping() {
         "types.yaml",
         &std::fs::read_to_string(golden_dir().join("types.yaml")).unwrap(),
     );
-    let mut fake = FakeDataPath::default();
-    fake.fail_on = Some("shop/web:metrics/TCP".into());
+    let fake = FakeDataPath {
+        fail_on: Some("shop/web:metrics/TCP".into()),
+        ..Default::default()
+    };
     let mut rec = Reconciler::new(fake);
     let round = reconcile(&mut store, &mut rec);
     assert_eq!(round.errors.len(), 1, "{round:?}");

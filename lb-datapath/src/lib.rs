@@ -3,11 +3,22 @@
 //! path reports ([`dump`]), its errors ([`error`]) and the [`DataPath`] trait the agent
 //! programs against. `lb-userspace` implements the trait on the real maps; the controller
 //! only ever sees this crate, so it builds and tests on stable Rust without bpf-linker or root.
+//!
+//! How a service is written into the maps is decided here too, without aya: [`program`]
+//! (the planner, the writer through the [`program::Maps`] trait, the bookkeeping, and the
+//! maps in memory), with the pure parts it builds on: [`maglev`] (the selection table),
+//! [`ids`] (service and backend ids, 0 never handed out), [`slots`] (where each table lives
+//! in the shared slot array) and [`addr`] (addresses as the maps hold them).
 
+pub mod addr;
 pub mod config;
 pub mod datapath;
 pub mod dump;
 pub mod error;
+pub mod ids;
+pub mod maglev;
+pub mod program;
+pub mod slots;
 pub mod spec;
 
 pub use config::{

@@ -483,7 +483,8 @@ impl Dataplane {
     /// Writes a `NODE_ADDRS` entry with its origin (`lb_common::node_addr_origin`).
     pub(crate) fn insert_node_address(&mut self, addr: IpAddr, origin: u32) -> Result<(), Error> {
         let cap = self.cfg.capacities.node_addresses;
-        self.maps
+        self.prog
+            .maps
             .node_addrs
             .insert(net_addr(addr), origin, 0)
             .map_err(|e| {
@@ -500,7 +501,7 @@ impl Dataplane {
     }
 
     pub fn remove_node_address(&mut self, addr: IpAddr) -> Result<(), Error> {
-        match self.maps.node_addrs.remove(&net_addr(addr)) {
+        match self.prog.maps.node_addrs.remove(&net_addr(addr)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(Error::map(names::NODE_ADDRS, "delete", e)),
         }
@@ -514,7 +515,8 @@ impl Dataplane {
     pub fn allow_redirect(&mut self, ifname: &str) -> Result<(), Error> {
         let idx = ifindex(ifname)?;
         let cap = self.cfg.capacities.redirect_ports;
-        self.maps
+        self.prog
+            .maps
             .tx_ports
             .insert(idx, idx, None, 0)
             .map_err(|e| match e {

@@ -5,10 +5,10 @@
 //!
 //! - `lb_datapath` (re-exported): the aya-free contract: capacities and tunables, service
 //!   specs, dumps, errors and the [`DataPath`] trait (implemented here for [`Dataplane`]);
-//! - [`maglev`]: the selection table of a service;
-//! - [`ids`]: service and backend id allocation (0 is never handed out);
-//! - [`slots`]: where each selection table lives in the shared slot array;
-//! - [`dataplane`]: [`Dataplane`], the owner of the maps, and the update order;
+//! - [`program`], [`maglev`], [`ids`], [`slots`] (re-exported from `lb_datapath`): the update
+//!   order, planned without aya, and the pure parts it builds on;
+//! - [`dataplane`]: [`Dataplane`], the owner of the maps: loading, adoption of pinned maps,
+//!   the kernel's side of `program::Maps`, inspection;
 //! - [`attach`]: XDP and TC attachment and the node's addresses;
 //! - [`ingress_mode`]: which program takes an interface's ingress (XDP or TC), and why;
 //! - `stale_link`: removing the other mode's pinned ingress link a previous run left;
@@ -20,7 +20,6 @@
 //! - [`pass`]: the stub XDP program for veth peers;
 //! - [`testrun`]: `BPF_PROG_TEST_RUN` access for packet tests and benchmarks.
 
-mod addr;
 pub mod addr_watch;
 pub mod attach;
 pub mod baseline;
@@ -28,10 +27,8 @@ mod bpf_sys;
 mod ct_gc;
 mod datapath;
 pub mod dataplane;
-pub mod ids;
 pub mod ingress_mode;
 pub mod inspect;
-pub mod maglev;
 mod maps;
 mod mmap;
 mod node_addresses;
@@ -39,13 +36,16 @@ mod node_sysctl;
 mod object;
 pub mod pass;
 pub mod pins;
-pub mod slots;
 mod source_ranges;
 mod stale_link;
 pub mod testrun;
 pub mod traffic;
 
 pub use baseline::BaselineProgram;
+// The pure parts of programming the maps live in `lb-datapath`; re-exported under their old
+// paths for the benchmarks and examples.
+use lb_datapath::addr;
+pub use lb_datapath::{ids, maglev, program, slots};
 // The origin bits of the node address table, for readers of `pinned_node_addresses`.
 pub use lb_common::node_addr_origin;
 pub use lb_datapath::datapath::{AddressChanges, AddressEvent, AddressSink, AddressWatch};

@@ -21,7 +21,9 @@ use crate::{
     mmap::MmapArray,
 };
 
-pub(crate) struct Maps {
+pub(crate) struct KernelMaps {
+    /// The sizes the maps were created with (for the errors of a full map).
+    pub capacities: Capacities,
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
     pub backends: Backends,
     pub slots: Slots,
@@ -89,15 +91,16 @@ fn take_mapped(ebpf: &mut Ebpf, name: &'static str) -> Result<(MapData, MmapArra
     }
 }
 
-impl Maps {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf, capacities: Capacities) -> Result<Self, Error> {
         let (backends_fd, backends) = take_mapped(ebpf, names::BACKENDS)?;
         let (slots_fd, slots) = take_mapped(ebpf, names::SLOTS)?;
         let (names_fd, service_names) = take_mapped(ebpf, names::SERVICE_NAMES)?;
         let (conntrack, ct_fd) = take_ct(ebpf, names::CONNTRACK)?;
         let (ct_syn, syn_fd) = take_ct(ebpf, names::CT_SYN)?;
         let (ct_other, other_fd) = take_ct(ebpf, names::CT_OTHER)?;
-        Ok(Maps {
+        Ok(KernelMaps {
+            capacities,
             services: take(ebpf, names::SERVICES)?,
             backends: Backends {
                 mem: backends,
@@ -127,7 +130,7 @@ impl Maps {
     }
 }
 
-impl Maps {
+impl KernelMaps {
     /// The GC's own handles of the conntrack maps.
     pub fn gc_tables(&self) -> std::io::Result<Vec<GcTable>> {
         self.ct_fds
@@ -172,11 +175,6 @@ impl Slots {
         for s in offset..offset + count {
             self.set(s, 0);
         }
-    }
-
-    /// The backend ids of `count` slots from `offset`.
-    pub fn range(&self, offset: u32, count: u32) -> impl Iterator<Item = u32> + '_ {
-        (offset..offset + count).map(|s| self.get(s))
     }
 }
 

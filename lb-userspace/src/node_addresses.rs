@@ -86,7 +86,7 @@ impl Dataplane {
 
     /// Every NodePort address with its origin bits, in address order.
     pub fn node_address_origins(&self) -> Result<BTreeMap<IpAddr, u32>, Error> {
-        read_origins(&self.maps.node_addrs)
+        read_origins(&self.prog.maps.node_addrs)
     }
 
     /// Gives `ip` the origin `bit` (`lb_common::node_addr_origin`), keeping its others.
@@ -114,7 +114,7 @@ impl Dataplane {
     }
 
     fn origin_of(&self, ip: IpAddr) -> Result<Option<u32>, Error> {
-        match self.maps.node_addrs.get(&net_addr(ip), 0) {
+        match self.prog.maps.node_addrs.get(&net_addr(ip), 0) {
             Ok(origin) => Ok(Some(origin)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(Error::map(names::NODE_ADDRS, "read", e)),

@@ -58,8 +58,8 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
         println!("\n=== tier: {tier:?} ===");
         let r = match tier {
             // Unprivileged: every crate's unit tests, the load generator against loopback
-            // servers, the agent's golden / HTTP API / health-check / incremental tests, and
-            // the cluster tier: the Kubernetes source against kube-mock's API server (and
+            // servers, the planner's write order (lb-datapath), the agent's golden / HTTP API /
+            // health-check / incremental tests, and the cluster tier: the Kubernetes source against kube-mock's API server (and
             // against a real one where KUBEBUILDER_ASSETS names kube-apiserver and etcd).
             Tier::Unit => cargo_test(&["--workspace", "--lib", "--bins"], &[]).and_then(|()| {
                 cargo_test(
@@ -70,6 +70,8 @@ pub fn run(tiers: &[Tier]) -> Result<()> {
                         "controller",
                         "-p",
                         "kube-mock",
+                        "-p",
+                        "lb-datapath",
                         "--test",
                         "*",
                     ],

@@ -40,6 +40,13 @@ impl IdAllocator {
         Some(id)
     }
 
+    /// The ids the next `n` calls of [`IdAllocator::allocate`] would hand out, without
+    /// handing them out (fewer if fewer are available). [`IdAllocator::reserve`] takes them.
+    pub fn peek(&self, n: usize) -> Vec<u32> {
+        let fresh = (self.next_fresh..=self.capacity).take(n.saturating_sub(self.free.len()));
+        self.free.iter().copied().take(n).chain(fresh).collect()
+    }
+
     /// Marks `id` as in use (restoring state); false if out of range.
     pub fn reserve(&mut self, id: u32) -> bool {
         if id == 0 || id > self.capacity {
@@ -69,6 +76,20 @@ impl IdAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peek_names_what_allocate_hands_out() {
+        let mut ids = IdAllocator::new(6);
+        for _ in 0..4 {
+            ids.allocate();
+        }
+        ids.release(2);
+        assert_eq!(ids.peek(3), vec![2, 5, 6]);
+        assert_eq!(ids.peek(9), vec![2, 5, 6]);
+        let handed: Vec<u32> = (0..3).map(|_| ids.allocate().unwrap()).collect();
+        assert_eq!(handed, vec![2, 5, 6]);
+        assert!(ids.peek(1).is_empty());
+    }
 
     #[test]
     fn ids_start_at_one_and_respect_capacity() {

@@ -31,6 +31,18 @@ impl SlotRanges {
         self.free.values().map(|&l| l as u64).sum()
     }
 
+    /// Where [`SlotRanges::allocate`] would put `len` slots, without taking them
+    /// ([`SlotRanges::reserve`] does).
+    pub fn find(&self, len: u32) -> Option<u32> {
+        if len == 0 {
+            return Some(0);
+        }
+        self.free
+            .iter()
+            .find(|&(_, &l)| l >= len)
+            .map(|(&off, _)| off)
+    }
+
     /// A free range of `len` slots (first fit), or `None` if no free range is that long.
     pub fn allocate(&mut self, len: u32) -> Option<u32> {
         if len == 0 {

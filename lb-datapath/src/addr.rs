@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use lb_common::NetAddr;
 
 /// The address a map key holds.
-pub(crate) fn ip_of(a: NetAddr) -> IpAddr {
+pub fn ip_of(a: NetAddr) -> IpAddr {
     let o = a.octets();
     if a.is_v4() {
         IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
@@ -16,7 +16,7 @@ pub(crate) fn ip_of(a: NetAddr) -> IpAddr {
 }
 
 /// The map key of an address.
-pub(crate) fn net_addr(ip: IpAddr) -> NetAddr {
+pub fn net_addr(ip: IpAddr) -> NetAddr {
     match ip {
         IpAddr::V4(v4) => NetAddr::from_v4_octets(v4.octets()),
         IpAddr::V6(v6) => NetAddr::from_v6_octets(v6.octets()),
