@@ -276,10 +276,11 @@ fn sluice_load_prints_a_json_report_or_a_summary() {
     );
 
     // Failures are the caller's to judge: still exit 0.
-    let closed = std::net::TcpListener::bind((LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port this test holds bound without listening (no other test can listen there), which
+    // the kernel refuses.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind((LOCALHOST, 0).into()).unwrap();
+    let closed = refusing.local_addr().unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_sluice-load"))
         .args([&closed.to_string(), "-n", "2"])
         .stdout(Stdio::null())

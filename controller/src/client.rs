@@ -2,105 +2,59 @@
 //! tables (or the JSON with `-o json`).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::http_client;
+
 /// GET `path` from the agent; the JSON body.
 pub fn get_json(api: SocketAddr, path: &str) -> anyhow::Result<Value> {
-    get_json_within(api, path, Duration::from_secs(3), Duration::from_secs(10))
+    get_json_within(api, path, Duration::from_secs(10))
 }
 
-/// [`get_json`] with its connect timeout and its timeout for each read and write.
-fn get_json_within(
-    api: SocketAddr,
-    path: &str,
-    connect: Duration,
-    io: Duration,
-) -> anyhow::Result<Value> {
-    let mut s = TcpStream::connect_timeout(&api, connect).with_context(|| {
-        format!("connecting to the sluice agent at {api} (is `sluice run` running? --api ADDR)")
+/// [`get_json`] with its timeout for connecting and for each read and write.
+fn get_json_within(api: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Value> {
+    let answer = http_client::get(api, path, timeout).map_err(|e| {
+        let what = if e.connected() {
+            format!("asking the sluice agent at {api} for {path}")
+        } else {
+            format!("connecting to the sluice agent at {api} (is `sluice run` running? --api ADDR)")
+        };
+        anyhow::Error::new(e).context(what)
     })?;
-    s.set_read_timeout(Some(io))?;
-    s.set_write_timeout(Some(io))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .context("reading the agent's answer")?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP answer")?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
+    let body = answer.text();
     let v: Value = serde_json::from_str(&body)
-        .with_context(|| format!("the agent answered {status} with: {body}"))?;
-    if status >= 400 {
+        .with_context(|| format!("the agent answered {} with: {body}", answer.status))?;
+    if answer.status >= 400 {
         bail!(
-            "{path}: HTTP {status}: {}",
+            "{path}: HTTP {}: {}",
+            answer.status,
             v.get("error").and_then(Value::as_str).unwrap_or(&body)
         );
     }
     Ok(v)
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Renders rows as an aligned table with a header.
+/// Renders rows as columns three spaces apart under a header, as kubectl prints them (its
+/// printer is Go's text/tabwriter; this is the same elastic-tabstop algorithm).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.len());
-        }
+    use std::io::Write as _;
+    let mut w = tabwriter::TabWriter::new(Vec::new()).padding(3).minwidth(0);
+    for cells in std::iter::once(header.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+        .chain(rows.iter().cloned())
+    {
+        // Tabs and line breaks inside a cell would start new columns or rows.
+        let cells: Vec<String> = cells.iter().map(|c| c.replace(['\t', '\n'], " ")).collect();
+        let _ = writeln!(w, "{}", cells.join("\t"));
     }
-    let line = |cells: Vec<&str>| -> String {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("   ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(header.to_vec()) + "\n";
-    for r in rows {
-        out += &(line(r.iter().map(String::as_str).collect()) + "\n");
-    }
-    out
+    let text = String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default();
+    text.lines()
+        .map(|l| l.trim_end().to_string() + "\n")
+        .collect()
 }
 
 fn s(v: &Value) -> String {
@@ -490,12 +444,8 @@ pub fn drain_wait_all(
 /// Why a peer gave no verdict, short: the cause, without the local agent's hints.
 fn no_answer(e: &anyhow::Error, timeout: Duration) -> String {
     let timed_out = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            )
-        })
+        c.downcast_ref::<http_client::Failure>()
+            .is_some_and(http_client::Failure::timed_out)
     });
     if timed_out {
         format!("no answer within {} ms", timeout.as_millis())
@@ -514,7 +464,7 @@ fn ask_peers(peers: &[crate::peers::Peer], path: &str, timeout: Duration) -> Vec
             let Some(peer) = peers.get(i) else {
                 return mine;
             };
-            let answer = get_json_within(peer.address, path, timeout, timeout)
+            let answer = get_json_within(peer.address, path, timeout)
                 .map(|v| EndpointVerdict::of(&v))
                 .map_err(|e| no_answer(&e, timeout));
             mine.push((i, answer));
@@ -531,4 +481,26 @@ fn ask_peers(peers: &[crate::peers::Peer], path: &str, timeout: Duration) -> Vec
     });
     answers.sort_by_key(|(i, _)| *i);
     answers.into_iter().map(|(_, a)| a).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_three_spaces_apart_without_trailing_spaces() {
+        let rows = vec![
+            vec!["web-5d8f7".to_string(), "1/1".to_string(), String::new()],
+            vec!["a".to_string(), "10/10".to_string(), "3m12s".to_string()],
+        ];
+        assert_eq!(
+            table(&["NAME", "READY", "AGE"], &rows),
+            "NAME        READY   AGE\n\
+             web-5d8f7   1/1\n\
+             a           10/10   3m12s\n"
+        );
+        // A tab or line break inside a cell stays inside its cell.
+        let odd = vec![vec!["a\tb".to_string(), "c\nd".to_string()]];
+        assert_eq!(table(&["X", "Y"], &odd), "X     Y\na b   c d\n");
+    }
 }

@@ -8,6 +8,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::http_client;
+
 /// The probe, in the shape of a Kubernetes `readinessProbe` (tcpSocket or httpGet).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -93,7 +95,7 @@ impl Probe {
                     .map(drop)
                     .map_err(|e| e.to_string())
             } else if let Some(h) = &self.http_get {
-                http_get(SocketAddr::new(ip, h.port), &h.path).await
+                http_get(SocketAddr::new(ip, h.port), &h.path, timeout).await
             } else {
                 Err("no probe".into())
             }
@@ -104,37 +106,28 @@ impl Probe {
     }
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-probe\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 32];
-    let mut n = 0;
-    while n < 12 {
-        let r = s.read(&mut head[n..]).await.map_err(|e| e.to_string())?;
-        if r == 0 {
-            return Err("connection closed before a status line".into());
-        }
-        n += r;
-    }
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code: u16 = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.get(2..5))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP status line: {line:?}"))?;
-    // As the kubelet: 200..=399 passes.
-    if (200..400).contains(&code) {
+/// An HTTP GET through the one HTTP client (blocking, so on the blocking pool), bounded by
+/// `timeout` for connecting and each read and write (the caller bounds the whole attempt).
+async fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    let path = path.to_string();
+    let answer = tokio::task::spawn_blocking(move || {
+        http_client::request(
+            addr,
+            "GET",
+            &path,
+            &[("User-Agent", "sluice-probe")],
+            None,
+            timeout,
+        )
+    })
+    .await
+    .map_err(|e| format!("probe task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    // As the kubelet: 200..=399 passes (a redirect is not followed).
+    if (200..400).contains(&answer.status) {
         Ok(())
     } else {
-        Err(format!("HTTP status {code}"))
+        Err(format!("HTTP status {}", answer.status))
     }
 }
 

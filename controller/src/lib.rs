@@ -25,6 +25,7 @@ pub mod fake;
 pub mod files;
 pub mod health;
 pub mod healthcheck;
+pub mod http_client;
 pub mod ipam;
 pub mod kube;
 pub mod memory;

@@ -177,26 +177,7 @@ impl Agent<'_> {
 
     /// GET on the agent's metrics listener, from inside the node namespace.
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let path = path.to_string();
-        self.lab
-            .node()
-            .enter(move || {
-                use std::io::{Read, Write};
-                let mut s = TcpStream::connect(METRICS).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                write!(
-                    s,
-                    "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
-                )
-                .ok()?;
-                let mut raw = String::new();
-                s.read_to_string(&mut raw).ok()?;
-                let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-                let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-                Some((status, body.unwrap_or_default()))
-            })
-            .ok()
-            .flatten()
+        common::agent_http(self.lab.node(), METRICS, "GET", path, &[], None)
     }
 
     fn metric(&self, series: &str) -> Option<f64> {

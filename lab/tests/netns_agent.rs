@@ -69,32 +69,18 @@ impl Agent<'_> {
         path: &str,
         body: Option<&str>,
     ) -> Option<(u16, String)> {
-        let (method, addr, path, body) = (
-            method.to_string(),
-            addr.to_string(),
-            path.to_string(),
-            body.map(str::to_string),
-        );
-        self.lab
-            .node()
-            .enter(move || {
-                use std::io::{Read, Write};
-                let mut s = std::net::TcpStream::connect(&addr).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                let body = body.unwrap_or_default();
-                write!(
-                    s,
-                    "{method} {path} HTTP/1.1\r\nHost: sluice\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .ok()?;
-                let mut raw = String::new();
-                s.read_to_string(&mut raw).ok()?;
-                let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-                Some((status, raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()))
-            })
-            .ok()
-            .flatten()
+        let auth = format!("Bearer {TOKEN}");
+        common::agent_http(
+            self.lab.node(),
+            addr,
+            method,
+            path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
     }
 
     fn get(&self, path: &str) -> Option<(u16, String)> {

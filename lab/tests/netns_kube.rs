@@ -248,27 +248,7 @@ impl<C: Cluster + Sync> World<'_, C> {
 
     /// `GET path` from inside the node namespace: (status, body).
     fn get(&self, addr: &str, path: &str) -> Option<(u16, String)> {
-        self.lab
-            .node()
-            .enter(|| {
-                use std::io::{Read, Write};
-                let addr: SocketAddr = addr.parse().ok()?;
-                let mut s =
-                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-                s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                write!(
-                    s,
-                    "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
-                )
-                .ok()?;
-                let mut raw = String::new();
-                s.read_to_string(&mut raw).ok()?;
-                let status = raw.split_whitespace().nth(1)?.parse().ok()?;
-                let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
-                Some((status, body.unwrap_or_default()))
-            })
-            .ok()
-            .flatten()
+        common::agent_http(self.lab.node(), addr, "GET", path, &[], None)
     }
 
     fn get_json(&self, path: &str) -> Option<Value> {

@@ -289,3 +289,43 @@ pub fn node_dataplane(
         })
         .expect("enter node")
 }
+
+/// An HTTP request to the agent from inside namespace `ns`, through the agent's own HTTP
+/// client: (status, body), `None` when no answer came (not listening yet, refused, cut).
+pub fn agent_http(
+    ns: &lab::Netns,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let addr: SocketAddr = addr.parse().expect("the agent's address");
+    let (method, path, body) = (
+        method.to_string(),
+        path.to_string(),
+        body.map(str::to_string),
+    );
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    ns.enter(move || {
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        controller::http_client::request(
+            addr,
+            &method,
+            &path,
+            &headers,
+            body.as_deref().map(str::as_bytes),
+            Duration::from_secs(5),
+        )
+        .ok()
+        .map(|r| (r.status, r.text()))
+    })
+    .ok()
+    .flatten()
+}
