@@ -35,7 +35,7 @@ fn dataplane_prefix() -> String {
     format!("{}/{APP}:", k8s::NAMESPACE)
 }
 
-type LoadHandle = JoinHandle<Result<Result<LoadReport, LoadError>>>;
+type LoadHandle = JoinHandle<lab::Result<Result<LoadReport, LoadError>>>;
 
 /// A background load: what it is, when it started, its thread.
 type BackgroundLoad = (&'static str, Instant, LoadHandle);

@@ -815,7 +815,7 @@ impl<'l> Cluster<'l> {
             .stdout(file.try_clone()?)
             .stderr(file)
             .process_group(0);
-        Process::spawn_with_stdio(cmd)
+        Ok(Process::spawn_with_stdio(cmd)?)
     }
 
     /// Starts a pod's termination.
@@ -869,7 +869,7 @@ impl<'l> Cluster<'l> {
 
     fn exited(&mut self, i: usize) -> Result<Option<ExitStatus>> {
         match self.pods[i].process.as_mut() {
-            Some(p) => p.try_wait(),
+            Some(p) => Ok(p.try_wait()?),
             None => Ok(None),
         }
     }

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 
-use anyhow::{Context as _, Result, bail};
+use crate::error::{Context as _, Error, Result};
 
 /// Renders a command line for error messages: program and arguments, space separated.
 pub(crate) fn display(cmd: &Command) -> String {
@@ -35,7 +35,11 @@ pub(crate) fn output(cmd: &mut Command) -> Result<String> {
         } else {
             stderr.trim().to_owned()
         };
-        bail!("`{line}` failed ({}): {detail}", out.status);
+        return Err(Error::CommandFailed {
+            command: line,
+            status: out.status,
+            detail,
+        });
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }

@@ -34,8 +34,10 @@ pub mod two_nodes;
 pub mod veth;
 
 mod cmd;
+pub mod error;
 
 pub use capture::Capture;
+pub use error::{Error, Result};
 pub use netns::Netns;
 pub use packet::{
     Ipv6Ext, MacAddr, PacketBuilder, ParsedPacket, TcpFlags, internet_checksum, verify_checksums,

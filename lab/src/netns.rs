@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use crate::error::{Context as _, Result, bail, ensure};
 use nix::sched::CloneFlags;
 
 use crate::cmd;

@@ -39,7 +39,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use crate::error::{Context as _, Error, Result, bail, ensure};
 
 use crate::netns::Netns;
 use crate::packet::MacAddr;
@@ -50,7 +50,12 @@ use crate::veth;
 /// interface, with the interface name; the returned guard keeps the program attached until it
 /// is dropped. With lb-userspace:
 /// `|ifname| Ok(Box::new(lb_userspace::PassProgram::attach(ifname)?) as Box<dyn Any + Send>)`.
-pub type XdpPassAttacher = dyn Fn(&str) -> Result<Box<dyn Any + Send>> + Send + Sync;
+/// What an attacher returns: the guard that keeps the program attached, or the caller's
+/// error (any error type: `?` converts it).
+pub type AttachResult =
+    std::result::Result<Box<dyn Any + Send>, Box<dyn std::error::Error + Send + Sync>>;
+
+pub type XdpPassAttacher = dyn Fn(&str) -> AttachResult + Send + Sync;
 
 /// Most pods a lab can have.
 pub const MAX_BACKENDS: usize = 64;
@@ -178,7 +183,7 @@ impl LabBuilder {
     /// docs. Its guards are dropped (inside their namespaces) before the namespaces go.
     pub fn xdp_pass_attacher<F>(mut self, attach: F) -> Self
     where
-        F: Fn(&str) -> Result<Box<dyn Any + Send>> + Send + Sync + 'static,
+        F: Fn(&str) -> AttachResult + Send + Sync + 'static,
     {
         self.attacher = Some(Arc::new(attach));
         self
@@ -373,12 +378,15 @@ impl Lab {
                 sides.extend((0..self.backends.len()).map(Side::Pod));
                 for side in sides {
                     let (ns, ifname) = self.side(side);
-                    let guard = ns.enter(|| attach(ifname))?.with_context(|| {
-                        format!(
-                            "cannot attach the pass XDP program to {ifname} in {}",
-                            ns.name()
-                        )
-                    })?;
+                    let guard = ns
+                        .enter(|| attach(ifname))?
+                        .map_err(|cause| Error::Failed {
+                            what: format!(
+                                "cannot attach the pass XDP program to {ifname} in {}",
+                                ns.name()
+                            ),
+                            cause,
+                        })?;
                     self.stubs
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

@@ -33,9 +33,15 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use anyhow::{Context, Result, ensure};
+use crate::error::{Context, Error, Result, ensure};
 
-use crate::{netns::Netns, packet::MacAddr, process::Process, topology::XdpPassAttacher, veth};
+use crate::{
+    netns::Netns,
+    packet::MacAddr,
+    process::Process,
+    topology::{AttachResult, XdpPassAttacher},
+    veth,
+};
 
 /// The client's address and its link.
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
@@ -119,7 +125,7 @@ impl TwoNodeLabBuilder {
     /// frames, not for `XDP_TX`).
     pub fn xdp_pass_attacher<F>(mut self, attach: F) -> Self
     where
-        F: Fn(&str) -> Result<Box<dyn Any + Send>> + Send + Sync + 'static,
+        F: Fn(&str) -> AttachResult + Send + Sync + 'static,
     {
         self.attacher = Some(Box::new(attach));
         self
@@ -297,12 +303,15 @@ impl TwoNodeLab {
             let (ns, ifname) = self.stub_side(side);
             match attacher {
                 Some(attach) => {
-                    let guard = ns.enter(|| attach(ifname))?.with_context(|| {
-                        format!(
-                            "cannot attach the pass XDP program to {ifname} in {}",
-                            ns.name()
-                        )
-                    })?;
+                    let guard = ns
+                        .enter(|| attach(ifname))?
+                        .map_err(|cause| Error::Failed {
+                            what: format!(
+                                "cannot attach the pass XDP program to {ifname} in {}",
+                                ns.name()
+                            ),
+                            cause,
+                        })?;
                     self.stubs
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

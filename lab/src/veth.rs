@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context as _, Result, ensure};
+use crate::error::{Context as _, Result, ensure};
 
 use crate::netns::Netns;
 use crate::packet::MacAddr;

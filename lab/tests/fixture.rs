@@ -272,7 +272,7 @@ fn build_failures_leave_nothing_behind() {
         .xdp_pass_attacher(move |ifname| {
             log.lock().unwrap().push(current_netns_name().unwrap());
             if ifname == "eth0" {
-                anyhow::bail!("no XDP for {ifname} today");
+                return Err(format!("no XDP for {ifname} today").into());
             }
             Ok(Box::new(()))
         })

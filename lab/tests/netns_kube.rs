@@ -460,8 +460,8 @@ fn start_agent(lab: &Lab, dir: &WorkDir, pins: &PinDir, node_name: &str) -> Proc
 /// Both background loads of one phase, against the NodePort from the client namespace.
 struct Loads {
     started: Instant,
-    keep_alive: JoinHandle<anyhow::Result<Report>>,
-    new_conn: JoinHandle<anyhow::Result<Report>>,
+    keep_alive: JoinHandle<lab::Result<Report>>,
+    new_conn: JoinHandle<lab::Result<Report>>,
 }
 
 fn start_loads(lab: &Lab, secs: u64, keep_alive_conns: usize) -> Loads {

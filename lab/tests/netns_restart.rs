@@ -123,7 +123,7 @@ fn setup(lab: &Lab, pins: &PinDir) -> PathBuf {
     path
 }
 
-fn loads(lab: &Lab, secs: u64) -> Vec<std::thread::JoinHandle<anyhow::Result<load::Report>>> {
+fn loads(lab: &Lab, secs: u64) -> Vec<std::thread::JoinHandle<lab::Result<load::Report>>> {
     // Both loads dial the same frontend: one client port reaching two frontends of a service
     // at once is the reply-tuple clash the README describes.
     [
@@ -143,7 +143,7 @@ fn loads(lab: &Lab, secs: u64) -> Vec<std::thread::JoinHandle<anyhow::Result<loa
     .collect()
 }
 
-fn finish(handles: Vec<std::thread::JoinHandle<anyhow::Result<load::Report>>>) {
+fn finish(handles: Vec<std::thread::JoinHandle<lab::Result<load::Report>>>) {
     for (what, h) in ["new connection", "keep-alive"].into_iter().zip(handles) {
         let r = h.join().unwrap().unwrap();
         println!("{what}: {r}");

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::{Result, bail, ensure};
+use crate::error::{Result, bail, ensure};
 
 use super::checksum::{Checksum, pseudo_header_v4, pseudo_header_v6};
 use super::{IPV4_HLEN, Ipv6Ext, MacAddr, TCP_HLEN, TcpFlags, UDP_HLEN, ethertype, proto};
@@ -477,8 +477,11 @@ impl PacketBuilder {
                 let len = UDP_HLEN + self.payload.len();
                 let len = match self.udp_length_override {
                     Some(len) => len,
-                    None => u16::try_from(len)
-                        .map_err(|_| anyhow::anyhow!("UDP length {len} does not fit 16 bits"))?,
+                    None => u16::try_from(len).map_err(|_| {
+                        crate::error::Error::Invalid(format!(
+                            "UDP length {len} does not fit 16 bits"
+                        ))
+                    })?,
                 };
                 seg.extend_from_slice(&sport.to_be_bytes());
                 seg.extend_from_slice(&dport.to_be_bytes());
@@ -559,15 +562,21 @@ impl PacketBuilder {
         let total = header_len + seg.len();
         let total_field = match self.ip_length_override {
             Some(len) => len,
-            None => u16::try_from(total)
-                .map_err(|_| anyhow::anyhow!("IPv4 total length {total} does not fit 16 bits"))?,
+            None => u16::try_from(total).map_err(|_| {
+                crate::error::Error::Invalid(format!(
+                    "IPv4 total length {total} does not fit 16 bits"
+                ))
+            })?,
         };
         if let Some(l4) = self.l4 {
             let pseudo = match l4 {
                 L4::Icmp { .. } => None,
                 _ => {
                     let len = u16::try_from(seg.len()).map_err(|_| {
-                        anyhow::anyhow!("IPv4 payload of {} bytes is too long", seg.len())
+                        crate::error::Error::Invalid(format!(
+                            "IPv4 payload of {} bytes is too long",
+                            seg.len()
+                        ))
                     })?;
                     Some(pseudo_header_v4(
                         src,
@@ -634,7 +643,10 @@ impl PacketBuilder {
                 L4::Icmp { .. } => None,
                 _ => {
                     let len = u32::try_from(seg.len()).map_err(|_| {
-                        anyhow::anyhow!("IPv6 payload of {} bytes is too long", seg.len())
+                        crate::error::Error::Invalid(format!(
+                            "IPv6 payload of {} bytes is too long",
+                            seg.len()
+                        ))
                     })?;
                     Some(pseudo_header_v6(
                         src,
@@ -650,9 +662,9 @@ impl PacketBuilder {
         let payload_field = match self.ip_length_override {
             Some(len) => len,
             None => u16::try_from(payload_len).map_err(|_| {
-                anyhow::anyhow!(
+                crate::error::Error::Invalid(format!(
                     "IPv6 payload length {payload_len} does not fit 16 bits (no jumbograms)"
-                )
+                ))
             })?,
         };
         ensure!(
@@ -725,7 +737,9 @@ fn encode_ext(out: &mut Vec<u8>, ext: &Ipv6Ext, next: u8) -> Result<()> {
     if !matches!(ext, Ipv6Ext::Fragment { .. }) {
         // Hdr Ext Len: length in 8-octet units, not counting the first 8 octets.
         out[start + 1] = u8::try_from(len / 8 - 1).map_err(|_| {
-            anyhow::anyhow!("IPv6 extension header of {len} bytes is too long (max 2048)")
+            crate::error::Error::Invalid(format!(
+                "IPv6 extension header of {len} bytes is too long (max 2048)"
+            ))
         })?;
     }
     Ok(())

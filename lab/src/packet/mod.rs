@@ -21,7 +21,7 @@ use std::fmt;
 use std::ops::{BitAnd, BitOr, BitOrAssign};
 use std::str::FromStr;
 
-use anyhow::{Context as _, bail};
+use crate::error::{Context as _, bail};
 
 pub use build::PacketBuilder;
 pub use checksum::internet_checksum;
@@ -114,7 +114,7 @@ impl fmt::Debug for MacAddr {
 }
 
 impl FromStr for MacAddr {
-    type Err = anyhow::Error;
+    type Err = crate::error::Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut out = [0u8; 6];

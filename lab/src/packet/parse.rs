@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use anyhow::{Result, bail, ensure};
+use crate::error::{Result, bail, ensure};
 
 use super::{
     ETH_HLEN, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, Ipv6Ext, MacAddr, TCP_HLEN, TcpFlags, UDP_HLEN,

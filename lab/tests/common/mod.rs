@@ -167,7 +167,7 @@ pub fn background_load(
     mode: ConnectionMode,
     concurrency: usize,
     secs: u64,
-) -> std::thread::JoinHandle<anyhow::Result<load::Report>> {
+) -> std::thread::JoinHandle<lab::Result<load::Report>> {
     let mut cfg = load::Config::new(target, LoadProtocol::http("/"));
     cfg.mode = mode;
     cfg.concurrency = concurrency;
