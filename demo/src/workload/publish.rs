@@ -148,3 +148,24 @@ impl Cluster<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_published_at_their_kubernetes_api_paths() {
+        assert_eq!(
+            ObjectKind::Service.path(APP),
+            "/api/v1/namespaces/default/services/kubernetes-bootcamp"
+        );
+        assert_eq!(
+            ObjectKind::EndpointSlice.path("kubernetes-bootcamp-j7852"),
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes-bootcamp-j7852"
+        );
+        assert_eq!(
+            ObjectKind::Deployment.path(APP),
+            "/apis/apps/v1/namespaces/default/deployments/kubernetes-bootcamp"
+        );
+    }
+}
