@@ -11,9 +11,10 @@
 //!
 //! Shutdown ([`Server::run`]'s future completes, e.g. on SIGTERM) drains gracefully: the
 //! connections the kernel already completed are accepted and the listener closes (new
-//! connections are refused from then on), every open connection answers its in-flight or next
-//! request with `Connection: close`, and the server waits up to the drain timeout (5 s by
-//! default) for connections to finish before closing the rest.
+//! connections are refused from then on; [`Server::listener_closed`] completes), every open
+//! connection answers its in-flight or next request with `Connection: close`, and the server
+//! waits up to the drain timeout (5 s by default) for connections to finish before closing
+//! the rest.
 //!
 //! Image versions: the tutorial's images `v1` and `v2` exist; any other version (the
 //! tutorial's `v10`) is an image that cannot start ([`image_exists`]).
@@ -159,6 +160,8 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     drain_timeout: Duration,
+    /// `true` once [`Server::run`] has closed the listener.
+    listener_closed: watch::Sender<bool>,
 }
 
 impl Server {
@@ -175,12 +178,23 @@ impl Server {
                 counts: Counts::default(),
             }),
             drain_timeout: cfg.drain_timeout,
+            listener_closed: watch::Sender::new(false),
         })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Completes once [`run`](Server::run) has closed the listener after `shutdown` (new
+    /// connections are refused from then on; open ones are still draining), or when the server
+    /// is dropped without getting there. Take it before `run`.
+    pub fn listener_closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closed = self.listener_closed.subscribe();
+        async move {
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
     }
 
     /// Serves until `shutdown` completes, then drains (see the module docs) and returns the
@@ -203,6 +217,8 @@ impl Server {
         {
             std::panic::resume_unwind(e.into_panic());
         }
+        // The accept loop owned the listener: it is closed now.
+        self.listener_closed.send_replace(true);
         let _ = tokio::time::timeout(self.drain_timeout, all_closed.recv()).await;
         phase_tx.send_replace(Phase::Stopped);
         let _ = tokio::time::timeout(STOP_GRACE, all_closed.recv()).await;
@@ -527,7 +543,7 @@ mod tests {
         ));
     }
 
-    /// One blocking request on a fresh connection; returns the raw answer.
+    /// One request on a fresh connection that the answer closes; returns the raw answer.
     async fn ask(addr: SocketAddr, request: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(request.as_bytes()).await.unwrap();
@@ -536,64 +552,132 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn serves_probes_counts_and_drains() {
-        let mut cfg = Config::new("pod-a", 2, 0);
+    /// One request on a kept connection; returns the raw answer (its head, then as many body
+    /// bytes as `Content-Length` says).
+    async fn ask_kept(s: &mut TcpStream, request: &str) -> String {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        loop {
+            if let Some(end) = head_end(&buf) {
+                let head = std::str::from_utf8(&buf[..end]).unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .expect("a Content-Length")
+                    .parse()
+                    .unwrap();
+                if buf.len() >= end + len {
+                    return String::from_utf8(buf[..end + len].to_vec()).unwrap();
+                }
+            }
+            let n = s.read_buf(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-answer: {}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+    }
+
+    fn stats_of(answer: &str) -> Stats {
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap()
+    }
+
+    /// The clock is paused: it moves only when the test advances it (a server serving a kept
+    /// connection sleeps on nothing, so nothing advances it for us), and the delay is counted
+    /// on that clock, so "1 ms before" and "at" the end of the startup delay are exact.
+    #[tokio::test(start_paused = true)]
+    async fn ready_answers_200_only_from_the_end_of_the_startup_delay() {
+        let mut cfg = Config::new("pod-a", 1, 0);
         cfg.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let delay = Duration::from_millis(200);
         cfg.startup_delay = delay;
         let server = Server::bind(&cfg).await.unwrap();
-        // The startup delay runs from `run`, so from after this instant.
-        let bound = std::time::Instant::now();
         let addr = server.local_addr().unwrap();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(server.run(async {
             let _ = stop_rx.await;
         }));
 
-        // `/ready` until it says 200 (each ask is one connection and one request): never 200
-        // before the delay is over, and 503 for an answer that came before then.
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        let ready = "GET /ready HTTP/1.1\r\n\r\n";
+        let starting = ask_kept(&mut probe, ready).await;
+        assert!(
+            starting.starts_with("HTTP/1.1 503") && starting.ends_with("\r\n\r\nstarting\n"),
+            "{starting}"
+        );
+        tokio::time::advance(delay - Duration::from_millis(1)).await;
+        let still = ask_kept(&mut probe, ready).await;
+        assert!(
+            still.starts_with("HTTP/1.1 503"),
+            "1 ms before the delay: {still}"
+        );
+        let stats = stats_of(&ask_kept(&mut probe, "GET /stats HTTP/1.1\r\n\r\n").await);
+        assert!(!stats.ready && !stats.terminating, "{stats:?}");
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let now = ask_kept(&mut probe, ready).await;
+        assert!(
+            now.starts_with("HTTP/1.1 200") && now.ends_with("\r\n\r\nready\n"),
+            "at the end of the delay: {now}"
+        );
+        let stats = stats_of(&ask_kept(&mut probe, "GET /stats HTTP/1.1\r\n\r\n").await);
+        // One connection (the probe's), five requests (this one included).
+        assert_eq!(
+            (stats.ready, stats.connections_accepted, stats.requests),
+            (true, 1, 5),
+            "{stats:?}"
+        );
+
+        drop(probe);
+        stop_tx.send(()).unwrap();
+        let last = run.await.unwrap();
+        assert_eq!((last.connections_accepted, last.requests), (1, 5));
+    }
+
+    #[tokio::test]
+    async fn serves_counts_and_drains() {
+        let mut cfg = Config::new("pod-a", 2, 0);
+        cfg.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        // Long enough that the drain never ends by its timeout while the test still uses the
+        // kept connection: it ends when that connection closes.
+        cfg.drain_timeout = Duration::from_secs(60);
+        let server = Server::bind(&cfg).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let listener_closed = server.listener_closed();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(server.run(async {
+            let _ = stop_rx.await;
+        }));
+
+        // No startup delay: ready at once. Each `ask` is one connection and one request.
         let close = "Connection: close\r\n\r\n";
-        let mut probes = 0;
-        loop {
-            let answer = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
-            probes += 1;
-            let at = bound.elapsed();
-            if answer.starts_with("HTTP/1.1 200") {
-                assert!(
-                    at >= delay,
-                    "ready after {at:?}, before the {delay:?} delay"
-                );
-                break;
-            }
-            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-            assert!(at < Duration::from_secs(10), "never ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let ready = ask(addr, &format!("GET /ready HTTP/1.1\r\n{close}")).await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
         let hello = ask(addr, &format!("GET / HTTP/1.1\r\n{close}")).await;
         assert!(hello.ends_with("Running on: pod-a | v=2\n"), "{hello}");
 
         // A keep-alive connection answers, then gets `Connection: close` once draining.
         let mut kept = TcpStream::connect(addr).await.unwrap();
-        kept.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut buf = vec![0; 4096];
-        let n = kept.read(&mut buf).await.unwrap();
-        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
-        assert!(!first.contains("Connection: close"), "{first}");
+        let first = ask_kept(&mut kept, "GET / HTTP/1.1\r\n\r\n").await;
+        assert!(
+            first.starts_with("HTTP/1.1 200") && !first.contains("Connection: close"),
+            "{first}"
+        );
 
-        let stats = ask(addr, &format!("GET /stats HTTP/1.1\r\n{close}")).await;
-        let body = stats.split_once("\r\n\r\n").unwrap().1;
-        let stats: Stats = serde_json::from_str(body).unwrap();
-        // The probes, the greeting, the kept connection and this one.
+        let stats = stats_of(&ask(addr, &format!("GET /stats HTTP/1.1\r\n{close}")).await);
+        // The probe, the greeting, the kept connection and this one.
         assert_eq!(
             (stats.connections_accepted, stats.requests),
-            (probes + 3, probes + 3),
+            (4, 4),
             "{stats:?}"
         );
         assert!(stats.ready && !stats.terminating);
 
         stop_tx.send(()).unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::timeout(Duration::from_secs(10), listener_closed)
+            .await
+            .expect("the listener closes once the drain begins");
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "new connections are refused"
@@ -605,11 +689,12 @@ mod tests {
             rest.contains("Connection: close") && rest.ends_with("v=2\n"),
             "{rest}"
         );
-        let last = run.await.unwrap();
-        assert_eq!(
-            (last.connections_accepted, last.requests),
-            (probes + 3, probes + 4)
-        );
+        drop(kept);
+        let last = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the drain ends once the kept connection is closed")
+            .unwrap();
+        assert_eq!((last.connections_accepted, last.requests), (4, 5));
         assert!(last.terminating);
     }
 }

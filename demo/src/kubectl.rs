@@ -1,5 +1,7 @@
 //! What `kubectl` would print for the lab's objects: the tables of `get deployments`,
-//! `get pods`, `get rs` and `get services`, with kubectl's column names and age format.
+//! `get pods`, `get rs` and `get services`, with kubectl's column names and age format. The
+//! rows are the workload driver's views (`workload/views.rs`: [`PodView`],
+//! [`ReplicaSetView`], [`ServiceView`], and [`DeploymentView`] as published).
 
 use std::time::Duration;
 

@@ -358,7 +358,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         max_unavailable: 1,
         progress_deadline: opts.progress_deadline,
     };
-    let mut cluster = Cluster::new(&lab, &client, driver);
+    let mut cluster = Cluster::new(&lab, &client, &client, driver);
     let mut story = story::Story::new(opts, &lab, &client, &mut cluster, pin.clone());
     let played = story.play();
     let interrupted = interrupt::interrupted();
