@@ -1,4 +1,5 @@
-//! Minimal HTTP/1.1 message parsing shared by the load generator's client and by lab-server.
+//! Minimal HTTP/1.1 message parsing shared by the load generator's client and by the lab's
+//! servers ([`crate::serve`]).
 //!
 //! Only what the two need: finding the end of a message head, the start line, and the headers
 //! that decide message framing (`Content-Length`, `Transfer-Encoding`) and connection
@@ -64,6 +65,8 @@ pub(crate) struct ResponseHead {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RequestHead<'a> {
     pub(crate) method: &'a [u8],
+    /// The request target as sent (path and query).
+    pub(crate) target: &'a [u8],
     /// The client wants the connection kept open after the response.
     pub(crate) persistent: bool,
     pub(crate) framing: Framing,
@@ -111,6 +114,7 @@ pub(crate) fn parse_request_head(head: &[u8]) -> Result<RequestHead<'_>, Malform
     let framing = parse_headers(headers)?;
     Ok(RequestHead {
         method,
+        target,
         persistent: framing.persistent(minor),
         framing,
     })

@@ -13,6 +13,8 @@
 //! - [`output`]: where benchmarks write their JSON (`target/bench/<name>.json`).
 //! - [`lifecycle`]: the serving / draining / stopped lifecycle shared with the demo's
 //!   bootcamp pods.
+//! - [`serve`]: the HTTP/1.1 server (framing, keep-alive, the drain) that `lab-server` and
+//!   the demo's bootcamp pods share; each says only what it answers.
 
 pub mod chart;
 pub mod compare;
@@ -25,3 +27,4 @@ pub mod stats;
 
 mod http;
 mod secs;
+pub mod serve;

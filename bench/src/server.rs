@@ -26,7 +26,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::http;
+use crate::serve::{self, Answer, Request, response};
+use std::borrow::Cow;
 
 /// How long a draining server waits for open connections by default.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,8 +37,6 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// under the response.
 /// After the drain, how long connection tasks get to notice the stop.
 const STOP_GRACE: Duration = Duration::from_secs(1);
-/// Largest request body (discarded) the HTTP server accepts.
-const MAX_REQUEST_BODY: usize = 1024 * 1024;
 const TCP_CHUNK: usize = 16 * 1024;
 const MAX_DATAGRAM: usize = 64 * 1024;
 
@@ -151,11 +150,12 @@ struct Answers {
 impl Answers {
     fn new(name: &str) -> Self {
         let body = format!("{name}\n");
-        let get = |close| http_response("200 OK", "", body.as_bytes(), true, close);
-        let head = |close| http_response("200 OK", "", body.as_bytes(), false, close);
+        let get = |close| response("200 OK", "text/plain", "", body.as_bytes(), true, close);
+        let head = |close| response("200 OK", "text/plain", "", body.as_bytes(), false, close);
         let not_allowed = |close| {
-            http_response(
+            response(
                 "405 Method Not Allowed",
+                "text/plain",
                 "Allow: GET, HEAD\r\n",
                 b"method not allowed\n",
                 true,
@@ -172,44 +172,20 @@ impl Answers {
             prefix: format!("{name}:").into_bytes(),
         }
     }
-
-    fn http(&self, method: Method, close: bool) -> &[u8] {
-        match (method, close) {
-            (Method::Get, false) => &self.get,
-            (Method::Get, true) => &self.get_close,
-            (Method::Head, false) => &self.head,
-            (Method::Head, true) => &self.head_close,
-            (Method::Other, false) => &self.not_allowed,
-            (Method::Other, true) => &self.not_allowed_close,
-        }
-    }
 }
 
-fn http_response(
-    status: &str,
-    extra_headers: &str,
-    body: &[u8],
-    with_body: bool,
-    close: bool,
-) -> Vec<u8> {
-    let connection = if close { "Connection: close\r\n" } else { "" };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         {extra_headers}{connection}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if with_body {
-        response.extend_from_slice(body);
+/// Any path: the name; prebuilt, so an answer is one write.
+impl Answer for Answers {
+    fn answer(&self, request: &Request<'_>, _phase: Phase, close: bool) -> Cow<'_, [u8]> {
+        Cow::Borrowed(match (request.method, close) {
+            (b"GET", false) => &self.get,
+            (b"GET", true) => &self.get_close,
+            (b"HEAD", false) => &self.head,
+            (b"HEAD", true) => &self.head_close,
+            (_, false) => &self.not_allowed,
+            (_, true) => &self.not_allowed_close,
+        })
     }
-    response
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Method {
-    Get,
-    Head,
-    Other,
 }
 
 /// What serving tasks share.
@@ -363,136 +339,26 @@ async fn accept_loop(
     listener: TcpListener,
     kind: Stream,
     ctx: Arc<Context>,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     open: mpsc::Sender<()>,
 ) {
-    loop {
-        tokio::select! {
-            biased;
-            () = reached(&mut phase, Phase::Draining) => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let (ctx, phase, open) = (Arc::clone(&ctx), phase.clone(), open.clone());
-                    match kind {
-                        Stream::Http => {
-                            ctx.counts.http_connections.fetch_add(1, Ordering::Relaxed);
-                            tokio::spawn(serve_http(stream, ctx, phase, open));
-                        }
-                        Stream::Tcp => {
-                            ctx.counts.tcp_connections.fetch_add(1, Ordering::Relaxed);
-                            tokio::spawn(serve_tcp(stream, ctx, phase, open));
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Out of descriptors or memory, or an aborted handshake: keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-        }
-    }
-}
-
-/// What the buffered bytes of an HTTP connection hold.
-enum Step {
-    /// A complete request of `consumed` bytes (head and body).
-    Request {
-        method: Method,
-        persistent: bool,
-        consumed: usize,
-    },
-    NeedMore,
-    /// An unacceptable request: answer with this status and close.
-    Reject(&'static str),
-}
-
-fn next_request(buf: &[u8], scanned: &mut usize) -> Step {
-    let Some(end) = http::head_end(buf, *scanned) else {
-        if buf.len() > http::MAX_HEAD {
-            return Step::Reject("431 Request Header Fields Too Large");
-        }
-        *scanned = buf.len().saturating_sub(3);
-        return Step::NeedMore;
-    };
-    let Ok(request) = http::parse_request_head(&buf[..end]) else {
-        return Step::Reject("400 Bad Request");
-    };
-    if request.framing.transfer_encoding {
-        return Step::Reject("501 Not Implemented");
-    }
-    let body = request.framing.content_length.unwrap_or(0);
-    if body > MAX_REQUEST_BODY {
-        return Step::Reject("413 Content Too Large");
-    }
-    if buf.len() < end + body {
-        return Step::NeedMore;
-    }
-    let method = match request.method {
-        b"GET" => Method::Get,
-        b"HEAD" => Method::Head,
-        _ => Method::Other,
-    };
-    Step::Request {
-        method,
-        persistent: request.persistent,
-        consumed: end + body,
-    }
-}
-
-async fn serve_http(
-    mut stream: TcpStream,
-    ctx: Arc<Context>,
-    mut phase: watch::Receiver<Phase>,
-    _open: mpsc::Sender<()>,
-) {
-    let mut buf = Vec::with_capacity(4096);
-    let mut scanned = 0;
-    loop {
-        match next_request(&buf, &mut scanned) {
-            Step::Request {
-                method,
-                persistent,
-                consumed,
-            } => {
-                ctx.counts.http_requests.fetch_add(1, Ordering::Relaxed);
-                let close = !persistent || *phase.borrow() != Phase::Serving;
-                if stream
-                    .write_all(ctx.answers.http(method, close))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if close {
-                    linger_close(&mut stream, &mut phase).await;
-                    return;
-                }
-                buf.drain(..consumed);
-                scanned = 0;
+    serve::accept(listener, phase.clone(), |stream| {
+        let (ctx, phase, open) = (Arc::clone(&ctx), phase.clone(), open.clone());
+        match kind {
+            Stream::Http => {
+                ctx.counts.http_connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    serve::connection(stream, &ctx.answers, &ctx.counts.http_requests, phase).await;
+                    drop(open);
+                });
             }
-            Step::Reject(status) => {
-                let answer = http_response(status, "", b"", false, true);
-                if stream.write_all(&answer).await.is_ok() {
-                    linger_close(&mut stream, &mut phase).await;
-                }
-                return;
-            }
-            Step::NeedMore => {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(4096);
-                }
-                tokio::select! {
-                    read = stream.read_buf(&mut buf) => match read {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    },
-                    () = reached(&mut phase, Phase::Stopped) => return,
-                }
+            Stream::Tcp => {
+                ctx.counts.tcp_connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(serve_tcp(stream, ctx, phase, open));
             }
         }
-    }
+    })
+    .await;
 }
 
 async fn serve_tcp(
@@ -560,58 +426,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_framed() {
-        let mut scanned = 0;
-        assert!(matches!(
-            next_request(b"GET / HTTP/1.1\r\n", &mut scanned),
-            Step::NeedMore
-        ));
-        let buf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /";
-        assert!(matches!(
-            next_request(buf, &mut 0),
-            Step::Request {
-                method: Method::Get,
-                persistent: true,
-                consumed: 27
-            }
-        ));
-        let buf = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab";
-        assert!(matches!(next_request(buf, &mut 0), Step::NeedMore));
-        let buf = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd";
-        assert!(matches!(
-            next_request(buf, &mut 0),
-            Step::Request {
-                method: Method::Other,
-                consumed: 42,
-                ..
-            }
-        ));
-        let buf = b"GET / HTTP/1.0\r\n\r\n";
-        assert!(matches!(
-            next_request(buf, &mut 0),
-            Step::Request {
-                persistent: false,
-                ..
-            }
-        ));
-        assert!(matches!(
-            next_request(b"nonsense\r\n\r\n", &mut 0),
-            Step::Reject(_)
-        ));
-        let buf = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert!(matches!(next_request(buf, &mut 0), Step::Reject(_)));
-    }
-
-    #[test]
     fn answers_carry_the_name_and_length() {
         let answers = Answers::new("pod-a");
+        let http = |method: &[u8], close| {
+            let request = Request {
+                method,
+                target: b"/any",
+            };
+            answers.answer(&request, Phase::Serving, close).into_owned()
+        };
         assert_eq!(
-            answers.http(Method::Get, false),
+            http(b"GET", false),
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\npod-a\n"
         );
-        let close = String::from_utf8_lossy(answers.http(Method::Get, true)).into_owned();
+        let close = String::from_utf8(http(b"GET", true)).unwrap();
         assert!(close.contains("\r\nConnection: close\r\n") && close.ends_with("\r\n\r\npod-a\n"));
-        assert!(answers.http(Method::Head, false).ends_with(b"\r\n\r\n"));
+        assert!(http(b"HEAD", false).ends_with(b"\r\n\r\n"));
+        let other = String::from_utf8(http(b"DELETE", false)).unwrap();
+        assert!(other.starts_with("HTTP/1.1 405 ") && other.contains("\r\nAllow: GET, HEAD\r\n"));
         assert_eq!(answers.prefix, b"pod-a:");
     }
 }

@@ -19,7 +19,9 @@
 //! Image versions: the tutorial's images `v1` and `v2` exist; any other version (the
 //! tutorial's `v10`) is an image that cannot start ([`image_exists`]).
 
-use bench::lifecycle::{Phase, linger_close, reached};
+use bench::lifecycle::Phase;
+use bench::serve::{self, Answer, Request, response};
+use std::borrow::Cow;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -28,8 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -42,12 +43,6 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The image versions that exist (the tutorial's `v1` and `v2`).
 pub const EXISTING_VERSIONS: [u32; 2] = [1, 2];
 
-/// Largest request head accepted (`431` above).
-const MAX_HEAD: usize = 16 * 1024;
-/// Largest request body accepted and discarded (`413` above).
-const MAX_BODY: usize = 1024 * 1024;
-/// After a final answer, how long the server keeps reading what the client still sends, so
-/// that closing does not reset the connection under the answer.
 /// After the drain, how long connection tasks get to notice the stop.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -229,264 +224,68 @@ impl Server {
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     open: mpsc::Sender<()>,
 ) {
-    loop {
-        tokio::select! {
-            biased;
-            () = reached(&mut phase, Phase::Draining) => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_connection(stream, &shared, &phase, &open),
-                Err(e) => {
-                    // Out of descriptors or memory, or an aborted handshake: keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-        }
-    }
-    // Connections whose handshake the kernel completed before the drain began are in the
-    // accept queue: closing the listener would reset them. Accept and serve them (each
-    // answers once, with `Connection: close`), then close the listener.
-    loop {
-        tokio::select! {
-            biased;
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => spawn_connection(stream, &shared, &phase, &open),
-                Err(_) => break,
-            },
-            () = std::future::ready(()) => break,
-        }
-    }
-}
-
-fn spawn_connection(
-    stream: TcpStream,
-    shared: &Arc<Shared>,
-    phase: &watch::Receiver<Phase>,
-    open: &mpsc::Sender<()>,
-) {
-    shared.counts.connections.fetch_add(1, Ordering::Relaxed);
-    let _ = stream.set_nodelay(true);
-    tokio::spawn(serve_connection(
-        stream,
-        Arc::clone(shared),
-        phase.clone(),
-        open.clone(),
-    ));
-}
-
-/// A parsed request head.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Request {
-    method: Method,
-    path: String,
-    /// The client allows the connection to stay open after the answer.
-    persistent: bool,
-    /// Length of head and body.
-    consumed: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Method {
-    Get,
-    Head,
-    Other,
-}
-
-/// What the buffered bytes of a connection hold.
-#[derive(Debug, PartialEq, Eq)]
-enum Parsed {
-    Request(Request),
-    NeedMore,
-    /// An unacceptable request: answer with this status and close.
-    Reject(&'static str),
-}
-
-fn head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
-}
-
-fn parse_request(buf: &[u8]) -> Parsed {
-    let Some(end) = head_end(buf) else {
-        return if buf.len() > MAX_HEAD {
-            Parsed::Reject("431 Request Header Fields Too Large")
-        } else {
-            Parsed::NeedMore
-        };
-    };
-    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
-        return Parsed::Reject("400 Bad Request");
-    };
-    let mut lines = head.split("\r\n");
-    let mut parts = lines.next().unwrap_or_default().split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Parsed::Reject("400 Bad Request");
-    };
-    let http11 = match version {
-        "HTTP/1.1" => true,
-        "HTTP/1.0" => false,
-        _ => return Parsed::Reject("505 HTTP Version Not Supported"),
-    };
-    let mut persistent = http11;
-    let mut body = 0;
-    for line in lines.filter(|l| !l.is_empty()) {
-        let Some((name, value)) = line.split_once(':') else {
-            return Parsed::Reject("400 Bad Request");
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    persistent = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
-                    persistent = true;
-                }
-            }
-        } else if name.eq_ignore_ascii_case("content-length") {
-            match value.parse::<usize>() {
-                Ok(n) if n <= MAX_BODY => body = n,
-                Ok(_) => return Parsed::Reject("413 Content Too Large"),
-                Err(_) => return Parsed::Reject("400 Bad Request"),
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Reject("501 Not Implemented");
-        }
-    }
-    if buf.len() < end + body {
-        return Parsed::NeedMore;
-    }
-    let method = match method {
-        "GET" => Method::Get,
-        "HEAD" => Method::Head,
-        _ => Method::Other,
-    };
-    Parsed::Request(Request {
-        method,
-        path: path.to_owned(),
-        persistent,
-        consumed: end + body,
+    serve::accept(listener, phase.clone(), |stream| {
+        shared.counts.connections.fetch_add(1, Ordering::Relaxed);
+        let (shared, phase, open) = (Arc::clone(&shared), phase.clone(), open.clone());
+        tokio::spawn(async move {
+            serve::connection(stream, &*shared, &shared.counts.requests, phase).await;
+            drop(open);
+        });
     })
+    .await;
 }
 
-fn response(
-    status: &str,
-    content_type: &str,
-    body: &[u8],
-    with_body: bool,
-    close: bool,
-) -> Vec<u8> {
-    let connection = if close { "Connection: close\r\n" } else { "" };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         {connection}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if with_body {
-        out.extend_from_slice(body);
-    }
-    out
-}
-
-/// The answer to one request.
-fn answer(shared: &Shared, phase: Phase, request: &Request, close: bool) -> Vec<u8> {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let with_body = request.method == Method::Get;
-    if request.method == Method::Other {
-        return response(
-            "405 Method Not Allowed",
-            TEXT,
-            b"method not allowed\n",
-            true,
-            close,
-        );
-    }
-    let path = request.path.split('?').next().unwrap_or_default();
-    match path {
-        "/" => response("200 OK", TEXT, shared.greeting.as_bytes(), with_body, close),
-        "/ready" => {
-            if shared.is_ready(phase) {
-                response("200 OK", TEXT, b"ready\n", with_body, close)
-            } else if phase == Phase::Serving {
-                response(
-                    "503 Service Unavailable",
+/// The routes: the greeting, the readiness probe, the counters.
+impl Answer for Shared {
+    fn answer(&self, request: &Request<'_>, phase: Phase, close: bool) -> Cow<'_, [u8]> {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        let with_body = match request.method {
+            b"GET" => true,
+            b"HEAD" => false,
+            _ => {
+                return Cow::Owned(response(
+                    "405 Method Not Allowed",
                     TEXT,
-                    b"starting\n",
-                    with_body,
+                    "",
+                    b"method not allowed\n",
+                    true,
                     close,
-                )
-            } else {
-                response(
-                    "503 Service Unavailable",
-                    TEXT,
-                    b"terminating\n",
-                    with_body,
-                    close,
-                )
+                ));
             }
-        }
-        "/stats" => {
-            let mut body = serde_json::to_vec(&shared.stats(phase)).unwrap_or_default();
-            body.push(b'\n');
-            response("200 OK", "application/json", &body, with_body, close)
-        }
-        _ => response("404 Not Found", TEXT, b"not found\n", with_body, close),
-    }
-}
-
-async fn serve_connection(
-    mut stream: TcpStream,
-    shared: Arc<Shared>,
-    mut phase: watch::Receiver<Phase>,
-    _open: mpsc::Sender<()>,
-) {
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        match parse_request(&buf) {
-            Parsed::Request(request) => {
-                shared.counts.requests.fetch_add(1, Ordering::Relaxed);
-                let now = *phase.borrow();
-                let close = !request.persistent || now != Phase::Serving;
-                let out = answer(&shared, now, &request, close);
-                if stream.write_all(&out).await.is_err() {
-                    return;
-                }
-                if close {
-                    linger_close(&mut stream, &mut phase).await;
-                    return;
-                }
-                buf.drain(..request.consumed);
+        };
+        let answer = |status, content_type, body: &[u8]| {
+            Cow::Owned(response(status, content_type, "", body, with_body, close))
+        };
+        match request.path() {
+            "/" => answer("200 OK", TEXT, self.greeting.as_bytes()),
+            "/ready" if self.is_ready(phase) => answer("200 OK", TEXT, b"ready\n"),
+            "/ready" if phase == Phase::Serving => {
+                answer("503 Service Unavailable", TEXT, b"starting\n")
             }
-            Parsed::Reject(status) => {
-                let out = response(status, "text/plain; charset=utf-8", b"", false, true);
-                if stream.write_all(&out).await.is_ok() {
-                    linger_close(&mut stream, &mut phase).await;
-                }
-                return;
+            "/ready" => answer("503 Service Unavailable", TEXT, b"terminating\n"),
+            "/stats" => {
+                let mut body = serde_json::to_vec(&self.stats(phase)).unwrap_or_default();
+                body.push(b'\n');
+                answer("200 OK", "application/json", &body)
             }
-            Parsed::NeedMore => {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(4096);
-                }
-                tokio::select! {
-                    read = stream.read_buf(&mut buf) => match read {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    },
-                    () = reached(&mut phase, Phase::Stopped) => return,
-                }
-            }
+            _ => answer("404 Not Found", TEXT, b"not found\n"),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
     use super::*;
+
+    fn head_end(buf: &[u8]) -> Option<usize> {
+        buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+    }
 
     #[test]
     fn versions_and_greetings() {
@@ -503,44 +302,6 @@ mod tests {
             Some(("kubernetes-bootcamp-9bc58d867-j7852", 1))
         );
         assert_eq!(parse_greeting("pod0"), None);
-    }
-
-    #[test]
-    fn requests_are_framed() {
-        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n"), Parsed::NeedMore);
-        let Parsed::Request(r) = parse_request(b"GET /ready HTTP/1.1\r\nHost: a\r\n\r\nGET") else {
-            panic!("a request")
-        };
-        assert_eq!(
-            (r.method, r.path.as_str(), r.persistent, r.consumed),
-            (Method::Get, "/ready", true, 32)
-        );
-        let Parsed::Request(r) = parse_request(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
-        else {
-            panic!("a request")
-        };
-        assert!(!r.persistent);
-        let Parsed::Request(r) = parse_request(b"GET / HTTP/1.0\r\n\r\n") else {
-            panic!("a request")
-        };
-        assert!(!r.persistent);
-        let Parsed::Request(r) = parse_request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-        else {
-            panic!("a request")
-        };
-        assert!(r.persistent);
-        assert_eq!(
-            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
-            Parsed::NeedMore
-        );
-        assert!(matches!(
-            parse_request(b"nonsense\r\n\r\n"),
-            Parsed::Reject(_)
-        ));
-        assert!(matches!(
-            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            Parsed::Reject(_)
-        ));
     }
 
     /// One request on a fresh connection that the answer closes; returns the raw answer.

@@ -18,29 +18,11 @@ pub fn age(d: Duration) -> String {
     }
 }
 
-/// Aligned columns, three spaces apart, as kubectl prints them.
+/// Aligned columns, three spaces apart, as kubectl prints them: the `sluice` CLI's table
+/// ([`controller::client::table`]), without the final line break.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect::<Vec<_>>()
-            .join("   ")
-            .trim_end()
-            .to_owned()
-    };
-    let mut out = line(header.to_vec());
-    for row in rows {
-        out.push('\n');
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
+    let mut out = controller::client::table(header, rows);
+    out.truncate(out.trim_end_matches('\n').len());
     out
 }
 
