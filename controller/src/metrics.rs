@@ -40,7 +40,7 @@ pub const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Installs the global recorder (once per process) and returns the handle that renders it.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let buckets = [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];

@@ -2,7 +2,6 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context as _, bail};
 use ipnet::IpNet;
 use serde::Deserialize;
 
@@ -44,29 +43,42 @@ impl Default for IpamConfig {
     }
 }
 
+/// A setting of `ipam` the agent cannot use; the text names the setting and what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidIpam(pub String);
+
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err(InvalidIpam(format!($($arg)*)))
+    };
+}
+
 /// The `spec.loadBalancerClass` sluice answers to by default.
 pub const DEFAULT_CLASS: &str = "sluice.dev/lb";
 
 impl IpamConfig {
     /// The pools, parsed; errors name the bad entry.
-    pub fn parse_pools(&self) -> anyhow::Result<Vec<IpNet>> {
+    pub fn parse_pools(&self) -> Result<Vec<IpNet>, InvalidIpam> {
         let mut nets: Vec<IpNet> = Vec::new();
         for (i, p) in self.pools.iter().enumerate() {
             let net: IpNet = p
                 .trim()
                 .parse()
                 .or_else(|_| p.trim().parse::<IpAddr>().map(IpNet::from))
-                .with_context(|| {
-                    format!("ipam.pools[{i}]: {p:?} is not a CIDR (like 192.0.2.240/28)")
+                .map_err(|_| {
+                    InvalidIpam(format!(
+                        "ipam.pools[{i}]: {p:?} is not a CIDR (like 192.0.2.240/28)"
+                    ))
                 })?;
             if net.trunc() != net {
-                bail!(
+                invalid!(
                     "ipam.pools[{i}]: {p} has host bits set; did you mean {}?",
                     net.trunc()
                 );
             }
             if let Some(o) = nets.iter().find(|o| o.contains(&net) || net.contains(*o)) {
-                bail!("ipam.pools[{i}]: {net} overlaps pool {o}");
+                invalid!("ipam.pools[{i}]: {net} overlaps pool {o}");
             }
             nets.push(net);
         }
@@ -74,26 +86,26 @@ impl IpamConfig {
     }
 
     /// Checks everything but the API server; `Ok(None)` when IPAM is off.
-    pub fn validate(&self) -> anyhow::Result<Option<Vec<IpNet>>> {
+    pub fn validate(&self) -> Result<Option<Vec<IpNet>>, InvalidIpam> {
         if self.pools.is_empty() {
             return Ok(None);
         }
         let pools = self.parse_pools()?;
         if self.lease_grace_seconds == 0 || self.lease_grace_seconds >= self.lease_duration_seconds
         {
-            bail!(
+            invalid!(
                 "ipam: lease_grace_seconds ({}) must be > 0 and less than lease_duration_seconds ({})",
                 self.lease_grace_seconds,
                 self.lease_duration_seconds
             );
         }
         if self.load_balancer_class.is_empty() && !self.default_class {
-            bail!(
+            invalid!(
                 "ipam: with default_class off, load_balancer_class must name the class of the services to serve"
             );
         }
         if self.lease_name.is_empty() || self.lease_namespace.is_empty() {
-            bail!("ipam: lease_name and lease_namespace must not be empty");
+            invalid!("ipam: lease_name and lease_namespace must not be empty");
         }
         Ok(Some(pools))
     }
