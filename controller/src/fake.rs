@@ -228,12 +228,7 @@ impl DataPath for FakeDataPath {
     }
 
     fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
-        let svc = self
-            .prog
-            .book
-            .services
-            .get(name)
-            .ok_or_else(|| Error::UnknownService(name.into()))?;
+        let svc = self.prog.book.service(name)?;
         let backends: Vec<(SocketAddr, Stats)> = svc
             .backends
             .keys()

@@ -55,6 +55,21 @@ use crate::veth;
 pub type AttachResult =
     std::result::Result<Box<dyn Any + Send>, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Runs `attach` for `ifname` on a thread inside `ns`: the guard that keeps the program on.
+pub(crate) fn attach_pass(
+    attach: &XdpPassAttacher,
+    ns: &Netns,
+    ifname: &str,
+) -> Result<Box<dyn Any + Send>> {
+    ns.enter(|| attach(ifname))?.map_err(|cause| Error::Failed {
+        what: format!(
+            "cannot attach the pass XDP program to {ifname} in {}",
+            ns.name()
+        ),
+        cause,
+    })
+}
+
 pub type XdpPassAttacher = dyn Fn(&str) -> AttachResult + Send + Sync;
 
 /// Most pods a lab can have.
@@ -378,15 +393,7 @@ impl Lab {
                 sides.extend((0..self.backends.len()).map(Side::Pod));
                 for side in sides {
                     let (ns, ifname) = self.side(side);
-                    let guard = ns
-                        .enter(|| attach(ifname))?
-                        .map_err(|cause| Error::Failed {
-                            what: format!(
-                                "cannot attach the pass XDP program to {ifname} in {}",
-                                ns.name()
-                            ),
-                            cause,
-                        })?;
+                    let guard = attach_pass(attach, ns, ifname)?;
                     self.stubs
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

@@ -33,13 +33,13 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use crate::error::{Context, Error, Result, ensure};
+use crate::error::{Context, Result, ensure};
 
 use crate::{
     netns::Netns,
     packet::MacAddr,
     process::Process,
-    topology::{AttachResult, XdpPassAttacher},
+    topology::{AttachResult, XdpPassAttacher, attach_pass},
     veth,
 };
 
@@ -303,15 +303,7 @@ impl TwoNodeLab {
             let (ns, ifname) = self.stub_side(side);
             match attacher {
                 Some(attach) => {
-                    let guard = ns
-                        .enter(|| attach(ifname))?
-                        .map_err(|cause| Error::Failed {
-                            what: format!(
-                                "cannot attach the pass XDP program to {ifname} in {}",
-                                ns.name()
-                            ),
-                            cause,
-                        })?;
+                    let guard = attach_pass(attach, ns, ifname)?;
                     self.stubs
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)

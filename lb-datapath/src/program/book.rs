@@ -16,6 +16,7 @@ use lb_common::{NetAddr, NetPort, ServiceKey, scope};
 use crate::{
     addr::net_addr,
     config::Capacities,
+    error::Error,
     ids::IdAllocator,
     slots::SlotRanges,
     spec::{AddressFamily, EndpointState, Frontend, Protocol, ServiceSpec},
@@ -126,6 +127,13 @@ impl Book {
             let high = if service { services } else { backends };
             *high = (*high).max(id);
         }
+    }
+
+    /// Service `name`'s state, or [`Error::UnknownService`].
+    pub fn service(&self, name: &str) -> Result<&ServiceState, Error> {
+        self.services
+            .get(name)
+            .ok_or_else(|| Error::UnknownService(name.into()))
     }
 
     /// The key under which service `name` holds frontend `f`: for a NodePort, the key of

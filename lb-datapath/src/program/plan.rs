@@ -330,10 +330,7 @@ pub fn upsert(
 /// Plans removing service `name`: frontends first (no new packet matches), then its
 /// source ranges and table, then its backends; the ids are held back until purged.
 pub fn remove(book: &Book, name: &str) -> Result<Plan, Error> {
-    let s = book
-        .services
-        .get(name)
-        .ok_or_else(|| Error::UnknownService(name.into()))?;
+    let s = book.service(name)?;
     let mut writes: Vec<Write> = s
         .frontends
         .iter()

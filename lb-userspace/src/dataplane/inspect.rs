@@ -75,12 +75,7 @@ impl Dataplane {
 
     /// Packets, bytes and new flows of a service and of each of its backends.
     pub fn service_stats(&self, name: &str) -> Result<ServiceStats, Error> {
-        let svc = self
-            .prog
-            .book
-            .services
-            .get(name)
-            .ok_or_else(|| Error::UnknownService(name.into()))?;
+        let svc = self.prog.book.service(name)?;
         let sum = |values: aya::maps::PerCpuValues<TrafficStats>| -> Stats {
             values.iter().fold(Stats::default(), |acc, v| Stats {
                 packets: acc.packets + v.packets,
