@@ -6,11 +6,12 @@
 //! - raw TCP: every chunk read is answered with `NAME:` followed by the chunk.
 //! - UDP: every datagram is answered with `NAME:` followed by the payload.
 //!
-//! It counts accepted connections and requests. On shutdown it drains: listeners close at once
-//! (new connections are refused), each open connection answers its next request with
-//! `Connection: close` (raw TCP: answers the next chunk, then closes), and the server waits up
-//! to the drain timeout for connections to finish before closing the rest. UDP is answered
-//! until the end of the drain.
+//! It counts accepted connections and requests. On shutdown it drains: each listener takes the
+//! connections the kernel already completed, then closes (new connections are refused), each
+//! open connection answers its next request with `Connection: close` (raw TCP: answers the
+//! next chunk, then closes), and the server waits up to the drain timeout for connections to
+//! finish before closing the rest. UDP is answered until the end of the drain. The HTTP side
+//! is [`crate::serve`], shared with the demo's bootcamp pods.
 
 use crate::lifecycle::{Phase, linger_close, reached};
 use std::future::Future;

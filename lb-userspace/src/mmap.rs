@@ -13,7 +13,7 @@
 //! plain `mov`). A later `bpf` syscall (the `SERVICES` update that puts a fresh table in
 //! force) publishes with release semantics in the kernel, which orders all our earlier
 //! stores before the XDP reader can find the new table: the make-before-break order of
-//! `dataplane.rs` holds with mmap writes as it did with syscalls.
+//! the planner (`lb_datapath::program::plan`) holds with mmap writes as it did with syscalls.
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
