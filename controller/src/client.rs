@@ -6,37 +6,75 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use crate::http_client;
 
+/// Why a client command failed: the agent gave no answer, an unexpected one, or an error;
+/// or the drain it waited for did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No answer (`what` names the agent and, when it is the local one, the hint).
+    #[error("{what}: {cause}")]
+    Unreachable {
+        what: String,
+        cause: http_client::Failure,
+    },
+    #[error("the agent answered {status} with: {body}")]
+    NotJson { status: u16, body: String },
+    #[error("{path}: HTTP {status}: {message}")]
+    Api {
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{what}: {cause}")]
+    Unexpected {
+        what: &'static str,
+        cause: serde_json::Error,
+    },
+    /// The drain did not happen in time (or cannot be asked for); the text says what to do.
+    #[error("{0}")]
+    NotDrained(String),
+}
+
 /// GET `path` from the agent; the JSON body.
-pub fn get_json(api: SocketAddr, path: &str) -> anyhow::Result<Value> {
+pub fn get_json(api: SocketAddr, path: &str) -> Result<Value, Error> {
     get_json_within(api, path, Duration::from_secs(10))
 }
 
 /// [`get_json`] with its timeout for connecting and for each read and write.
-fn get_json_within(api: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<Value> {
-    let answer = http_client::get(api, path, timeout).map_err(|e| {
-        let what = if e.connected() {
+fn get_json_within(api: SocketAddr, path: &str, timeout: Duration) -> Result<Value, Error> {
+    let answer = http_client::get(api, path, timeout).map_err(|cause| {
+        let what = if cause.connected() {
             format!("asking the sluice agent at {api} for {path}")
         } else {
             format!("connecting to the sluice agent at {api} (is `sluice run` running? --api ADDR)")
         };
-        anyhow::Error::new(e).context(what)
+        Error::Unreachable { what, cause }
     })?;
     let body = answer.text();
-    let v: Value = serde_json::from_str(&body)
-        .with_context(|| format!("the agent answered {} with: {body}", answer.status))?;
+    let v: Value = serde_json::from_str(&body).map_err(|_| Error::NotJson {
+        status: answer.status,
+        body: body.clone(),
+    })?;
     if answer.status >= 400 {
-        bail!(
-            "{path}: HTTP {}: {}",
-            answer.status,
-            v.get("error").and_then(Value::as_str).unwrap_or(&body)
-        );
+        return Err(Error::Api {
+            path: path.to_string(),
+            status: answer.status,
+            message: v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or(&body)
+                .to_string(),
+        });
     }
     Ok(v)
+}
+
+/// Pretty JSON of `v` (a value read from JSON: it always encodes).
+fn pretty(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
 /// Renders rows as columns three spaces apart under a header, as kubectl prints them (its
@@ -78,10 +116,10 @@ fn items(v: &Value) -> Vec<Value> {
     }
 }
 
-pub fn services(api: SocketAddr, json: bool) -> anyhow::Result<String> {
+pub fn services(api: SocketAddr, json: bool) -> Result<String, Error> {
     let v = get_json(api, "/sluice/v1/dataplane/services")?;
     if json {
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+        return Ok(pretty(&v));
     }
     let rows: Vec<Vec<String>> = items(&v)
         .iter()
@@ -132,7 +170,7 @@ fn frontend(f: &Value) -> String {
     }
 }
 
-pub fn backends(api: SocketAddr, service: Option<&str>, json: bool) -> anyhow::Result<String> {
+pub fn backends(api: SocketAddr, service: Option<&str>, json: bool) -> Result<String, Error> {
     let names: Vec<String> = match service {
         Some(n) => vec![n.to_string()],
         None => items(&get_json(api, "/sluice/v1/dataplane/services")?)
@@ -167,7 +205,7 @@ pub fn backends(api: SocketAddr, service: Option<&str>, json: bool) -> anyhow::R
         all.push(v);
     }
     if json {
-        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+        return Ok(pretty(&all));
     }
     Ok(table(
         &[
@@ -182,10 +220,10 @@ pub fn backends(api: SocketAddr, service: Option<&str>, json: bool) -> anyhow::R
     ))
 }
 
-pub fn rollouts(api: SocketAddr, json: bool) -> anyhow::Result<String> {
+pub fn rollouts(api: SocketAddr, json: bool) -> Result<String, Error> {
     let v = get_json(api, "/sluice/v1/rollouts")?;
     if json {
-        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+        return Ok(pretty(&v));
     }
     Ok(render_rollouts(&v))
 }
@@ -314,7 +352,7 @@ pub fn drain_wait(
     addr: IpAddr,
     timeout: Duration,
     flows: bool,
-) -> anyhow::Result<String> {
+) -> Result<String, Error> {
     let deadline = Instant::now() + timeout;
     loop {
         let v = EndpointVerdict::of(&get_json(api, &endpoint_path(addr, flows))?);
@@ -325,11 +363,10 @@ pub fn drain_wait(
             ));
         }
         if Instant::now() >= deadline {
-            bail!(
+            return Err(Error::NotDrained(format!(
                 "{addr}: still selected by {} service(s), {} tracked flows after {timeout:?}",
-                v.selecting,
-                v.flows
-            );
+                v.selecting, v.flows
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -356,25 +393,28 @@ pub fn drain_wait_all(
     addr: IpAddr,
     timeout: Duration,
     flows: bool,
-) -> anyhow::Result<String> {
+) -> Result<String, Error> {
     let deadline = Instant::now() + timeout;
-    let read_peers = || -> anyhow::Result<crate::peers::PeersView> {
+    let read_peers = || -> Result<crate::peers::PeersView, Error> {
         let v = get_json(api, "/sluice/v1/peers")?;
-        serde_json::from_value(v).context("the agent's /sluice/v1/peers answer")
+        serde_json::from_value(v).map_err(|cause| Error::Unexpected {
+            what: "the agent's /sluice/v1/peers answer",
+            cause,
+        })
     };
     // A local agent that cannot answer at the start is a misconfiguration (--api): said now.
-    let mut view = read_peers().context("asking the local agent for its peers")?;
+    let mut view = read_peers()?;
     let path = endpoint_path(addr, flows);
     loop {
         let service = view.service.as_deref().unwrap_or("<none>");
         if view.peers.is_empty() {
-            bail!(
+            return Err(Error::NotDrained(format!(
                 "{addr}: the agent at {api} knows no peer agents (service {service}): {}. \
                  Without --all-nodes only the agent at --api is asked",
                 view.note
                     .as_deref()
                     .unwrap_or("deploy/agents-service.yaml creates the Service")
-            );
+            )));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let per_request = remaining.clamp(Duration::from_millis(100), PEER_REQUEST_TIMEOUT);
@@ -425,13 +465,13 @@ pub fn drain_wait_all(
                     Some(format!("  {node} {}: {what}", p.address))
                 })
                 .collect();
-            bail!(
+            return Err(Error::NotDrained(format!(
                 "{addr}: not drained after {timeout:?}; of the {} agents of {service}, these are \
                  not confirmed:\n{}\nRaise --timeout to wait longer (in a preStop hook, keep \
                  it below the pod's terminationGracePeriodSeconds)",
                 view.peers.len(),
                 pending.join("\n")
-            );
+            )));
         }
         std::thread::sleep(ROUND_PAUSE.min(deadline.saturating_duration_since(Instant::now())));
         // A failed re-read keeps the last list: the agents it names are still asked.
@@ -442,15 +482,13 @@ pub fn drain_wait_all(
 }
 
 /// Why a peer gave no verdict, short: the cause, without the local agent's hints.
-fn no_answer(e: &anyhow::Error, timeout: Duration) -> String {
-    let timed_out = e.chain().any(|c| {
-        c.downcast_ref::<http_client::Failure>()
-            .is_some_and(http_client::Failure::timed_out)
-    });
-    if timed_out {
-        format!("no answer within {} ms", timeout.as_millis())
-    } else {
-        e.root_cause().to_string()
+fn no_answer(e: &Error, timeout: Duration) -> String {
+    match e {
+        Error::Unreachable { cause, .. } if cause.timed_out() => {
+            format!("no answer within {} ms", timeout.as_millis())
+        }
+        Error::Unreachable { cause, .. } => cause.to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -184,6 +184,7 @@ fn main() -> std::process::ExitCode {
                 .build()?;
             rt.block_on(controller::agent::run(cfg, datapath::open))
                 .map(|()| String::new())
+                .map_err(anyhow::Error::from)
         }),
         Command::Uninstall { pin_root, instance } => {
             let pin = lb_userspace::PinConfig {
@@ -200,11 +201,11 @@ fn main() -> std::process::ExitCode {
                 })
                 .map_err(Into::into)
         }
-        Command::Services(c) => client::services(c.api, c.output == "json"),
+        Command::Services(c) => client::services(c.api, c.output == "json").map_err(Into::into),
         Command::Backends { service, c } => {
-            client::backends(c.api, service.as_deref(), c.output == "json")
+            client::backends(c.api, service.as_deref(), c.output == "json").map_err(Into::into)
         }
-        Command::Rollouts(c) => client::rollouts(c.api, c.output == "json"),
+        Command::Rollouts(c) => client::rollouts(c.api, c.output == "json").map_err(Into::into),
         Command::DrainWait {
             address,
             all_nodes,
@@ -219,7 +220,7 @@ fn main() -> std::process::ExitCode {
             };
             Duration::try_from_secs_f64(timeout)
                 .context("--timeout: a number of seconds, 0 or more")
-                .and_then(|timeout| wait(c.api, address, timeout, flows))
+                .and_then(|timeout| Ok(wait(c.api, address, timeout, flows)?))
         }
     };
     match result {

@@ -2,7 +2,6 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use anyhow::{Context as _, bail};
 use lb_datapath::{DataplaneConfig, PinConfig};
 use serde::Deserialize;
 
@@ -11,6 +10,26 @@ use crate::{
     ipam::IpamConfig,
     protections::{PortRange, ProcSockets, Protections},
 };
+
+macro_rules! invalid {
+    ($($arg:tt)*) => {
+        return Err(ConfigError::Invalid(format!($($arg)*)))
+    };
+}
+
+/// A configuration the agent cannot run with; the text names the setting and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Invalid(String),
+    /// A file or directory the configuration names cannot be read or created.
+    #[error("{what}: {cause}")]
+    Unreadable { what: String, cause: std::io::Error },
+    #[error(transparent)]
+    PeerService(#[from] crate::peers::InvalidPeerService),
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::config::InvalidIpam),
+}
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "snake_case")]
@@ -147,31 +166,37 @@ impl AgentConfig {
 
     /// Checks everything that can be checked before touching the node. Returns the API
     /// token, if any.
-    pub fn validate(&self) -> anyhow::Result<Option<String>> {
+    pub fn validate(&self) -> Result<Option<String>, ConfigError> {
         if self.interfaces.is_empty() {
-            bail!(
+            invalid!(
                 "no interface to attach to: pass --interface IFNAME (or `interfaces:` in the config file)"
             );
         }
         if let Some(d) = &self.manifests {
-            std::fs::read_dir(d).with_context(|| format!("manifest directory {}", d.display()))?;
+            std::fs::read_dir(d).map_err(|cause| ConfigError::Unreadable {
+                what: format!("manifest directory {}", d.display()),
+                cause,
+            })?;
         }
         if self.kubernetes() && self.manifests.is_some() {
-            bail!(
+            invalid!(
                 "--manifests and Kubernetes mode (--kubeconfig / in-cluster) exclude each other: \
                  in Kubernetes mode every object comes from the API server"
             );
         }
         if let Some(k) = &self.kubeconfig {
-            std::fs::metadata(k).with_context(|| format!("kubeconfig {}", k.display()))?;
+            std::fs::metadata(k).map_err(|cause| ConfigError::Unreadable {
+                what: format!("kubeconfig {}", k.display()),
+                cause,
+            })?;
         }
         if self.kubernetes() && self.node_name().is_empty() {
-            bail!("Kubernetes mode needs this node's name: pass --node-name or set NODE_NAME");
+            invalid!("Kubernetes mode needs this node's name: pass --node-name or set NODE_NAME");
         }
         let nat = self.dataplane.nat;
         let np = self.node_port_range;
         if nat.port_min <= np.last && np.first <= nat.port_max {
-            bail!(
+            invalid!(
                 "dataplane.nat ports {}-{} overlap node_port_range {}-{}: a reply to a \
                  source-NATed flow would be taken for a NodePort; move one of them",
                 nat.port_min,
@@ -184,23 +209,27 @@ impl AgentConfig {
             crate::peers::parse_service(p)?;
         }
         if self.ipam.validate()?.is_some() && !self.kubernetes() {
-            bail!(
+            invalid!(
                 "ipam assigns LoadBalancer IPs through the Kubernetes API: it needs Kubernetes mode (--kubeconfig or in-cluster)"
             );
         }
-        std::fs::create_dir_all(&self.state_dir)
-            .with_context(|| format!("state directory {}", self.state_dir.display()))?;
+        std::fs::create_dir_all(&self.state_dir).map_err(|cause| ConfigError::Unreadable {
+            what: format!("state directory {}", self.state_dir.display()),
+            cause,
+        })?;
         if self.resync_seconds == 0 || self.poll_millis == 0 || self.healthz_max_age_seconds == 0 {
-            bail!("resync_seconds, poll_millis and healthz_max_age_seconds must be > 0");
+            invalid!("resync_seconds, poll_millis and healthz_max_age_seconds must be > 0");
         }
         match &self.token_file {
             None => Ok(None),
             Some(p) => {
-                let t = std::fs::read_to_string(p)
-                    .with_context(|| format!("token file {}", p.display()))?;
+                let t = std::fs::read_to_string(p).map_err(|cause| ConfigError::Unreadable {
+                    what: format!("token file {}", p.display()),
+                    cause,
+                })?;
                 let t = t.trim().to_string();
                 if t.len() < 16 {
-                    bail!(
+                    invalid!(
                         "token file {}: the token must be at least 16 characters",
                         p.display()
                     );

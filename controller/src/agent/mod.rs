@@ -14,21 +14,54 @@ pub mod reconcile_loop;
 pub mod seed;
 pub mod standalone;
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 pub use config::AgentConfig;
 
 use crate::{files::Directory, metrics, state::Shared, store::Store};
 
+/// Why the agent could not start (each names what failed; the cause is its source).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::config::InvalidIpam),
+    #[error(transparent)]
+    PeerService(#[from] crate::peers::InvalidPeerService),
+    #[error(transparent)]
+    Kube(#[from] crate::kube::ClientError),
+    #[error("{what} listen address {addr}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        cause: std::io::Error,
+    },
+    #[error("installing the metrics recorder")]
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("opening the data path")]
+    OpenDataPath(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("reading the data path's node addresses")]
+    NodeAddresses(#[source] lb_datapath::Error),
+    #[error("restoring API objects: {0}")]
+    Restore(String),
+}
+
+async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|cause| AgentError::Listen { what, addr, cause })
+}
+
 /// Runs the agent until a shutdown signal. `open` opens the data path (the `sluice` binary
 /// passes the real one; this crate never links it).
-pub async fn run(
+pub async fn run<E: Into<Box<dyn std::error::Error + Send + Sync>>>(
     cfg: AgentConfig,
-    open: impl FnOnce(&AgentConfig) -> anyhow::Result<crate::state::BoxedDataPath>,
-) -> anyhow::Result<()> {
+    open: impl FnOnce(&AgentConfig) -> Result<crate::state::BoxedDataPath, E>,
+) -> Result<(), AgentError> {
     let token = cfg.validate()?;
     // Built before the node is touched, so a bad kubeconfig fails fast; building it does not
     // contact the API server.
@@ -37,15 +70,11 @@ pub async fn run(
     } else {
         None
     };
-    let api_listener = TcpListener::bind(cfg.api_listen)
-        .await
-        .with_context(|| format!("API listen address {}", cfg.api_listen))?;
-    let metrics_listener = TcpListener::bind(cfg.metrics_listen)
-        .await
-        .with_context(|| format!("metrics listen address {}", cfg.metrics_listen))?;
+    let api_listener = listen("API", cfg.api_listen).await?;
+    let metrics_listener = listen("metrics", cfg.metrics_listen).await?;
     let prom = metrics::install()?;
 
-    let dp = open(&cfg)?;
+    let dp = open(&cfg).map_err(|e| AgentError::OpenDataPath(e.into()))?;
     let adopted = dp.service_names();
     if !adopted.is_empty() {
         tracing::info!(
@@ -53,9 +82,7 @@ pub async fn run(
             "adopted pinned services; none is removed before every source listed once"
         );
     }
-    let interface_addresses = dp
-        .node_addresses()
-        .context("reading the data path's node addresses")?;
+    let interface_addresses = dp.node_addresses().map_err(AgentError::NodeAddresses)?;
     let protections = cfg.protections(interface_addresses);
     tracing::info!(
         node_port_range = %protections.node_port_range,
@@ -69,8 +96,7 @@ pub async fn run(
         s.set_cluster_mode();
         s
     } else {
-        Store::open(&cfg.state_dir, protections)
-            .map_err(|e| anyhow::anyhow!("restoring API objects: {e}"))?
+        Store::open(&cfg.state_dir, protections).map_err(AgentError::Restore)?
     };
     let peers = cfg
         .peer_service

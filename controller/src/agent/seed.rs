@@ -14,8 +14,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-
 use crate::tables::Tables;
 
 /// The file under the state directory holding a generated seed.
@@ -64,8 +62,22 @@ pub fn from_cluster_uid(uid: &str) -> u32 {
     fnv1a(uid)
 }
 
+/// Why no seed could be chosen.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("{path}: {text:?} is not a seed (a u32); delete the file to draw a new one")]
+    NotASeed {
+        path: std::path::PathBuf,
+        text: String,
+    },
+    #[error("drawing a random hash seed: {0}")]
+    Random(getrandom::Error),
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
+}
+
 /// The seed kept in `state_dir`, generated (at random) and saved when there is none.
-pub fn standalone(state_dir: &Path) -> anyhow::Result<(u32, SeedSource)> {
+pub fn standalone(state_dir: &Path) -> Result<(u32, SeedSource), SeedError> {
     let path = state_dir.join(SEED_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
@@ -73,34 +85,39 @@ pub fn standalone(state_dir: &Path) -> anyhow::Result<(u32, SeedSource)> {
             let seed = t
                 .strip_prefix("0x")
                 .map_or_else(|| t.parse(), |h| u32::from_str_radix(h, 16))
-                .with_context(|| {
-                    format!(
-                        "{}: {t:?} is not a seed (a u32); delete the file to draw a new one",
-                        path.display()
-                    )
+                .map_err(|_| SeedError::NotASeed {
+                    path: path.clone(),
+                    text: t.to_string(),
                 })?;
             Ok((seed, SeedSource::StateFile))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut bytes = [0u8; 4];
-            getrandom::fill(&mut bytes)
-                .map_err(|e| anyhow::anyhow!("drawing a random hash seed: {e}"))?;
+            getrandom::fill(&mut bytes).map_err(SeedError::Random)?;
             let seed = u32::from_ne_bytes(bytes);
-            std::fs::create_dir_all(state_dir)
-                .with_context(|| format!("state directory {}", state_dir.display()))?;
+            std::fs::create_dir_all(state_dir).map_err(|cause| SeedError::Io {
+                what: format!("state directory {}", state_dir.display()),
+                cause,
+            })?;
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, format!("{seed:#010x}\n"))
                 .and_then(|()| std::fs::rename(&tmp, &path))
-                .with_context(|| format!("saving the hash seed to {}", path.display()))?;
+                .map_err(|cause| SeedError::Io {
+                    what: format!("saving the hash seed to {}", path.display()),
+                    cause,
+                })?;
             Ok((seed, SeedSource::Generated))
         }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(cause) => Err(SeedError::Io {
+            what: format!("reading {}", path.display()),
+            cause,
+        }),
     }
 }
 
 impl SeedPlan {
     /// The seed, once every source listed (`tables` knows the Kubernetes Service).
-    pub fn resolve(&self, tables: &Tables) -> anyhow::Result<(u32, SeedSource)> {
+    pub fn resolve(&self, tables: &Tables) -> Result<(u32, SeedSource), SeedError> {
         match self {
             SeedPlan::Fixed(s) => Ok((*s, SeedSource::Config)),
             SeedPlan::Cluster { state_dir } => match tables.cluster_uid() {

@@ -18,5 +18,5 @@ pub mod client;
 pub mod events;
 pub mod watch;
 
-pub use client::client;
+pub use client::{ClientError, client};
 pub use watch::spawn;
