@@ -1,6 +1,8 @@
 //! The lab's errors: what failed (a command, a system call, an argument the lab cannot
 //! use), named with the step that needed it. Callers match on the kind or print it; the text
-//! carries the whole cause, so a test's `unwrap` says what to fix.
+//! carries the whole cause, so a test's `unwrap` says what to fix. The side-by-side
+//! benchmark's driver (`bench::compare`), which runs in labs, reports its failures with it
+//! too, through [`Context`], [`bail!`](crate::bail) and [`ensure!`](crate::ensure).
 
 use std::{error::Error as StdError, process::ExitStatus};
 
@@ -61,6 +63,7 @@ impl<T> Context<T> for Option<T> {
 }
 
 /// Returns an [`Error::Invalid`] with a formatted message.
+#[macro_export]
 macro_rules! bail {
     ($($arg:tt)*) => {
         return Err($crate::error::Error::Invalid(format!($($arg)*)))
@@ -68,12 +71,13 @@ macro_rules! bail {
 }
 
 /// Returns an [`Error::Invalid`] with a formatted message unless `cond` holds.
+#[macro_export]
 macro_rules! ensure {
     ($cond:expr, $($arg:tt)*) => {
         if !$cond {
-            $crate::error::bail!($($arg)*);
+            $crate::bail!($($arg)*);
         }
     };
 }
 
-pub(crate) use {bail, ensure};
+pub use crate::{bail, ensure};

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result, bail};
+use lab::{Result, bail, error::Context as _};
 
 const MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
 const BUCKETS: &str = "/sys/module/nf_conntrack/parameters/hashsize";

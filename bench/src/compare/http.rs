@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, ensure};
 use lab::Lab;
+use lab::{Result, ensure, error::Context as _};
 use serde::Serialize;
 
 use crate::load::{self, ConnectionMode, Protocol};

@@ -10,9 +10,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
 use lab::Lab;
 use lab::packet::PacketBuilder;
+use lab::{Result, ensure, error::Context as _};
 use lb_userspace::traffic::{Generator, MAX_BATCH, Sink};
 use serde::Serialize;
 
@@ -83,15 +83,19 @@ pub fn measure(
         pin_to(cpu)?;
         if let Flows::Established(n) = flows {
             // Every flow once, so the measured frames all belong to known flows.
-            generator.send(ifindex, n, MAX_BATCH)?;
+            generator
+                .send(ifindex, n, MAX_BATCH)
+                .context("sending every flow once")?;
             settle(sink)?;
         }
-        let before = sink.counted()?;
+        let before = sink.counted().context("reading the sink's count")?;
         let start = Instant::now();
         let mut sent = 0u64;
         while start.elapsed() < bounds.duration && sent < u64::from(bounds.max_frames) {
             let chunk = CHUNK.min(bounds.max_frames - sent as u32);
-            generator.send(ifindex, chunk, MAX_BATCH)?;
+            generator
+                .send(ifindex, chunk, MAX_BATCH)
+                .context("sending frames")?;
             sent += u64::from(chunk);
         }
         let seconds = start.elapsed().as_secs_f64();
@@ -110,10 +114,10 @@ pub fn measure(
 /// apart, within 2 s.
 fn settle(sink: &Sink) -> Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(2);
-    let mut last = sink.counted()?;
+    let mut last = sink.counted().context("reading the sink's count")?;
     loop {
         std::thread::sleep(Duration::from_millis(10));
-        let now = sink.counted()?;
+        let now = sink.counted().context("reading the sink's count")?;
         if now == last {
             return Ok(now);
         }

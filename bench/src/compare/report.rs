@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use lab::{Result, error::Context as _};
 use serde::Serialize;
 
 use super::Way;

@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result};
 use lab::Lab;
+use lab::{Result, error::Context as _};
 use lb_userspace::{
     BackendSpec, Dataplane, DataplaneConfig, Frontend, IngressMode, PassProgram, Protocol,
     ServiceSpec,
@@ -36,9 +36,12 @@ pub fn program(lab: &Lab, way: Way, services: &[Service]) -> Result<(Programmed,
                 let mut dp = Dataplane::load(DataplaneConfig {
                     ingress_mode: IngressMode::Xdp,
                     ..DataplaneConfig::default()
-                })?;
-                dp.attach(uplink)?;
-                dp.allow_redirect(&pod_link)?;
+                })
+                .context("loading the data path")?;
+                dp.attach(uplink)
+                    .with_context(|| format!("attaching to {uplink}"))?;
+                dp.allow_redirect(&pod_link)
+                    .with_context(|| format!("allowing redirects to {pod_link}"))?;
                 let start = Instant::now();
                 for s in services {
                     dp.upsert_service(&sluice_spec(s))
@@ -47,15 +50,16 @@ pub fn program(lab: &Lab, way: Way, services: &[Service]) -> Result<(Programmed,
                 Ok((Programmed::Sluice(Box::new(dp)), start.elapsed()))
             }
             Way::Iptables | Way::Nftables | Way::Untranslated => {
-                let pass = PassProgram::attach(uplink)?;
+                let pass = PassProgram::attach(uplink)
+                    .with_context(|| format!("attaching the pass program to {uplink}"))?;
                 let took = match way {
                     Way::Iptables => iptables::apply(
                         &iptables::full(services, &Config::default()),
                         iptables::Backend::Nft,
-                    )?,
-                    Way::Nftables => {
-                        nftables::apply(&nftables::full(services, &Config::default()))?
-                    }
+                    )
+                    .context("applying kube-proxy's iptables rules")?,
+                    Way::Nftables => nftables::apply(&nftables::full(services, &Config::default()))
+                        .context("applying kube-proxy's nftables rules")?,
                     _ => Duration::ZERO,
                 };
                 Ok((Programmed::Kernel(pass), took))
