@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use crate::error::Result;
+use lab::error::Context as _;
 use lab::{Netns, Process, Signal};
+use lab::{bail, ensure};
 use lb_userspace::PinConfig;
 use serde_json::Value;
 
@@ -242,12 +244,12 @@ impl<'l> AgentClient<'l> {
             }
             http::request(addr, method, path, &headers, body.as_deref(), API_TIMEOUT)
         })?;
-        answer.with_context(|| format!("{method} {path} to the agent at {addr}"))
+        Ok(answer.with_context(|| format!("{method} {path} to the agent at {addr}"))?)
     }
 
     /// `PUT path` with `object` as JSON; 200 or 201 expected. Returns whether it was created.
     pub fn put(&self, path: &str, object: &Value) -> Result<bool> {
-        let body = serde_json::to_vec(object)?;
+        let body = serde_json::to_vec(object).context("encoding the object")?;
         let r = self.call(self.api, "PUT", path, Some(body))?;
         match r.status {
             201 => Ok(true),
@@ -275,7 +277,7 @@ impl<'l> AgentClient<'l> {
             r.status,
             r.text()
         );
-        Ok(r.json()?)
+        Ok(r.json().with_context(|| format!("the answer to {path}"))?)
     }
 
     /// `GET path` on the metrics listener (`/metrics`, `/healthz`, `/readyz`).

@@ -31,7 +31,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Installs the SIGINT and SIGTERM handler (once per process).
-pub fn install() -> anyhow::Result<()> {
+pub fn install() -> crate::error::Result<()> {
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART | SaFlags::SA_RESETHAND,
@@ -39,8 +39,9 @@ pub fn install() -> anyhow::Result<()> {
     );
     for signal in [Signal::SIGINT, Signal::SIGTERM] {
         // SAFETY: the handler only performs an atomic store, which is async-signal-safe.
-        unsafe { sigaction(signal, &action) }
-            .map_err(|e| anyhow::anyhow!("cannot install the {signal} handler: {e}"))?;
+        unsafe { sigaction(signal, &action) }.map_err(|e| {
+            lab::Error::Invalid(format!("cannot install the {signal} handler: {e}"))
+        })?;
     }
     Ok(())
 }

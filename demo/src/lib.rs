@@ -35,6 +35,7 @@
 
 pub mod agent;
 pub mod bootcamp;
+pub mod error;
 pub mod http;
 pub mod interrupt;
 pub mod k8s;
@@ -49,8 +50,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use crate::error::Result;
+use lab::error::Context as _;
 use lab::{Lab, PinDir};
+use lab::{bail, ensure};
 use lb_userspace::{PassProgram, PinConfig};
 use serde::Serialize;
 
@@ -231,7 +234,7 @@ fn prepare_out_dir(opts: &Options) -> Result<RunDirs> {
         match std::fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot clear {}", dir.display())),
+            Err(e) => Err::<(), _>(e).with_context(|| format!("cannot clear {}", dir.display()))?,
         }
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -251,7 +254,8 @@ fn prepare_out_dir(opts: &Options) -> Result<RunDirs> {
             .mode(0o600)
             .open(&token_file)
             .with_context(|| format!("cannot create {}", token_file.display()))?;
-        f.write_all(token.as_bytes())?;
+        f.write_all(token.as_bytes())
+            .context("writing the API token file")?;
     }
     Ok(RunDirs {
         logs,

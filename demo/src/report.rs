@@ -5,8 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use crate::error::Result;
 use bench::load::Report as LoadReport;
+use lab::error::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bootcamp::parse_greeting;
@@ -98,9 +99,10 @@ impl Report {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let text = serde_json::to_string_pretty(self)?;
+        let text = serde_json::to_string_pretty(self).context("encoding the report")?;
         std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
     }
 }
 

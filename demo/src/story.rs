@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use crate::error::Result;
 use bench::load::{self, ConnectionMode, LoadError, Protocol, Report as LoadReport};
 use lab::Lab;
+use lab::bail;
+use lab::error::Context as _;
 use lb_userspace::PinConfig;
 use serde_json::Value;
 
@@ -380,7 +382,7 @@ impl<'a, 'l> Story<'a, 'l> {
         let handles = self.start_load(secs)?;
         let started = Instant::now();
         let result = interrupt::sleep(Duration::from_secs_f64(self.opts.load.warmup_secs))
-            .map_err(anyhow::Error::from)
+            .map_err(crate::error::Error::from)
             .and_then(|()| {
                 let left = Duration::from_secs_f64(secs).saturating_sub(started.elapsed());
                 change(self, left)
@@ -999,7 +1001,8 @@ impl<'a, 'l> Story<'a, 'l> {
                 let deadline = Instant::now() + s.opts.step_timeout;
                 let occupancy = loop {
                     interrupt::check()?;
-                    let o = lb_userspace::inspect::pinned_occupancy(&s.pin)?;
+                    let o = lb_userspace::inspect::pinned_occupancy(&s.pin)
+                        .context("reading the pinned maps")?;
                     let empty =
                         o.frontends == 0 && o.backends == 0 && o.slots == 0 && o.conntrack == 0;
                     if empty || Instant::now() >= deadline {

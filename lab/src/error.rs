@@ -2,7 +2,8 @@
 //! use), named with the step that needed it. Callers match on the kind or print it; the text
 //! carries the whole cause, so a test's `unwrap` says what to fix. The side-by-side
 //! benchmark's driver (`bench::compare`), which runs in labs, reports its failures with it
-//! too, through [`Context`], [`bail!`](crate::bail) and [`ensure!`](crate::ensure).
+//! too, through [`Context`], [`bail!`](crate::bail) and [`ensure!`](crate::ensure), and so
+//! does the demo's driver, inside its own error (`demo::Error`).
 
 use std::{error::Error as StdError, process::ExitStatus};
 
@@ -66,7 +67,7 @@ impl<T> Context<T> for Option<T> {
 #[macro_export]
 macro_rules! bail {
     ($($arg:tt)*) => {
-        return Err($crate::error::Error::Invalid(format!($($arg)*)))
+        return Err($crate::error::Error::Invalid(format!($($arg)*)).into())
     };
 }
 

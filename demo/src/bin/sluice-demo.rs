@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     match demo::run(&opts) {
         Ok(report) if report.ok => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
-        Err(e) if e.is::<interrupt::Interrupted>() => {
+        Err(e) if e.interrupted() => {
             eprintln!("sluice-demo: interrupted; everything was cleaned up");
             ExitCode::from(130)
         }

@@ -9,7 +9,9 @@
 
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
+use crate::error::Result;
+use lab::bail;
+use lab::error::Context as _;
 
 use super::Cluster;
 use crate::k8s::{self, APP};
@@ -194,9 +196,10 @@ impl Cluster<'_> {
     }
 
     pub(super) fn deployment_mut(&mut self) -> Result<&mut Deployment> {
-        self.deployment
+        Ok(self
+            .deployment
             .as_mut()
-            .with_context(|| format!("no deployment {APP}"))
+            .with_context(|| format!("no deployment {APP}"))?)
     }
 
     /// (spec replicas, available) of every ReplicaSet.

@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, bail};
+use crate::error::Result;
+use lab::bail;
+use lab::error::Context as _;
 use lab::{Process, Signal};
 
 use super::Cluster;
@@ -150,8 +152,9 @@ impl Cluster<'_> {
             .iter()
             .position(|p| p.name == pod)
             .with_context(|| format!("no pod {pod}"))?;
-        self.pod_request(i, path)
-            .map_err(|e| anyhow::anyhow!("GET {path} to pod {pod}: {e}"))
+        Ok(self
+            .pod_request(i, path)
+            .map_err(|e| lab::Error::Invalid(format!("GET {path} to pod {pod}: {e}")))?)
     }
 
     pub(super) fn create_pod(&mut self, hash: &str, version: u32) -> Result<()> {
@@ -215,7 +218,7 @@ impl Cluster<'_> {
             ])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
+            .stdout(file.try_clone().context("duplicating the pod log handle")?)
             .stderr(file)
             .process_group(0);
         Ok(Process::spawn_with_stdio(cmd)?)
@@ -263,11 +266,11 @@ impl Cluster<'_> {
     fn pod_stats(&mut self, i: usize) -> Result<Stats> {
         let r = self
             .pod_request(i, "/stats")
-            .map_err(|e| anyhow::anyhow!("GET /stats: {e}"))?;
+            .map_err(|e| lab::Error::Invalid(format!("GET /stats: {e}")))?;
         if r.status != 200 {
             bail!("GET /stats answered {}", r.status);
         }
-        serde_json::from_slice(&r.body).context("GET /stats: not the counters")
+        Ok(serde_json::from_slice(&r.body).context("GET /stats: not the counters")?)
     }
 
     fn exited(&mut self, i: usize) -> Result<Option<ExitStatus>> {

@@ -47,8 +47,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use crate::error::Result;
 use lab::Lab;
+use lab::bail;
 use serde_json::Value;
 
 use crate::agent::AgentClient;

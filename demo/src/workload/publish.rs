@@ -15,7 +15,8 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use crate::error::Result;
+use lab::bail;
 use serde_json::Value;
 
 use super::Cluster;
