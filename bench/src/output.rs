@@ -23,8 +23,11 @@ pub fn write_json(name: &str, report: &impl serde::Serialize) -> io::Result<Path
 }
 
 /// A benchmark binary's exit status: success, or `<name>: FAILED: <error and its causes>` on
-/// stderr and failure.
-pub fn exit_status(name: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+/// stderr and failure (the alternate form: an `anyhow::Error` prints its whole chain).
+pub fn exit_status<E: std::fmt::Display>(
+    name: &str,
+    result: Result<(), E>,
+) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
