@@ -15,8 +15,8 @@ use lab::{bail, ensure};
 use lb_userspace::PinConfig;
 use serde_json::Value;
 
-use crate::http::{self, Response};
 use crate::interrupt;
+use controller::http_client::{self as http, Response};
 
 /// How long one API request may take.
 const API_TIMEOUT: Duration = Duration::from_secs(10);

@@ -30,13 +30,12 @@
 //!
 //! Modules: [`bootcamp`] (the pod server), [`workload`] (the driver), [`agent`] (`sluice
 //! run` and its API), [`k8s`] (names and objects), [`kubectl`] (tables), [`report`],
-//! [`rollout`] (the chart),
-//! [`http`] (a tiny client), [`interrupt`] (Ctrl-C).
+//! [`rollout`] (the chart), [`error`], [`interrupt`] (Ctrl-C); HTTP goes through the agent's
+//! client, [`controller::http_client`].
 
 pub mod agent;
 pub mod bootcamp;
 pub mod error;
-pub mod http;
 pub mod interrupt;
 pub mod k8s;
 pub mod kubectl;

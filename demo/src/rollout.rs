@@ -4,7 +4,7 @@
 //! undo), with the start of each step marked.
 //!
 //! The story records every load run with the moment it started ([`Recording::load`]) and
-//! the start of every step ([`Recording::step`]); [`chart`] lays the runs' per-second
+//! the start of every step ([`Recording::step`]); [`chart()`] lays the runs' per-second
 //! timelines on the story's clock. Single probes (the transcript's `curl`s) are not load runs
 //! and are not drawn.
 

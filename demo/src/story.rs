@@ -18,13 +18,13 @@ use serde_json::Value;
 use crate::Options;
 use crate::agent::AgentClient;
 use crate::bootcamp::{GREETING, parse_greeting};
-use crate::http;
 use crate::interrupt;
 use crate::k8s::{self, APP, Exposure};
 use crate::kubectl;
 use crate::report::{Check, Report, StepReport, Tally, answers};
 use crate::rollout::Recording;
 use crate::workload::{Cluster, Goal};
+use controller::http_client as http;
 
 /// Steps of the walkthrough.
 pub const STEPS: usize = 12;

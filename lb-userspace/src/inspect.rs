@@ -78,7 +78,7 @@ fn pin_error(path: &Path, e: aya::maps::MapError) -> Error {
 }
 
 /// Counts the keys of a hash map pass; keys deleted while iterating are skipped.
-fn count_keys<K>(
+pub(crate) fn count_keys<K>(
     keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
     map: &'static str,
 ) -> Result<u64, Error> {

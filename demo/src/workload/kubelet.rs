@@ -31,8 +31,8 @@ use lab::{Process, Signal};
 
 use super::Cluster;
 use crate::bootcamp::Stats;
-use crate::http::{self, Failure, Response};
 use crate::k8s::APP;
+use controller::http_client::{self as http, Failure, Response};
 
 /// Timeout of one probe or counter request to a pod.
 const POD_TIMEOUT: Duration = Duration::from_secs(2);

@@ -4,6 +4,7 @@
 use lb_common::{Reason, TrafficStats, backend_flags, map_names as names};
 
 use super::Dataplane;
+use crate::inspect::count_keys;
 use crate::{MapOccupancy, ServiceDump, ServiceStats, Stats, error::Error};
 
 impl Dataplane {
@@ -14,20 +15,6 @@ impl Dataplane {
 
     /// Entries in each map, counted in the kernel's maps themselves.
     pub fn occupancy(&self) -> Result<MapOccupancy, Error> {
-        fn count<I, T>(it: I, map: &'static str) -> Result<u64, Error>
-        where
-            I: Iterator<Item = Result<T, aya::maps::MapError>>,
-        {
-            let mut n = 0;
-            for r in it {
-                match r {
-                    Ok(_) => n += 1,
-                    Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(e) => return Err(Error::map(map, "iterate", e)),
-                }
-            }
-            Ok(n)
-        }
         let backends = (0..self.prog.maps.backends.entries())
             .filter(|&id| self.prog.maps.backends.get(id).flags & backend_flags::PRESENT != 0)
             .count() as u64;
@@ -36,13 +23,13 @@ impl Dataplane {
             .filter(|&s| self.prog.maps.slots.get(s as u32) != 0)
             .count() as u64;
         Ok(MapOccupancy {
-            frontends: count(self.prog.maps.services.keys(), names::SERVICES)?,
+            frontends: count_keys(self.prog.maps.services.keys(), names::SERVICES)?,
             backends,
             slots,
-            conntrack: count(self.prog.maps.conntrack.keys(), names::CONNTRACK)?
-                + count(self.prog.maps.ct_syn.keys(), names::CT_SYN)?
-                + count(self.prog.maps.ct_other.keys(), names::CT_OTHER)?,
-            node_addresses: count(self.prog.maps.node_addrs.keys(), names::NODE_ADDRS)?,
+            conntrack: count_keys(self.prog.maps.conntrack.keys(), names::CONNTRACK)?
+                + count_keys(self.prog.maps.ct_syn.keys(), names::CT_SYN)?
+                + count_keys(self.prog.maps.ct_other.keys(), names::CT_OTHER)?,
+            node_addresses: count_keys(self.prog.maps.node_addrs.keys(), names::NODE_ADDRS)?,
         })
     }
 
